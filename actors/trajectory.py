@@ -1,0 +1,74 @@
+"""The one record that crosses the actor -> learner boundary: a scored episode.
+
+Rollout actors build a `Trajectory` per episode and ship lists of them as Arrow record batches
+(`to_batch`), through the Ray object store; the learner reads them back (`from_batch`). The Arrow schema
+is derived from this dataclass (data_gen.records); there is no second definition of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import pyarrow as pa
+
+from data_gen import records
+
+
+@dataclass
+class ImageRef:
+    """An image of the episode, by reference: the learner rebuilds pixels without shipping them twice."""
+
+    source: str  # dataset-relative path of the original image, or "sha256:<hex>" of its bytes
+    width: int  # size of the full image as the model saw it (after smart_resize), px
+    height: int
+    box: tuple[int, int, int, int] | None = None  # crop box on that image; None for the full image
+    out_side: int = 0  # side of the square crop fed to the model (after smart_resize); 0 for the full image
+    dot: bool = False  # a red dot was drawn at the crop centre
+
+
+@dataclass
+class Trajectory:
+    """One episode. Per-token arrays (token_ids, loss_mask, logprobs) have one length: prompt + response.
+
+    loss_mask is 1 on tokens the policy generated and 0 on prompt, observation and chat-template tokens;
+    a trajectory that does not end in EOS is masked entirely (SPEC §5). logprobs are the behaviour
+    policy's, 0.0 where loss_mask is 0."""
+
+    episode_id: str  # unique per episode (the ledger's key)
+    group_id: str  # the G episodes of one prompt share it; advantages are normalised within it
+    prompt_id: str  # dataset row id
+    weight_version: int  # policy version the episode was generated under
+    token_ids: Annotated[list[int], pa.list_(pa.int32())]  # [T]
+    loss_mask: Annotated[list[int], pa.list_(pa.int8())]  # [T]
+    logprobs: Annotated[list[float], pa.list_(pa.float32())]  # [T]
+    prompt_len: int  # tokens of the first prompt (system + user + full image)
+    reward: float  # rewards.score(...).overall
+    reward_format: float
+    reward_accuracy: float
+    reward_coordinate: float
+    reward_diversity: float
+    advantage: float  # group-normalised, computed where the rollout was scored
+    num_turns: int  # assistant turns
+    points: list[tuple[int, int]] = field(default_factory=list)  # tool-call / think-step points, in order
+    images: list[ImageRef] = field(default_factory=list)  # full image first, then crops in order
+    end: str = ""  # how the episode ended (actors.zoom.End value)
+
+    def __post_init__(self) -> None:
+        n = len(self.token_ids)
+        if len(self.loss_mask) != n or len(self.logprobs) != n:
+            raise ValueError(f"episode {self.episode_id}: per-token arrays differ in length "
+                             f"(token_ids {n}, loss_mask {len(self.loss_mask)}, logprobs {len(self.logprobs)})")
+        if not 0 <= self.prompt_len <= n:
+            raise ValueError(f"episode {self.episode_id}: prompt_len {self.prompt_len} outside [0, {n}]")
+
+
+SCHEMA = records.schema_of(Trajectory)
+
+
+def to_batch(trajectories: list[Trajectory]) -> pa.RecordBatch:
+    return records.to_batch(trajectories, Trajectory)
+
+
+def from_batch(batch: pa.RecordBatch | pa.Table) -> list[Trajectory]:
+    return records.from_batch(batch, Trajectory)

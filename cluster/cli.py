@@ -1,0 +1,54 @@
+"""The `vigorl` command line.
+
+    vigorl make-tiny-model OUT [--vocab small|qwen] [--size tiny|small] [--seed N]
+    vigorl make-data --task T --n N --seed S OUT
+    vigorl demo [--config configs/demo.yaml] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vigorl", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    m = sub.add_parser("make-tiny-model", help="write a random tiny Qwen2.5-VL model dir (offline)")
+    m.add_argument("out")
+    m.add_argument("--vocab", choices=["small", "qwen"], default="small")
+    m.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    m.add_argument("--seed", type=int, default=0)
+
+    d = sub.add_parser("make-data", help="render a synthetic task dataset (images + prompts.parquet)")
+    d.add_argument("out")
+    d.add_argument("--task", required=True)
+    d.add_argument("--n", type=int, required=True)
+    d.add_argument("--seed", type=int, default=0)
+
+    e = sub.add_parser("demo", help="play and score one zoom episode with the tiny model")
+    e.add_argument("--config", default=None, help="YAML recipe (cluster.config.DemoConfig)")
+    e.add_argument("overrides", nargs="*", help="key=value overrides, e.g. zoom.dot=true")
+
+    args = p.parse_args(argv)
+    if args.cmd == "make-tiny-model":
+        from data_gen.tiny_model import make_tiny_model
+
+        print(make_tiny_model(args.out, vocab=args.vocab, size=args.size, seed=args.seed))
+    elif args.cmd == "make-data":
+        from data_gen.synthetic import GENERATORS, make_dataset
+
+        if args.task not in GENERATORS:
+            p.error(f"--task must be one of {sorted(GENERATORS)}, got {args.task!r}")
+        rows = make_dataset(args.task, args.n, args.seed, args.out)
+        print(f"wrote {len(rows)} rows to {args.out}/prompts.parquet")
+    elif args.cmd == "demo":
+        from cluster import config, demo
+
+        demo.run(config.load(config.DemoConfig, args.config, args.overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Structured configs: one dataclass tree per process, every field documented where it is defined.
+
+`load(Schema, yaml_path, ["a.b=1", ...])` merges defaults <- YAML <- overrides through OmegaConf with the
+dataclass as schema, so an unknown key or a wrong type is an error. `ConfigError` names the key and lists
+the valid keys at that level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _valid_keys(schema: type, dotted: str) -> list[str]:
+    """Field names of the dataclass at `dotted` (the parent of the bad key) in `schema`."""
+    cls = schema
+    for part in [p for p in dotted.split(".") if p]:
+        sub = typing.get_type_hints(cls).get(part)
+        if not dataclasses.is_dataclass(sub):
+            break
+        cls = sub
+    return sorted(f.name for f in dataclasses.fields(cls))
+
+
+def _error(schema: type, e: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(e, "full_key", None) or ""
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    valid = _valid_keys(schema, parent)
+    where = f"{parent}." if parent else ""
+    msg = str(e).splitlines()[0]
+    if isinstance(e, ConfigKeyError) or "not in" in msg:
+        return ConfigError(f"{source}: unknown config key {key!r}. Valid keys under '{where or '<top>'}': "
+                           f"{', '.join(valid)}")
+    return ConfigError(f"{source}: bad value for config key {key!r}: {msg}")
+
+
+def load(schema: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults from `schema`, then the YAML file, then `key=value` overrides; returns a `schema` object."""
+    cfg = OmegaConf.structured(schema)
+    try:
+        if path is not None:
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+    except OmegaConfBaseException as e:
+        raise _error(schema, e, str(path)) from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise _error(schema, e, f"override {item!r}") from None
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except (ValidationError, OmegaConfBaseException) as e:
+        raise _error(schema, e, "config") from None
+    return obj  # type: ignore[return-value]
+
+
+def to_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """`a.b.c -> value` for logging as run parameters."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out.update(to_flat_dict(v, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = v
+    return out
+
+
+# ---- shared pieces of per-process configs -----------------------------------------------------------
+
+@dataclass
+class ModelConfig:
+    path: str = "runs/tiny-model"  # local HF model dir (a real Qwen2.5-VL checkpoint or `vigorl make-tiny-model`)
+    dtype: str = "float32"  # float32 on CPU; bfloat16 on GPU
+    min_pixels: int = 16 * 28 * 28  # smart_resize bounds for the full image the model sees
+    max_pixels: int = 1024 * 28 * 28
+    max_model_len: int = 8192  # vLLM context length (prompt + all turns)
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0  # SPEC §5: 1.0 for RL rollouts, 0.5 for validation
+    top_p: float = 0.99
+    max_tokens_per_turn: int = 1024  # SPEC §2
+    seed: int = 0  # engine seed (never a per-request seed: that makes a group identical)
+
+
+@dataclass
+class ZoomConfig:
+    half_size: int = 182  # o, SPEC §3 (visual search: 182; web grounding RL: 50)
+    out_size: int = 672  # r (visual search: 672; web grounding RL: 384)
+    dot: bool = False  # red dot at the zoom point (web grounding: true)
+    max_images: int = 5  # full image + 4 crops, then the answer is forced
+
+
+@dataclass
+class DataConfig:
+    path: str = "runs/data/visual_search"  # dataset dir holding prompts.parquet and images/
+    task: str = "visual_search"  # rewards task name
+    mode: str = "multi_turn"  # rewards mode: single_turn | single_turn_vanilla | multi_turn
+
+
+@dataclass
+class DemoConfig:
+    """`vigorl demo`: build the tiny model and data if missing, play and score one zoom episode."""
+
+    out: str = "runs/demo"  # where the episode's crops, picture and JSON go
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    zoom: ZoomConfig = field(default_factory=ZoomConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    n_prompts: int = 4  # synthetic prompts to generate when the dataset is missing
+    row: int = 0  # which dataset row to play
+    vocab: str = "small"  # tiny model vocabulary when it must be built: small | qwen
+    guided: bool = True  # constrain turns to the ViGoRL grammar (a random model writes noise otherwise)
+    min_zooms: int = 2  # with guided decoding: zooms required before an answer may be given

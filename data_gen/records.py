@@ -1,0 +1,115 @@
+"""Typed records <-> Arrow. A record is a dataclass; its Arrow schema is derived from its type hints,
+never written by hand, so the Python type and the wire format cannot drift apart.
+
+Type map: int -> int64, float -> float64, str -> string, bool -> bool, `X | None` -> nullable X,
+list[T] -> list<T>, tuple[T, ...] of fixed length n -> fixed_size_list<T, n>, nested dataclass -> struct,
+`Annotated[T, pa_type]` -> pa_type (e.g. int32 token ids, float32 logprobs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from functools import lru_cache
+from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
+
+import pyarrow as pa
+
+T = TypeVar("T")
+
+_SCALARS = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
+
+
+def arrow_type(tp: Any) -> tuple[pa.DataType, bool]:
+    """(Arrow type, nullable) of a Python type hint."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        inner, nullable = arrow_type(args[0])
+        explicit = next((a for a in args[1:] if isinstance(a, pa.DataType)), None)
+        return (explicit or inner), nullable
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            raise TypeError(f"only `X | None` unions map to Arrow, got {tp}")
+        return arrow_type(rest[0])[0], True
+    if tp in _SCALARS:
+        return _SCALARS[tp], False
+    if origin is list:
+        return pa.list_(arrow_type(args[0])[0]), False
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return pa.list_(arrow_type(args[0])[0]), False
+        if len(set(args)) != 1:
+            raise TypeError(f"tuples must be homogeneous to map to Arrow, got {tp}")
+        return pa.list_(arrow_type(args[0])[0], len(args)), False
+    if dataclasses.is_dataclass(tp):
+        return pa.struct(list(schema_of(tp))), False
+    raise TypeError(f"no Arrow mapping for {tp}")
+
+
+@lru_cache(maxsize=None)
+def schema_of(cls: type) -> pa.Schema:
+    """The Arrow schema of a dataclass record, with each field's comment-free name and nullability."""
+    hints = get_type_hints(cls, include_extras=True)
+    fields = []
+    for f in dataclasses.fields(cls):
+        typ, nullable = arrow_type(hints[f.name])
+        fields.append(pa.field(f.name, typ, nullable=nullable))
+    return pa.schema(fields, metadata={"record": f"{cls.__module__}.{cls.__qualname__}"})
+
+
+def _to_python(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_python(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_to_python(v) for v in value]
+    return value
+
+
+def _from_python(tp: Any, value: Any) -> Any:
+    """Rebuild a typed value (tuples, nested dataclasses) from Arrow's to_pylist output."""
+    if value is None:
+        return None
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return _from_python(args[0], value)
+    if origin in (typing.Union, types.UnionType):
+        return _from_python(next(a for a in args if a is not type(None)), value)
+    if origin is list:
+        return [_from_python(args[0], v) for v in value]
+    if origin is tuple:
+        return tuple(_from_python(args[0], v) for v in value)
+    if dataclasses.is_dataclass(tp):
+        hints = get_type_hints(tp, include_extras=True)
+        return tp(**{k: _from_python(hints[k], v) for k, v in value.items()})
+    return value
+
+
+def to_batch(records: list[Any], cls: type | None = None) -> pa.RecordBatch:
+    """Records -> one RecordBatch with the derived schema."""
+    if cls is None:
+        if not records:
+            raise ValueError("to_batch of an empty list needs the record class")
+        cls = type(records[0])
+    schema = schema_of(cls)
+    columns = {name: [] for name in schema.names}
+    for r in records:
+        if type(r) is not cls:
+            raise TypeError(f"all records must be {cls.__name__}, got {type(r).__name__}")
+        for name in schema.names:
+            columns[name].append(_to_python(getattr(r, name)))
+    return pa.RecordBatch.from_pydict(columns, schema=schema)
+
+
+def from_batch(batch: pa.RecordBatch | pa.Table, cls: type[T]) -> list[T]:
+    """A RecordBatch/Table with `cls`'s schema -> records. A schema mismatch is an error naming the fields."""
+    expected = schema_of(cls)
+    if not batch.schema.remove_metadata().equals(expected.remove_metadata()):
+        missing = set(expected.names) - set(batch.schema.names)
+        extra = set(batch.schema.names) - set(expected.names)
+        raise ValueError(f"batch does not have the {cls.__name__} schema (missing {sorted(missing)}, "
+                         f"extra {sorted(extra)}; or types differ)")
+    hints = get_type_hints(cls, include_extras=True)
+    cols = {name: batch.column(name).to_pylist() for name in expected.names}
+    return [cls(**{k: _from_python(hints[k], cols[k][i]) for k in expected.names}) for i in range(batch.num_rows)]
