@@ -46,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "demo":
         from cluster import config, demo
 
-        demo.run(config.load(config.DemoConfig, args.config, args.overrides))
+        try:
+            cfg = config.load(config.DemoConfig, args.config, args.overrides)
+        except config.ConfigError as e:
+            print(f"vigorl demo: {e}", file=sys.stderr)
+            return 2
+        demo.run(cfg)
     return 0
 
 

@@ -86,15 +86,15 @@ def to_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
 class ModelConfig:
     path: str = "runs/tiny-model"  # local HF model dir (a real Qwen2.5-VL checkpoint or `vigorl make-tiny-model`)
     dtype: str = "float32"  # float32 on CPU; bfloat16 on GPU
-    min_pixels: int = 16 * 28 * 28  # smart_resize bounds for the full image the model sees
-    max_pixels: int = 1024 * 28 * 28
+    min_pixels: int = 16 * 28 * 28  # smart_resize lower bound (pixels) for the full image the model sees
+    max_pixels: int = 1024 * 28 * 28  # smart_resize upper bound; real recipes use up to 12,845,056
     max_model_len: int = 8192  # vLLM context length (prompt + all turns)
 
 
 @dataclass
 class SamplingConfig:
     temperature: float = 1.0  # SPEC §5: 1.0 for RL rollouts, 0.5 for validation
-    top_p: float = 0.99
+    top_p: float = 0.99  # nucleus sampling mass (SPEC §5: 0.99 for RL)
     max_tokens_per_turn: int = 1024  # SPEC §2
     seed: int = 0  # engine seed (never a per-request seed: that makes a group identical)
 
@@ -119,10 +119,10 @@ class DemoConfig:
     """`vigorl demo`: build the tiny model and data if missing, play and score one zoom episode."""
 
     out: str = "runs/demo"  # where the episode's crops, picture and JSON go
-    model: ModelConfig = field(default_factory=ModelConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    zoom: ZoomConfig = field(default_factory=ZoomConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the policy model and image bounds
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # vLLM sampling per turn
+    zoom: ZoomConfig = field(default_factory=ZoomConfig)  # crop geometry and image budget
+    data: DataConfig = field(default_factory=DataConfig)  # dataset, task and reward mode
     n_prompts: int = 4  # synthetic prompts to generate when the dataset is missing
     row: int = 0  # which dataset row to play
     vocab: str = "small"  # tiny model vocabulary when it must be built: small | qwen

@@ -55,7 +55,7 @@ def _collect(items, build: Callable[[int, dict], PromptRow | None], on_error: st
         except (RowError, ImageError, ValueError) as e:
             if on_error == "raise":
                 raise RowError(str(e)) from None
-            skipped[type(e).__name__ + ": " + str(e).split(": ", 2)[-1][:80]] += 1
+            skipped[str(e).split(": ", 1)[-1][:100]] += 1  # the reason, without the row prefix
     return rows, skipped
 
 
@@ -217,7 +217,7 @@ def blink(root, file: str = "blink.jsonl", on_error: str = "raise") -> Loaded:
 
 
 # ---- VisualWebArena ----------------------------------------------------------------------------------
-_WORD = re.compile(r"\w+|[^\w\s]")
+_WORD = re.compile(r"\d+(?:[.,/]\d+)*|\w+|[^\w\s]")  # numbers like 8.5 / 103,000 stay one token
 
 
 def _clean(text: str) -> str:
@@ -229,8 +229,8 @@ def _clean(text: str) -> str:
 
 def vwa_string_match(answer: str, gold: str) -> float:
     """VisualWebArena StringEvaluator (must_include / exact_match; alternatives split on ' |OR| '). A
-    single-token reference must equal a token of the answer, else substring (tokens: \\w+ or one symbol,
-    standing in for nltk's word_tokenize). Scores multiply across approaches."""
+    single-token reference must equal a token of the answer, else substring (tokens: numbers, words or
+    one symbol, standing in for nltk's word_tokenize). Scores multiply across approaches."""
     ref = json.loads(gold)
     pred = _clean(answer)
     tokens = set(_WORD.findall(pred))
