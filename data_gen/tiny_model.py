@@ -96,15 +96,22 @@ def _corpus() -> list[str]:
     return lines * 4
 
 
-def _byte_level_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]):
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+def _pre_tokenizer():
+    """Qwen2's: split by its regex, then map bytes to unicode (byte-level BPE)."""
+    from tokenizers import Regex, pre_tokenizers
 
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
+    return pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(QWEN_PAT), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
+
+
+def _byte_level_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]):
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = _pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
     return tok
 
@@ -112,13 +119,9 @@ def _byte_level_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]):
 def _small_vocab(vocab_size: int = 400):
     """Train a byte-level BPE in-process; returns (vocab, merges) with the full 256-byte alphabet."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from tokenizers import Regex
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_PAT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = _pre_tokenizer()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(_corpus(), trainer=trainer)

@@ -139,6 +139,10 @@ def web_action_accuracy(answer: str, gold: str) -> float:
 
 register_task("spatial", accuracy=spatial_accuracy, answer_ok=_nonempty, check_gold=_gold_nonempty)
 register_task("visual_search", accuracy=visual_search_accuracy, answer_ok=_nonempty, check_gold=_gold_nonempty)
+def _check_box_gold(gold: str) -> None:
+    parse_box(gold)
+
+
 register_task("gui_grounding", accuracy=grounding_accuracy,
-              answer_ok=lambda a: parse_point_answer(a) is not None, check_gold=lambda g: parse_box(g) and None)
+              answer_ok=lambda a: parse_point_answer(a) is not None, check_gold=_check_box_gold)
 register_task("web_action", accuracy=web_action_accuracy, answer_ok=action_ok, check_gold=_check_action_gold)

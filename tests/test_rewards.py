@@ -221,3 +221,14 @@ def test_huge_numbers_are_not_coordinates():
     s = score(f"<think>a</think><tool_call>{body}</tool_call>{OBS}<think>b</think><answer>red</answer>", "red",
               task="visual_search", mode="multi_turn")
     assert s.format == 0.0
+
+
+def test_huge_outputs_are_scored_in_linear_time():
+    """Megabytes of tags and points (a runaway generation) still score; the parsers are linear."""
+    junk = "<think>" + "(1, 2) </think> <answer> " * 100_000 + "</answer>"
+    for mode in ("single_turn", "multi_turn"):
+        s = score(junk, "red", task="visual_search", mode=mode, image_size=SIZE)
+        assert 0.0 <= s.overall <= 1.24
+    tool = "<think>a</think>" + (call(5, 5) + OBS + "<think>b</think>") * 20_000 + "<answer>red</answer>"
+    s = score(tool, "red", task="visual_search", mode="multi_turn", image_size=SIZE)
+    assert s.format == 0.0 and "budget" in s.error

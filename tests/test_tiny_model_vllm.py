@@ -106,3 +106,14 @@ def test_tiny_model_dir_loads_in_transformers(tiny_model):
     text = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                            "<|vision_start|><|image_pad|><|vision_end|>hi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_make_tiny_model_cli_sizes(tmp_path):
+    from transformers import AutoConfig
+
+    from cluster.cli import main
+
+    assert main(["make-tiny-model", str(tmp_path / "m"), "--size", "small", "--vocab", "small"]) == 0
+    cfg = AutoConfig.from_pretrained(tmp_path / "m")
+    assert cfg.text_config.hidden_size == 256 and cfg.text_config.num_hidden_layers == 4
+    assert cfg.text_config.hidden_size // cfg.text_config.num_attention_heads in (32, 64, 80, 96, 112, 128)

@@ -1,0 +1,74 @@
+"""GRPO functions against hand-worked numbers (SPEC §5)."""
+
+import math
+
+import pytest
+import torch
+
+from learner.grpo import group_advantages, kl_k3, policy_loss
+
+
+def test_group_advantages_hand_worked():
+    # one group [1, 0, 0, 0]: mean 0.25, unbiased std sqrt((0.75^2 + 3 * 0.25^2) / 3) = 0.5
+    a = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([7, 7, 7, 7]))
+    assert torch.allclose(a, torch.tensor([1.5, -0.5, -0.5, -0.5]), atol=1e-5)
+
+
+def test_group_advantages_interleaved_groups_and_constant_group():
+    r = torch.tensor([1.0, 2.0, 0.0, 2.0, 1.0, 2.0])
+    g = torch.tensor([0, 1, 0, 1, 0, 1])
+    a = group_advantages(r, g)
+    # group 0: [1, 0, 1]: mean 2/3, std sqrt((1/9 + 4/9 + 1/9) / 2) = sqrt(1/3)
+    s = math.sqrt(1 / 3)
+    assert torch.allclose(a[[0, 2, 4]], torch.tensor([1 / 3 / s, -2 / 3 / s, 1 / 3 / s]), atol=1e-5)
+    assert torch.equal(a[[1, 3, 5]], torch.zeros(3))  # identical rewards: no signal
+
+
+def test_group_advantages_errors():
+    with pytest.raises(ValueError, match="more than one sample"):
+        group_advantages(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match="1-D"):
+        group_advantages(torch.zeros(2, 2), torch.zeros(2, 2))
+
+
+def test_policy_loss_hand_worked():
+    # tokens: (ratio, A) -> per-token loss
+    #   (1.5,  1): -1.5 vs clipped -1.28 -> max = -1.28 (clip-higher)
+    #   (0.5,  1): -0.5 vs clipped -0.8  -> max = -0.5
+    #   (1.5, -1):  1.5 vs clipped  1.28 -> 1.5; dual cap 3 -> 1.5
+    #   (5.0, -1):  5.0 vs 1.28 -> 5.0; dual cap 3 -> 3.0 (clip lower)
+    #   (9.0,  1):  masked out
+    ratio = torch.tensor([[1.5, 0.5, 1.5, 5.0, 9.0]])
+    old = torch.zeros_like(ratio)
+    logp = ratio.log().requires_grad_()
+    adv = torch.tensor([[1.0, 1.0, -1.0, -1.0, 1.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0]])
+    loss, m = policy_loss(logp, old, adv, mask)
+    assert loss.item() == pytest.approx((-1.28 - 0.5 + 1.5 + 3.0) / 4, abs=1e-6)
+    assert m["clip_frac_higher"] == pytest.approx(0.25) and m["clip_frac_lower"] == pytest.approx(0.25)
+    loss.backward()
+    # d/dlogp of -A*ratio is -A*ratio where unclipped; 0 where clipped or masked; divided by 4 tokens
+    assert torch.allclose(logp.grad, torch.tensor([[0.0, -0.5 / 4, 1.5 / 4, 0.0, 0.0]]), atol=1e-6)
+
+
+def test_policy_loss_broadcasts_sequence_advantages():
+    logp = torch.log(torch.tensor([[1.1, 0.9], [1.0, 1.2]]))
+    l_seq, _ = policy_loss(logp, torch.zeros(2, 2), torch.tensor([2.0, -1.0]), torch.ones(2, 2))
+    l_tok, _ = policy_loss(logp, torch.zeros(2, 2), torch.tensor([[2.0, 2.0], [-1.0, -1.0]]), torch.ones(2, 2))
+    assert l_seq.item() == pytest.approx(l_tok.item())
+    assert l_seq.item() == pytest.approx((-2.2 - 1.8 + 1.0 + 1.2) / 4, abs=1e-6)
+
+
+def test_policy_loss_all_masked_is_zero():
+    loss, _ = policy_loss(torch.zeros(1, 3), torch.zeros(1, 3), torch.ones(1), torch.zeros(1, 3))
+    assert loss.item() == 0.0
+
+
+def test_kl_k3_hand_worked():
+    logp = torch.tensor([[0.0, 0.0, 0.0, -30.0]])
+    ref = torch.tensor([[math.log(2.0), 0.0, -1.0, 0.0]])
+    k = kl_k3(logp, ref)
+    assert k[0, 0].item() == pytest.approx(2 - math.log(2) - 1)  # 0.30685
+    assert k[0, 1].item() == 0.0
+    assert k[0, 2].item() == pytest.approx(math.exp(-1) + 1 - 1)  # 0.36788
+    assert k[0, 3].item() == 10.0  # clamped
