@@ -17,14 +17,17 @@ from data_gen import records
 
 @dataclass
 class ImageRef:
-    """An image of the episode, by reference: the learner rebuilds pixels without shipping them twice."""
+    """An image of the episode, by reference: the learner rebuilds pixels without shipping them twice.
+    The full image is the source resized to (width, height); a crop is `actors.zoom.crop(full, point,
+    half_size, out_size, dot)` and its box `actors.zoom.crop_box(point, (width, height), half_size)`."""
 
     source: str  # dataset-relative path of the original image, or "sha256:<hex>" of its bytes
     width: int  # size of the full image as the model saw it (after smart_resize), px
     height: int
-    box: tuple[int, int, int, int] | None = None  # crop box on that image; None for the full image
-    out_side: int = 0  # side of the square crop fed to the model (after smart_resize); 0 for the full image
-    dot: bool = False  # a red dot was drawn at the crop centre
+    point: tuple[int, int] | None = None  # zoom point on the full image; None for the full image itself
+    half_size: int = 0  # crop half side o (SPEC §3)
+    out_size: int = 0  # crop output side r before smart_resize rounding
+    dot: bool = False  # a red dot was drawn at the zoom point
 
 
 @dataclass

@@ -115,6 +115,15 @@ class DataConfig:
 
 
 @dataclass
+class RolloutConfig:
+    group_size: int = 8  # G episodes per prompt (SPEC §5: 8 multi-turn, 5 single-turn)
+    prompt: str = "vigorl_multi_turn"  # actors.prompts registry name
+    response_budget: int = 2048  # tokens after the first prompt, observations included (SPEC §5)
+    guided: bool = False  # constrain turns to the ViGoRL grammar (for random / cold models only)
+    min_zooms: int = 0  # with guided decoding: zooms required before an answer
+
+
+@dataclass
 class DemoConfig:
     """`vigorl demo`: build the tiny model and data if missing, play and score one zoom episode."""
 

@@ -18,7 +18,7 @@ def make(i: int, n: int = 7) -> Trajectory:
         reward=1.08, reward_format=1.2, reward_accuracy=1.0, reward_coordinate=1.0, reward_diversity=0.2,
         advantage=0.5 - i, num_turns=3, points=[(10, 20), (300, 40)],
         images=[ImageRef("images/a.png", 1008, 756),
-                ImageRef("images/a.png", 1008, 756, box=(0, 0, 192, 202), out_side=672, dot=False)],
+                ImageRef("images/a.png", 1008, 756, point=(10, 20), half_size=182, out_size=672)],
         end="answer")
 
 
@@ -29,7 +29,7 @@ def test_schema_is_derived_from_the_dataclass():
     assert SCHEMA.field("logprobs").type == pa.list_(pa.float32())
     assert SCHEMA.field("points").type == pa.list_(pa.list_(pa.int64(), 2))
     img = SCHEMA.field("images").type.value_type
-    assert isinstance(img, pa.StructType) and img.field("box").nullable
+    assert isinstance(img, pa.StructType) and img.field("point").nullable
 
 
 def test_arrow_ipc_round_trip():
@@ -40,7 +40,7 @@ def test_arrow_ipc_round_trip():
         w.write_batch(batch)
     back = from_batch(pa.ipc.open_stream(sink.getvalue()).read_all())
     assert back == trajs
-    assert back[0].images[1].box == (0, 0, 192, 202) and back[0].points[0] == (10, 20)
+    assert back[0].images[1].point == (10, 20) and back[0].points[0] == (10, 20)
 
 
 def test_per_token_arrays_must_share_one_length():

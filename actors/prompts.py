@@ -1,0 +1,49 @@
+"""Prompt templates, by name: a prompt row -> the chat messages of an episode's first turn.
+
+`plain` sends the image and the question (a released ViGoRL checkpoint carries its training system
+prompt in its chat template, SPEC §2). `vigorl_multi_turn` / `vigorl_single_turn` spell the output
+format out in a system prompt, for base models. Register more with `register_prompt`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from data_gen.rows import PromptRow
+
+MULTI_TURN_SYSTEM = (
+    "You are a helpful assistant that reasons about images in grounded steps. In each turn, think inside "
+    "<think> </think> and name the point (x, y) in the image that the step is about. To look closer, call "
+    "the zoom tool:\n<tool_call>\n{\"name\": \"search_coordinate\", \"arguments\": {\"coordinate\": [x, y]}}"
+    "\n</tool_call>\nYou will receive the crop centred on that point. When you know, give the final answer "
+    "inside <answer> </answer>. Coordinates are integer pixels of the full image."
+)
+SINGLE_TURN_SYSTEM = (
+    "You are a helpful assistant that reasons about images in grounded steps. Think inside <think> </think>, "
+    "naming the point (x, y) in the image that each step is about, then give the final answer inside "
+    "<answer> </answer>. Coordinates are integer pixels of the image."
+)
+
+PromptFn = Callable[[PromptRow], list[dict]]
+PROMPTS: dict[str, PromptFn] = {}
+
+
+def register_prompt(name: str, fn: PromptFn) -> None:
+    if name in PROMPTS:
+        raise ValueError(f"prompt {name!r} is already registered")
+    PROMPTS[name] = fn
+
+
+def get_prompt(name: str) -> PromptFn:
+    if name not in PROMPTS:
+        raise ValueError(f"unknown prompt {name!r}; registered prompts: {sorted(PROMPTS)}")
+    return PROMPTS[name]
+
+
+def _user(row: PromptRow) -> dict:
+    return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": row.question}]}
+
+
+register_prompt("plain", lambda row: [_user(row)])
+register_prompt("vigorl_multi_turn", lambda row: [{"role": "system", "content": MULTI_TURN_SYSTEM}, _user(row)])
+register_prompt("vigorl_single_turn", lambda row: [{"role": "system", "content": SINGLE_TURN_SYSTEM}, _user(row)])

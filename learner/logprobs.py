@@ -1,0 +1,51 @@
+"""Training-side log-probabilities of trajectories: rebuild the episode's images from their references,
+run the policy on the exact token ids the actor generated, read off per-token log-probs.
+
+Shapes: token_ids [T] -> logprobs [T], position 0 is 0.0 (no prediction for the first token).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from actors.trajectory import ImageRef, Trajectory
+from actors.zoom import crop
+from data_gen.images import load_rgb, resolve_under
+
+
+def rebuild_images(refs: list[ImageRef], root: str | Path) -> list[Image.Image]:
+    """The images the model saw, in order: the full image (resized as the actor did), then its crops."""
+    out, full_cache = [], {}
+    for ref in refs:
+        key = (ref.source, ref.width, ref.height)
+        if key not in full_cache:
+            img = load_rgb(resolve_under(root, ref.source))
+            if img.size != (ref.width, ref.height):
+                img = img.resize((ref.width, ref.height), Image.Resampling.BICUBIC)
+            full_cache[key] = img
+        full = full_cache[key]
+        out.append(full if ref.point is None else crop(full, ref.point, ref.half_size, ref.out_size, ref.dot))
+    return out
+
+
+def model_inputs(traj: Trajectory, images: list[Image.Image], image_processor) -> dict[str, torch.Tensor]:
+    """Forward-pass inputs of one trajectory: input_ids [1, T] plus pixel_values / image_grid_thw."""
+    pix = image_processor(images=images, return_tensors="pt")
+    return {"input_ids": torch.tensor([traj.token_ids], dtype=torch.long),
+            "pixel_values": pix["pixel_values"], "image_grid_thw": pix["image_grid_thw"]}
+
+
+def token_logprobs(model, inputs: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+    """log p(token_t | tokens_<t, images) for t >= 1; [B, T] with 0 at t = 0. Differentiable.
+
+    The softmax is over the whole vocabulary, as vLLM's default `raw_logprobs` are (they ignore the
+    `allowed_token_ids` the actors sample with, and the temperature)."""
+    logits = model(**inputs).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    ids = inputs["input_ids"][:, 1:]
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[..., None])[..., 0]
+    return torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
