@@ -124,6 +124,21 @@ class RolloutConfig:
 
 
 @dataclass
+class LearnerConfig:
+    lr: float = 1e-6  # AdamW learning rate (SPEC §5)
+    weight_decay: float = 0.01  # AdamW weight decay
+    grad_clip: float = 1.0  # global grad-norm clip (SPEC §5: 1.0 single-turn, 0.2 multi-turn)
+    kl_coef: float = 0.01  # k3 KL to the frozen reference model; 0 disables the reference
+    clip_low: float = 0.2  # PPO ratio clip below 1 (log space)
+    clip_high: float = 0.28  # clip-higher above 1
+    dual_clip: float = 3.0  # caps the loss of negative-advantage tokens at -A * dual_clip
+    zero_stage: int = 2  # DeepSpeed ZeRO stage (2 default, 3 for large models)
+    freeze_vision: bool = True  # keep the vision tower frozen (SPEC §5, §7)
+    gradient_checkpointing: bool = False  # recompute activations in backward (saves memory)
+    micro_batch: int = 1  # trajectories per forward/backward (token-mean over the micro-batch)
+
+
+@dataclass
 class DemoConfig:
     """`vigorl demo`: build the tiny model and data if missing, play and score one zoom episode."""
 

@@ -1,0 +1,86 @@
+"""The loop's core on the real stack: vLLM rollouts (this process) -> Arrow batches through the Ray object
+store -> a DeepSpeed GRPO step in a Ray learner actor -> versioned weights back into vLLM. After the sync
+the learner's logprobs of a fixed sequence match vLLM's within 1e-3 (fp32); without the sync they differ."""
+
+import math
+
+import pytest
+import torch
+
+from actors.zoom import ZoomSettings, resize_for_model
+from cluster.config import LearnerConfig
+from data_gen.images import load_rgb, resolve_under
+from data_gen.rows import read_rows
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from transformers import AutoProcessor
+
+    from actors.engine import make_llm
+    from actors.rollout import Rollout
+    from data_gen.synthetic import make_dataset
+    from data_gen.tiny_model import make_tiny_model
+
+    root = tmp_path_factory.mktemp("loop")
+    model_dir = make_tiny_model(root / "model", vocab="small")
+    make_dataset("visual_search", 2, seed=0, out=root / "data", progress=False)
+    llm = make_llm(str(model_dir), max_model_len=8192, seed=0)
+    proc = AutoProcessor.from_pretrained(model_dir)
+    ro = Rollout(llm, proc, ZoomSettings(half_size=182, out_size=336), group_size=2, prompt="vigorl_multi_turn",
+                 max_tokens_per_turn=256, response_budget=4096, guided=True, min_zooms=1)
+    rows = read_rows(root / "data")
+    batch = [(r, resize_for_model(load_rgb(resolve_under(root / "data", r.image))), r.image) for r in rows]
+    return root, model_dir, llm, proc, ro, batch
+
+
+def vllm_logprobs(llm, ids):
+    from vllm import SamplingParams
+
+    o = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0),
+                     use_tqdm=False)[0]
+    return torch.tensor([0.0] + [d[t].logprob for d, t in zip(o.prompt_logprobs[1:], ids[1:])])
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
+
+
+def test_grpo_step_and_weight_sync(stack, ray_local):
+    from actors.trajectory import to_batch
+    from actors.weights import load_weights
+    from learner.actor import LearnerActor
+
+    ray = ray_local
+    root, model_dir, llm, proc, ro, batch = stack
+    trajs = ro.play(batch, weight_version=0)
+    assert len(trajs) == 4
+    learner = ray.remote(num_cpus=1)(LearnerActor).remote(
+        str(model_dir), LearnerConfig(lr=5e-3, kl_coef=0.01, grad_clip=1.0), str(root / "data"), len(trajs))
+    fixed = proc.tokenizer.encode("<|im_start|>user\nWhere is the small red square? (120, 64)<|im_end|>\n"
+                                  "<|im_start|>assistant\n<think> It is at (12, 30). </think>",
+                                  add_special_tokens=False)
+    learner_lp = lambda: ray.get(learner.sequence_logprobs.remote(fixed))  # noqa: E731
+
+    assert (learner_lp() - vllm_logprobs(llm, fixed)).abs().max().item() < 1e-3  # same weights at v0
+
+    metrics = ray.get(learner.train_step.remote([ray.put(to_batch(trajs[:2])), ray.put(to_batch(trajs[2:]))]))
+    assert metrics["version"] == 1 and all(math.isfinite(v) for v in metrics.values())
+    assert {"loss", "kl", "clip_frac_higher", "clip_frac_lower", "grad_norm", "tokens"} <= set(metrics)
+
+    after = learner_lp()
+    assert (after - vllm_logprobs(llm, fixed)).abs().max().item() > 1e-2, "the step did not change the policy"
+
+    version, state = ray.get(learner.publish.remote())
+    assert version == 1
+    load_weights(llm, state)
+    assert (after - vllm_logprobs(llm, fixed)).abs().max().item() < 1e-3
+
+    # image requests still work after the reload (encoder cache reset), tagged with the new version
+    again = ro.play(batch[:1], weight_version=version)
+    assert len(again) == 2 and all(t.weight_version == 1 for t in again)
