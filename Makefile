@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml Makefile cluster/compat.py
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m cluster.cli demo --config configs/demo.yaml
+	$(PY) -m cluster.cli train --config configs/local_cpu.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest tests

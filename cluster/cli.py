@@ -3,6 +3,7 @@
     vigorl make-tiny-model OUT [--vocab small|qwen] [--size tiny|small] [--seed N]
     vigorl make-data --task T --n N --seed S OUT
     vigorl demo [--config configs/demo.yaml] [key=value ...]
+    vigorl train --config configs/local_cpu.yaml [--address ADDR] [key=value ...]
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--config", default=None, help="YAML recipe (cluster.config.DemoConfig)")
     e.add_argument("overrides", nargs="*", help="key=value overrides, e.g. zoom.dot=true")
 
+    t = sub.add_parser("train", help="run the actor-learner GRPO loop (Ray, vLLM, DeepSpeed, MLflow)")
+    t.add_argument("--config", default=None, help="YAML recipe (cluster.config.TrainConfig)")
+    t.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loop.steps=2 loop.mode=async")
+
     args = p.parse_args(argv)
     if args.cmd == "make-tiny-model":
         from data_gen.tiny_model import make_tiny_model
@@ -43,15 +49,24 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--task must be one of {sorted(GENERATORS)}, got {args.task!r}")
         rows = make_dataset(args.task, args.n, args.seed, args.out)
         print(f"wrote {len(rows)} rows to {args.out}/prompts.parquet")
-    elif args.cmd == "demo":
-        from cluster import config, demo
+    elif args.cmd in ("demo", "train"):
+        from cluster import config
 
+        schema = config.DemoConfig if args.cmd == "demo" else config.TrainConfig
+        overrides = list(args.overrides) + ([f"cluster.address={args.address}"] if getattr(args, "address", None) else [])
         try:
-            cfg = config.load(config.DemoConfig, args.config, args.overrides)
+            cfg = config.load(schema, args.config, overrides)
         except config.ConfigError as e:
-            print(f"vigorl demo: {e}", file=sys.stderr)
+            print(f"vigorl {args.cmd}: {e}", file=sys.stderr)
             return 2
-        demo.run(cfg)
+        if args.cmd == "demo":
+            from cluster import demo
+
+            demo.run(cfg)
+        else:
+            from cluster import train
+
+            train.run(cfg)
     return 0
 
 

@@ -139,6 +139,56 @@ class LearnerConfig:
 
 
 @dataclass
+class ClusterConfig:
+    address: str = ""  # Ray address; "" starts a local Ray on 127.0.0.1 (RAY_ADDRESS also works)
+    rollout_actors: int = 1  # rollout workers, each with its own vLLM engine
+    rollout_cpus: float = 1.0  # CPUs reserved per rollout actor
+    rollout_gpus: float = 0.0  # GPUs per rollout actor (= tensor_parallel_size on GPU clusters)
+    tensor_parallel_size: int = 1  # vLLM tensor parallelism per rollout actor
+    learner_cpus: float = 1.0  # CPUs reserved for the learner
+    learner_gpus: float = 0.0  # GPUs for the learner
+
+
+@dataclass
+class LoopConfig:
+    steps: int = 500  # optimizer steps
+    prompts_per_step: int = 8  # prompts per step; each yields rollout.group_size trajectories
+    mode: str = "sync"  # sync: generate then train | async: actors run ahead of the learner
+    max_staleness: int = 1  # async: samples at most this many versions older than the learner
+    staleness_mode: str = "drop"  # too-stale samples: drop | tis (truncated importance weights)
+    tis_cap: float = 2.0  # tis: importance weights are truncated at this value
+    max_queue: int = 2  # rollout results waiting for the learner, in steps' worth (backpressure)
+    seed: int = 0  # prompt order
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = ""  # MLflow tracking URI; "" = sqlite:///<out>/mlflow.db with artifacts in <out>/mlartifacts
+    experiment: str = "vigorl"  # MLflow experiment name
+    run_name: str = ""  # MLflow run name ("" lets MLflow pick)
+    picture_every: int = 10  # log an episode picture every this many steps (0: never)
+    checkpoint_every: int = 0  # log an HF-format checkpoint every this many steps (0: only at the end)
+
+
+@dataclass
+class TrainConfig:
+    """`vigorl train`: the actor-learner GRPO loop."""
+
+    out: str = "runs/train"  # run directory (MLflow store, checkpoints)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the policy model and image bounds
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # vLLM sampling per turn
+    zoom: ZoomConfig = field(default_factory=ZoomConfig)  # crop geometry and image budget
+    data: DataConfig = field(default_factory=DataConfig)  # dataset, task and reward mode
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # episodes per prompt, prompt template
+    learner: LearnerConfig = field(default_factory=LearnerConfig)  # optimizer and GRPO loss
+    loop: LoopConfig = field(default_factory=LoopConfig)  # steps, sync/async, staleness
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # Ray placement and resources
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow
+    make_tiny: str = ""  # build a tiny random model at model.path if missing: "" (no) | small | qwen
+    make_data: int = 0  # generate this many synthetic data.task prompts at data.path if missing
+
+
+@dataclass
 class DemoConfig:
     """`vigorl demo`: build the tiny model and data if missing, play and score one zoom episode."""
 

@@ -18,13 +18,25 @@ class LearnerActor:
         torch.manual_seed(0)
         self.learner = Learner(model_path, cfg, dataset_root, steps_per_update=steps_per_update)
 
-    def train_step(self, batches: list) -> dict[str, float]:
+    def train_step(self, batches: list, max_staleness: int = 0, staleness_mode: str = "drop",
+                   tis_cap: float = 2.0) -> dict[str, float]:
         """`batches`: Arrow record batches of trajectories, or object refs to them (read zero-copy)."""
+        import time
+
         import ray
 
+        t0 = time.perf_counter()
         batches = [ray.get(b) if isinstance(b, ray.ObjectRef) else b for b in batches]
         trajectories = [t for b in batches for t in from_batch(b)]
-        return self.learner.train_step(trajectories)
+        t1 = time.perf_counter()
+        out = self.learner.train_step(trajectories, max_staleness, staleness_mode, tis_cap)
+        t2 = time.perf_counter()
+        return out | {"time/decode_s": t1 - t0, "time/train_s": t2 - t1}
+
+    def save_hf(self, path: str) -> str:
+        """An HF-format model dir (loads unchanged in transformers and vLLM)."""
+        self.learner.save_hf(path)
+        return path
 
     def publish(self) -> tuple[int, dict[str, torch.Tensor]]:
         """(version, full state dict in HF names)."""

@@ -38,8 +38,10 @@ def model_inputs(traj: Trajectory, images: list[Image.Image], image_processor) -
             "pixel_values": pix["pixel_values"], "image_grid_thw": pix["image_grid_thw"]}
 
 
-def token_logprobs(model, inputs: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+def token_logprobs(model, inputs: dict[str, torch.Tensor], temperature: float = 1.0,
+                   with_entropy: bool = False):
     """log p(token_t | tokens_<t, images) for t >= 1; [B, T] with 0 at t = 0. Differentiable.
+    With `with_entropy`, also the policy's per-token entropy [B, T] (no gradient).
 
     The softmax is over the whole vocabulary, as vLLM's default `raw_logprobs` are (they ignore the
     `allowed_token_ids` the actors sample with, and the temperature)."""
@@ -47,5 +49,11 @@ def token_logprobs(model, inputs: dict[str, torch.Tensor], temperature: float = 
     if temperature != 1.0:
         logits = logits / temperature
     ids = inputs["input_ids"][:, 1:]
-    lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[..., None])[..., 0]
-    return torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
+    logsm = torch.log_softmax(logits, dim=-1)
+    lp = logsm.gather(-1, ids[..., None])[..., 0]
+    lp = torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
+    if not with_entropy:
+        return lp
+    with torch.no_grad():
+        ent = -(logsm.exp() * logsm).sum(-1)
+    return lp, torch.cat([torch.zeros_like(ent[:, :1]), ent], dim=1)

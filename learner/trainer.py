@@ -15,7 +15,7 @@ import torch
 
 from actors.trajectory import Trajectory
 from cluster.config import LearnerConfig
-from learner.grpo import kl_k3, masked_mean, policy_loss
+from learner.grpo import kl_k3, masked_mean, policy_loss, truncated_is_weights
 from learner.logprobs import model_inputs, rebuild_images, token_logprobs
 
 
@@ -40,14 +40,15 @@ def init_single_process_group() -> None:
 class Learner:
     def __init__(self, model_path: str | Path, cfg: LearnerConfig, dataset_root: str | Path, *,
                  steps_per_update: int):
-        """`steps_per_update`: micro-batches (backward calls) per optimizer step."""
+        """`steps_per_update`: micro-batches (backward calls) per optimizer step at start; train_step
+        resizes it to the trajectories it keeps."""
         import deepspeed
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
         init_single_process_group()
         gpu = torch.cuda.is_available()
         dtype = torch.bfloat16 if gpu else torch.float32
-        self.cfg, self.root, self.version = cfg, Path(dataset_root), 0
+        self.cfg, self.root, self.version, self.model_path = cfg, Path(dataset_root), 0, str(model_path)
         self.image_processor = AutoProcessor.from_pretrained(model_path).image_processor
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
         if cfg.freeze_vision:
@@ -75,19 +76,38 @@ class Learner:
     def _inputs(self, t: Trajectory) -> dict[str, torch.Tensor]:
         return model_inputs(t, rebuild_images(t.images, self.root), self.image_processor)
 
-    def train_step(self, trajectories: list[Trajectory]) -> dict[str, float]:
-        """One optimizer step over `steps_per_update` micro-batches of one trajectory each."""
-        if len(trajectories) != self.steps_per_update:
-            raise ValueError(f"train_step needs {self.steps_per_update} trajectories, got {len(trajectories)}")
+    def train_step(self, trajectories: list[Trajectory], max_staleness: int = 0, staleness_mode: str = "drop",
+                   tis_cap: float = 2.0) -> dict[str, float]:
+        """One optimizer step, one trajectory per micro-batch. Samples more than `max_staleness` versions
+        behind are dropped (`drop`) or corrected with truncated importance weights (`tis`)."""
+        if staleness_mode not in ("drop", "tis"):
+            raise ValueError(f"staleness_mode must be 'drop' or 'tis', got {staleness_mode!r}")
+        staleness = [self.version - t.weight_version for t in trajectories]
+        too_old = [s > max_staleness for s in staleness]
+        keep = [t for t, old in zip(trajectories, too_old) if not (old and staleness_mode == "drop")]
+        out = {"staleness_mean": sum(staleness) / max(1, len(staleness)),
+               "staleness_max": float(max(staleness, default=0)),
+               "dropped_stale": float(sum(too_old) if staleness_mode == "drop" else 0),
+               "tis_corrected": float(sum(too_old) if staleness_mode == "tis" else 0)}
+        if not keep:
+            return out | {"version": float(self.version), "trained": 0.0}
+        self.engine.set_train_batch_size(len(keep) * self.cfg.micro_batch)
         self.engine.train()
         sums: dict[str, float] = {}
-        for t in trajectories:
+        for t in keep:
             inputs = self._inputs(t)
-            logp = token_logprobs(self.engine, inputs)  # [1, T]
-            old = torch.tensor([t.logprobs], dtype=logp.dtype)
-            mask = torch.tensor([t.loss_mask], dtype=logp.dtype)
+            behaviour = torch.tensor([t.logprobs], dtype=torch.float32)
+            mask = torch.tensor([t.loss_mask], dtype=torch.float32)
+            weights = None
+            if self.version - t.weight_version > max_staleness:  # tis: ratio against the current policy
+                with torch.no_grad():
+                    prox = token_logprobs(self.engine, inputs)
+                weights, old = truncated_is_weights(prox, behaviour, tis_cap), prox
+            else:
+                old = behaviour
+            logp, entropy = token_logprobs(self.engine, inputs, with_entropy=True)  # [1, T] each
             loss, m = policy_loss(logp, old, torch.tensor([t.advantage], dtype=logp.dtype), mask,
-                                  self.cfg.clip_low, self.cfg.clip_high, self.cfg.dual_clip)
+                                  self.cfg.clip_low, self.cfg.clip_high, self.cfg.dual_clip, weights)
             if self.ref is not None:
                 with torch.no_grad():
                     ref = token_logprobs(self.ref, inputs)
@@ -96,14 +116,17 @@ class Learner:
                 m["kl"] = kl.item()
             self.engine.backward(loss)
             self.engine.step()
+            m["entropy"] = masked_mean(entropy, mask).item()
             m["loss"] = loss.item()
             m["tokens"] = float(mask.sum().item())
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
         self.version += 1
-        out = {k: v / len(trajectories) for k, v in sums.items()}
+        out |= {k: v / len(keep) for k, v in sums.items()}
+        out["tokens"] = sums["tokens"]
         out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         out["version"] = float(self.version)
+        out["trained"] = float(len(keep))
         return out
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -115,6 +138,14 @@ class Learner:
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
                 return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
         return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+    def save_hf(self, path: str | Path) -> None:
+        """Save the policy as an HF model dir with its processor: loadable by transformers and vLLM."""
+        from transformers import AutoProcessor
+
+        model = self.engine.module
+        model.save_pretrained(path, state_dict=self.state_dict(), safe_serialization=True)
+        AutoProcessor.from_pretrained(self.model_path).save_pretrained(path)
 
     def logprobs(self, t: Trajectory) -> torch.Tensor:
         """The current policy's per-token log-probs of a trajectory, [T] (eval, no grad)."""

@@ -1,0 +1,71 @@
+"""The rollout actor: a Ray actor owning one vLLM engine. It plays G episodes per prompt for the prompt
+ids it is handed, and returns them as one Arrow record batch tagged with its weight version. New weights
+arrive between calls (`load_weights`); Ray runs an actor's calls in order, so a rollout dispatched after
+a load always uses the new weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from cluster.config import TrainConfig
+
+
+class RolloutActor:
+    def __init__(self, cfg: TrainConfig, index: int = 0):
+        from transformers import AutoProcessor
+
+        from actors.engine import make_llm
+        from actors.rollout import Rollout
+        from actors.zoom import ZoomSettings
+        from data_gen.rows import read_rows
+
+        self.cfg, self.index, self.version = cfg, index, 0
+        self.rows = {r.prompt_id: r for r in read_rows(cfg.data.path)}
+        self.llm = make_llm(cfg.model.path, dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len,
+                            max_images=cfg.zoom.max_images, seed=cfg.sampling.seed + index,
+                            tensor_parallel_size=cfg.cluster.tensor_parallel_size)
+        processor = AutoProcessor.from_pretrained(cfg.model.path)
+        r = cfg.rollout
+        self.rollout = Rollout(
+            self.llm, processor, ZoomSettings(**dataclasses.asdict(cfg.zoom)), group_size=r.group_size,
+            prompt=r.prompt, mode=cfg.data.mode, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+            max_tokens_per_turn=cfg.sampling.max_tokens_per_turn, response_budget=r.response_budget,
+            max_model_len=cfg.model.max_model_len, guided=r.guided, min_zooms=r.min_zooms)
+        self._images: dict[str, object] = {}
+
+    def _image(self, row):
+        from actors.zoom import resize_for_model
+        from data_gen.images import load_rgb, resolve_under
+
+        if row.prompt_id not in self._images:
+            self._images[row.prompt_id] = resize_for_model(
+                load_rgb(resolve_under(self.cfg.data.path, row.image)), self.cfg.model.min_pixels,
+                self.cfg.model.max_pixels)
+        return self._images[row.prompt_id]
+
+    def rollout_batch(self, prompt_ids: list[str]):
+        """-> (Arrow RecordBatch of G trajectories per prompt, stats). Call with num_returns=2 so the batch
+        is its own object that the learner reads without the driver touching it."""
+        from actors.trajectory import to_batch
+
+        t0 = time.perf_counter()
+        batch = [(self.rows[p], self._image(self.rows[p]), self.rows[p].image) for p in prompt_ids]
+        trajs = self.rollout.play(batch, self.version)
+        t1 = time.perf_counter()
+        rb = to_batch(trajs)
+        stats = {"actor": self.index, "version": self.version, "prompt_ids": prompt_ids,
+                 "generate_s": t1 - t0, "encode_s": time.perf_counter() - t1,
+                 "response_tokens": sum(len(t.token_ids) - t.prompt_len for t in trajs),
+                 "episodes": len(trajs)}
+        return rb, stats
+
+    def load_weights(self, version: int, state) -> float:
+        from actors.weights import load_weights
+
+        seconds = load_weights(self.llm, state)
+        self.version = version
+        return seconds
+
+    def get_version(self) -> int:
+        return self.version
