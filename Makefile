@@ -14,7 +14,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 install: $(STAMP)
 
@@ -37,3 +37,6 @@ test: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+bench: $(STAMP)
+	$(PY) -m bench.run

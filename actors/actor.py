@@ -60,10 +60,10 @@ class RolloutActor:
                  "episodes": len(trajs)}
         return rb, stats
 
-    def load_weights(self, version: int, state) -> float:
-        from actors.weights import load_weights
+    def load_weights(self, version: int, packed: dict) -> float:
+        from actors.weights import load_weights, unpack
 
-        seconds = load_weights(self.llm, state)
+        seconds = load_weights(self.llm, unpack(packed))
         self.version = version
         return seconds
 

@@ -14,7 +14,9 @@ import typing
 from functools import lru_cache
 from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 T = TypeVar("T")
 
@@ -86,6 +88,19 @@ def _from_python(tp: Any, value: Any) -> Any:
     return value
 
 
+def _flat_list_type(typ: pa.DataType) -> bool:
+    """list<int/float>: the per-token columns, which go through numpy instead of Python objects."""
+    return pa.types.is_list(typ) and (pa.types.is_integer(typ.value_type) or pa.types.is_floating(typ.value_type))
+
+
+def _list_column(values: list[list], typ: pa.ListType) -> pa.Array:
+    lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.concatenate([np.asarray(v, dtype=typ.value_type.to_pandas_dtype()) for v in values]) if values else []
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, typ.value_type))
+
+
 def to_batch(records: list[Any], cls: type | None = None) -> pa.RecordBatch:
     """Records -> one RecordBatch with the derived schema."""
     if cls is None:
@@ -93,13 +108,17 @@ def to_batch(records: list[Any], cls: type | None = None) -> pa.RecordBatch:
             raise ValueError("to_batch of an empty list needs the record class")
         cls = type(records[0])
     schema = schema_of(cls)
-    columns = {name: [] for name in schema.names}
     for r in records:
         if type(r) is not cls:
             raise TypeError(f"all records must be {cls.__name__}, got {type(r).__name__}")
-        for name in schema.names:
-            columns[name].append(_to_python(getattr(r, name)))
-    return pa.RecordBatch.from_pydict(columns, schema=schema)
+    arrays = []
+    for f in schema:
+        values = [getattr(r, f.name) for r in records]
+        if _flat_list_type(f.type):
+            arrays.append(_list_column(values, f.type))
+        else:
+            arrays.append(pa.array([_to_python(v) for v in values], type=f.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def from_batch(batch: pa.RecordBatch | pa.Table, cls: type[T]) -> list[T]:
@@ -111,5 +130,14 @@ def from_batch(batch: pa.RecordBatch | pa.Table, cls: type[T]) -> list[T]:
         raise ValueError(f"batch does not have the {cls.__name__} schema (missing {sorted(missing)}, "
                          f"extra {sorted(extra)}; or types differ)")
     hints = get_type_hints(cls, include_extras=True)
-    cols = {name: batch.column(name).to_pylist() for name in expected.names}
-    return [cls(**{k: _from_python(hints[k], cols[k][i]) for k in expected.names}) for i in range(batch.num_rows)]
+    cols = {}
+    for f in expected:
+        col = batch.column(f.name)
+        if _flat_list_type(f.type):  # numpy split, then C-speed tolist per row
+            col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+            ends = np.cumsum(pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False))
+            flat = col.flatten().to_numpy(zero_copy_only=False)
+            cols[f.name] = [part.tolist() for part in np.split(flat, ends[:-1])] if len(col) else []
+        else:
+            cols[f.name] = [_from_python(hints[f.name], v) for v in col.to_pylist()]
+    return [cls(**{k: cols[k][i] for k in expected.names}) for i in range(batch.num_rows)]

@@ -38,9 +38,11 @@ class LearnerActor:
         self.learner.save_hf(path)
         return path
 
-    def publish(self) -> tuple[int, dict[str, torch.Tensor]]:
-        """(version, full state dict in HF names)."""
-        return self.learner.version, self.learner.state_dict()
+    def publish(self) -> tuple[int, dict]:
+        """(version, full state dict in HF names, packed for a zero-copy object store: actors.weights)."""
+        from actors.weights import pack
+
+        return self.learner.version, pack(self.learner.state_dict())
 
     def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:
         """Per-token log-probs of a text-only sequence under the current policy, [T]."""

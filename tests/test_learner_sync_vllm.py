@@ -53,7 +53,7 @@ def ray_local():
 
 def test_grpo_step_and_weight_sync(stack, ray_local):
     from actors.trajectory import to_batch
-    from actors.weights import load_weights
+    from actors.weights import load_weights, unpack
     from learner.actor import LearnerActor
 
     ray = ray_local
@@ -76,9 +76,9 @@ def test_grpo_step_and_weight_sync(stack, ray_local):
     after = learner_lp()
     assert (after - vllm_logprobs(llm, fixed)).abs().max().item() > 1e-2, "the step did not change the policy"
 
-    version, state = ray.get(learner.publish.remote())
+    version, packed = ray.get(learner.publish.remote())
     assert version == 1
-    load_weights(llm, state)
+    load_weights(llm, unpack(packed))
     assert (after - vllm_logprobs(llm, fixed)).abs().max().item() < 1e-3
 
     # image requests still work after the reload (encoder cache reset), tagged with the new version

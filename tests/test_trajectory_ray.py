@@ -69,3 +69,12 @@ def test_ray_object_store_round_trip():
         assert from_batch(ray.get(ref)) == trajs
     finally:
         ray.shutdown()
+
+
+def test_sliced_batches_and_empty_token_arrays():
+    trajs = [make(i, n=3 + i) for i in range(4)]
+    assert from_batch(to_batch(trajs).slice(1, 2)) == trajs[1:3]
+    empty = dataclasses.replace(make(0), token_ids=[], loss_mask=[], logprobs=[], prompt_len=0)
+    assert from_batch(to_batch([empty, trajs[0]])) == [empty, trajs[0]]
+    table = pa.Table.from_batches([to_batch(trajs[:2]), to_batch(trajs[2:])])  # chunked columns
+    assert from_batch(table) == trajs
