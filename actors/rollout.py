@@ -64,6 +64,7 @@ class Rollout:
         self.max_tokens_per_turn, self.response_budget, self.max_model_len = (
             max_tokens_per_turn, response_budget, max_model_len)
         self.guided, self.min_zooms = guided, min_zooms
+        self.trace: list | None = None  # set to a list to record every (prompt, params) sent (benchmarks)
         before, after = observation_text(settings.dot)
         obs = f"<|im_end|>\n<|im_start|>user\n{before}<|vision_start|><|image_pad|><|vision_end|>{after}" \
               f"<|im_end|>\n<|im_start|>assistant\n"
@@ -101,20 +102,33 @@ class Rollout:
             for _ in range(self.group_size):
                 episodes.append(_Episode(row, ZoomEpisode(image=image, settings=self.settings), gid, list(ids),
                                          [image]))
-        active = list(episodes)
-        while active:
-            params = []
-            for ep in active:
-                used = len(ep.expanded) - ep.prompt_len if ep.expanded else 0
-                params.append(self._params(ep, self.response_budget - used))
-            outs = self.llm.generate([{"prompt_token_ids": ep.ids, "multi_modal_data": {"image": list(ep.images)}}
-                                      for ep in active], params, use_tqdm=False)
-            still = []
-            for ep, out in zip(active, outs):
+        # Continuous scheduling: an episode's next turn is queued the moment its last turn finishes, so
+        # the engine's batch stays full (no lock-step barrier between turns of different episodes).
+        pending: dict[str, _Episode] = {}
+        self._enqueue(episodes, pending)
+        engine = self.llm.llm_engine
+        while pending:
+            if not engine.has_unfinished_requests():
+                raise RuntimeError(f"vLLM has no running requests but {len(pending)} episode turns are pending")
+            for out in engine.step():
+                if not getattr(out, "finished", False) or out.request_id not in pending:
+                    continue
+                ep = pending.pop(out.request_id)
                 if self._advance(ep, out):
-                    still.append(ep)
-            active = still
+                    self._enqueue([ep], pending)
         return self._trajectories(episodes, batch, weight_version)
+
+    def _enqueue(self, episodes: list[_Episode], pending: dict[str, _Episode]) -> None:
+        prompts, params = [], []
+        for ep in episodes:
+            used = len(ep.expanded) - ep.prompt_len if ep.expanded else 0
+            prompts.append({"prompt_token_ids": ep.ids, "multi_modal_data": {"image": list(ep.images)}})
+            params.append(self._params(ep, self.response_budget - used))
+        if self.trace is not None:
+            self.trace.extend(zip(prompts, params))
+        for rid, ep in zip(self.llm.enqueue(prompts, params, use_tqdm=False), episodes):
+            # outputs carry the external id; vLLM returns the internal "<external>-<8 random chars>"
+            pending[rid.rsplit("-", 1)[0]] = ep
 
     def _advance(self, ep: _Episode, out) -> bool:
         """Record one turn; returns whether the episode goes on."""
