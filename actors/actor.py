@@ -11,6 +11,13 @@ import time
 from cluster.config import TrainConfig
 
 
+def nccl_sync(cfg: TrainConfig) -> bool:
+    """Whether weights move by NCCL broadcast (GPU actors) rather than through the object store."""
+    if cfg.cluster.weight_sync not in ("auto", "nccl", "object_store"):
+        raise ValueError(f"cluster.weight_sync must be auto | nccl | object_store, got {cfg.cluster.weight_sync!r}")
+    return cfg.cluster.weight_sync == "nccl" or (cfg.cluster.weight_sync == "auto" and cfg.cluster.rollout_gpus > 0)
+
+
 class RolloutActor:
     def __init__(self, cfg: TrainConfig, index: int = 0):
         from transformers import AutoProcessor
@@ -24,7 +31,8 @@ class RolloutActor:
         self.rows = {r.prompt_id: r for r in read_rows(cfg.data.path)}
         self.llm = make_llm(cfg.model.path, dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len,
                             max_images=cfg.zoom.max_images, seed=cfg.sampling.seed + index,
-                            tensor_parallel_size=cfg.cluster.tensor_parallel_size)
+                            tensor_parallel_size=cfg.cluster.tensor_parallel_size,
+                            nccl_weight_sync=nccl_sync(cfg))
         processor = AutoProcessor.from_pretrained(cfg.model.path)
         r = cfg.rollout
         self.rollout = Rollout(
@@ -64,6 +72,19 @@ class RolloutActor:
         from actors.weights import load_weights, unpack
 
         seconds = load_weights(self.llm, unpack(packed))
+        self.version = version
+        return seconds
+
+    def nccl_join(self, master_address: str, master_port: int, world_size: int) -> None:
+        from actors.weights import nccl_join
+
+        nccl_join(self.llm, master_address, master_port, 1 + self.index * self.cfg.cluster.tensor_parallel_size,
+                  world_size)
+
+    def nccl_receive(self, version: int, meta: dict) -> float:
+        from actors.weights import nccl_receive
+
+        seconds = nccl_receive(self.llm, meta)
         self.version = version
         return seconds
 

@@ -35,7 +35,8 @@ def set_cpu_env() -> None:
 
 
 def make_llm(model_path: str, *, dtype: str = "float32", max_model_len: int = 8192, max_images: int = 5,
-             seed: int = 0, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.8):
+             seed: int = 0, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.8,
+             nccl_weight_sync: bool = False):
     """A vLLM `LLM` for a local Qwen2.5-VL dir (tiny or real). Images only: video is disabled."""
     import cluster.compat
 
@@ -49,6 +50,10 @@ def make_llm(model_path: str, *, dtype: str = "float32", max_model_len: int = 81
                   limit_mm_per_prompt={"image": max_images, "video": 0})
     if gpu:
         kwargs.update(tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization)
+        if nccl_weight_sync:
+            from actors.weights import nccl_engine_kwargs
+
+            kwargs.update(nccl_engine_kwargs())
     else:
         kwargs.update(enforce_eager=True)
     return LLM(**kwargs)

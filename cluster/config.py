@@ -147,6 +147,8 @@ class ClusterConfig:
     tensor_parallel_size: int = 1  # vLLM tensor parallelism per rollout actor
     learner_cpus: float = 1.0  # CPUs reserved for the learner
     learner_gpus: float = 0.0  # GPUs for the learner
+    weight_sync: str = "auto"  # object_store | nccl | auto (nccl when the actors have GPUs)
+    sync_timeout_s: float = 600.0  # a weight sync that takes longer is an error (NCCL has no timeout)
 
 
 @dataclass

@@ -123,7 +123,7 @@ def show_first_episode(batch: pa.RecordBatch, tokenizer, cfg: TrainConfig) -> No
 def run(cfg: TrainConfig) -> dict:
     from transformers import AutoTokenizer
 
-    from actors.actor import RolloutActor
+    from actors.actor import RolloutActor, nccl_sync
     from cluster.tracking import Tracker
     from data_gen.rows import read_rows
     from learner.actor import LearnerActor
@@ -140,6 +140,11 @@ def run(cfg: TrainConfig) -> dict:
               .remote(cfg, i) for i in range(n_actors)]
     learner = ray.remote(LearnerActor).options(num_cpus=cfg.cluster.learner_cpus, num_gpus=cfg.cluster.learner_gpus) \
         .remote(cfg.model.path, cfg.learner, cfg.data.path, per_step * cfg.rollout.group_size)
+    nccl = nccl_sync(cfg)
+    if nccl:  # one NCCL group: learner rank 0 + every vLLM worker
+        world = 1 + n_actors * cfg.cluster.tensor_parallel_size
+        address, port = ray.get(learner.nccl_open.remote(world))
+        ray.get([a.nccl_join.remote(address, port, world) for a in actors], timeout=cfg.cluster.sync_timeout_s)
     # split a step's prompts over the actors: chunks of ceil(per_step / n_actors)
     chunk = -(-per_step // n_actors)
     chunks_per_step = -(-per_step // chunk)
@@ -164,11 +169,10 @@ def run(cfg: TrainConfig) -> dict:
             t1 = time.perf_counter()
             m = ray.get(learner.train_step.remote([c.batch for c in taken], cfg.loop.max_staleness,
                                                   cfg.loop.staleness_mode, cfg.loop.tis_cap))
-            version, state = learner.publish.options(num_returns=2).remote()
-            loads = [a.load_weights.remote(version, state) for a in actors]
+            loads = publish(ray, learner, actors, nccl)
             t2 = time.perf_counter()
-            if cfg.loop.mode == "sync":  # async: the loads queue behind the actors' running rollouts
-                m["weight_sync_actor_s"] = max(ray.get(loads))
+            if cfg.loop.mode == "sync" or nccl:  # async: the loads queue behind the actors' running rollouts
+                m["weight_sync_actor_s"] = max(ray.get(loads, timeout=cfg.cluster.sync_timeout_s))
             t3 = time.perf_counter()
             learner_busy += t2 - t1
             batches = ray.get([c.batch for c in taken])
@@ -202,6 +206,18 @@ def run(cfg: TrainConfig) -> dict:
         ray.shutdown()
     print(f"[train] done. MLflow run {tracker.run_id} in {tracker.uri}\n[train] open the UI: {tracker.ui_command()}")
     return {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "last": summary}
+
+
+def publish(ray, learner, actors, nccl: bool) -> list:
+    """Fan the learner's new version out to every actor; returns the refs of the actors' load calls.
+    Object store: one put by the learner, a zero-copy get per actor, queued after running rollouts.
+    NCCL: the learner stages a gathered copy, then broadcasts while every engine receives."""
+    if nccl:
+        version, meta = ray.get(learner.nccl_meta.remote())
+        loads = [a.nccl_receive.remote(version, meta) for a in actors]
+        return loads + [learner.nccl_send.remote()]
+    version, packed = learner.publish.options(num_returns=2).remote()
+    return [a.load_weights.remote(version, packed) for a in actors]
 
 
 def save_checkpoint(ray, learner, tracker, cfg: TrainConfig, step: int) -> None:

@@ -33,6 +33,38 @@ class LearnerActor:
         t2 = time.perf_counter()
         return out | {"time/decode_s": t1 - t0, "time/train_s": t2 - t1}
 
+    def nccl_open(self, world_size: int) -> tuple[str, int]:
+        """Start the NCCL group as its rank 0; returns (address, port) for the engines to join."""
+        import threading
+
+        import ray
+
+        from actors.weights import NcclSender
+        from learner.trainer import free_port
+
+        address, port = ray.util.get_node_ip_address(), free_port()
+        self._sender_box: dict = {}
+        # rendezvous blocks until every engine has joined: run it beside the RPCs that make them join
+        self._joiner = threading.Thread(target=lambda: self._sender_box.setdefault(
+            "sender", NcclSender(address, port, world_size)), daemon=True)
+        self._joiner.start()
+        return address, port
+
+    def nccl_meta(self) -> tuple[int, dict]:
+        from actors.weights import weight_meta
+
+        self._joiner.join()
+        self._staged = self.learner.state_dict()  # gathered before any broadcast
+        return self.learner.version, weight_meta(self._staged)
+
+    def nccl_send(self) -> float:
+        import time
+
+        t0 = time.perf_counter()
+        self._sender_box["sender"].send(self._staged)
+        self._staged = {}
+        return time.perf_counter() - t0
+
     def save_hf(self, path: str) -> str:
         """An HF-format model dir (loads unchanged in transformers and vLLM)."""
         self.learner.save_hf(path)
@@ -50,4 +82,5 @@ class LearnerActor:
 
         self.learner.engine.eval()
         with torch.no_grad():
-            return token_logprobs(self.learner.engine, {"input_ids": torch.tensor([token_ids])})[0]
+            ids = torch.tensor([token_ids], device=self.learner.engine.device)
+            return token_logprobs(self.learner.engine, {"input_ids": ids})[0].cpu()

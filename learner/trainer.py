@@ -74,7 +74,8 @@ class Learner:
         self.steps_per_update = steps_per_update
 
     def _inputs(self, t: Trajectory) -> dict[str, torch.Tensor]:
-        return model_inputs(t, rebuild_images(t.images, self.root), self.image_processor)
+        inputs = model_inputs(t, rebuild_images(t.images, self.root), self.image_processor)
+        return {k: v.to(self.engine.device) for k, v in inputs.items()}
 
     def train_step(self, trajectories: list[Trajectory], max_staleness: int = 0, staleness_mode: str = "drop",
                    tis_cap: float = 2.0) -> dict[str, float]:
@@ -96,8 +97,8 @@ class Learner:
         sums: dict[str, float] = {}
         for t in keep:
             inputs = self._inputs(t)
-            behaviour = torch.tensor([t.logprobs], dtype=torch.float32)
-            mask = torch.tensor([t.loss_mask], dtype=torch.float32)
+            behaviour = torch.tensor([t.logprobs], dtype=torch.float32, device=self.engine.device)
+            mask = torch.tensor([t.loss_mask], dtype=torch.float32, device=self.engine.device)
             weights = None
             if self.version - t.weight_version > max_staleness:  # tis: ratio against the current policy
                 with torch.no_grad():
@@ -106,7 +107,7 @@ class Learner:
             else:
                 old = behaviour
             logp, entropy = token_logprobs(self.engine, inputs, with_entropy=True)  # [1, T] each
-            loss, m = policy_loss(logp, old, torch.tensor([t.advantage], dtype=logp.dtype), mask,
+            loss, m = policy_loss(logp, old, torch.tensor([t.advantage], dtype=logp.dtype, device=logp.device), mask,
                                   self.cfg.clip_low, self.cfg.clip_high, self.cfg.dual_clip, weights)
             if self.ref is not None:
                 with torch.no_grad():

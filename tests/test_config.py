@@ -51,3 +51,14 @@ def test_every_field_is_documented():
         for f in dataclasses.fields(cls):
             line = next(ln for ln in src.splitlines() if ln.strip().startswith(f"{f.name}:"))
             assert "#" in line, f"{cls.__name__}.{f.name} has no comment"
+
+
+def test_weight_sync_choice():
+    from actors.actor import nccl_sync
+    from cluster.config import TrainConfig
+
+    assert not nccl_sync(load(TrainConfig))
+    assert nccl_sync(load(TrainConfig, None, ["cluster.rollout_gpus=1"]))
+    assert not nccl_sync(load(TrainConfig, None, ["cluster.rollout_gpus=1", "cluster.weight_sync=object_store"]))
+    with pytest.raises(ValueError, match="cluster.weight_sync"):
+        nccl_sync(load(TrainConfig, None, ["cluster.weight_sync=carrier_pigeon"]))
