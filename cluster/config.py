@@ -145,8 +145,9 @@ class ClusterConfig:
     rollout_cpus: float = 1.0  # CPUs reserved per rollout actor
     rollout_gpus: float = 0.0  # GPUs per rollout actor (= tensor_parallel_size on GPU clusters)
     tensor_parallel_size: int = 1  # vLLM tensor parallelism per rollout actor
-    learner_cpus: float = 1.0  # CPUs reserved for the learner
-    learner_gpus: float = 0.0  # GPUs for the learner
+    learner_ranks: int = 1  # learner processes (Ray actors) in one torch.distributed group
+    learner_cpus: float = 1.0  # CPUs per learner rank
+    learner_gpus: float = 0.0  # GPUs per learner rank
     weight_sync: str = "auto"  # object_store | nccl | auto (nccl when the actors have GPUs)
     sync_timeout_s: float = 600.0  # a weight sync that takes longer is an error (NCCL has no timeout)
 

@@ -61,7 +61,7 @@ def init_ray(cfg: TrainConfig):
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
-        cpus = cfg.cluster.rollout_actors * cfg.cluster.rollout_cpus + cfg.cluster.learner_cpus
+        cpus = cfg.cluster.rollout_actors * cfg.cluster.rollout_cpus + cfg.cluster.learner_ranks * cfg.cluster.learner_cpus
         ray.init(num_cpus=max(1, int(np.ceil(cpus))), include_dashboard=False, runtime_env={"env_vars": env},
                  log_to_driver=True)
     return ray
@@ -126,7 +126,6 @@ def run(cfg: TrainConfig) -> dict:
     from actors.actor import RolloutActor, nccl_sync
     from cluster.tracking import Tracker
     from data_gen.rows import read_rows
-    from learner.actor import LearnerActor
 
     if cfg.loop.mode not in ("sync", "async"):
         raise ValueError(f"loop.mode must be 'sync' or 'async', got {cfg.loop.mode!r}")
@@ -138,12 +137,11 @@ def run(cfg: TrainConfig) -> dict:
     n_actors, per_step = cfg.cluster.rollout_actors, cfg.loop.prompts_per_step
     actors = [ray.remote(RolloutActor).options(num_cpus=cfg.cluster.rollout_cpus, num_gpus=cfg.cluster.rollout_gpus)
               .remote(cfg, i) for i in range(n_actors)]
-    learner = ray.remote(LearnerActor).options(num_cpus=cfg.cluster.learner_cpus, num_gpus=cfg.cluster.learner_gpus) \
-        .remote(cfg.model.path, cfg.learner, cfg.data.path, per_step * cfg.rollout.group_size)
+    learners = make_learner(ray, cfg)
     nccl = nccl_sync(cfg)
     if nccl:  # one NCCL group: learner rank 0 + every vLLM worker
         world = 1 + n_actors * cfg.cluster.tensor_parallel_size
-        address, port = ray.get(learner.nccl_open.remote(world))
+        address, port = ray.get(learners[0].nccl_open.remote(world))
         ray.get([a.nccl_join.remote(address, port, world) for a in actors], timeout=cfg.cluster.sync_timeout_s)
     # split a step's prompts over the actors: chunks of ceil(per_step / n_actors)
     chunk = -(-per_step // n_actors)
@@ -167,9 +165,9 @@ def run(cfg: TrainConfig) -> dict:
             for c in taken:
                 ledger.complete(c.ticket)
             t1 = time.perf_counter()
-            m = ray.get(learner.train_step.remote([c.batch for c in taken], cfg.loop.max_staleness,
-                                                  cfg.loop.staleness_mode, cfg.loop.tis_cap))
-            loads = publish(ray, learner, actors, nccl)
+            m = ray.get([r.train_step.remote([c.batch for c in taken], cfg.loop.max_staleness,
+                                             cfg.loop.staleness_mode, cfg.loop.tis_cap) for r in learners])[0]
+            loads = publish(ray, learners, actors, nccl, cfg.learner.zero_stage)
             t2 = time.perf_counter()
             if cfg.loop.mode == "sync" or nccl:  # async: the loads queue behind the actors' running rollouts
                 m["weight_sync_actor_s"] = max(ray.get(loads, timeout=cfg.cluster.sync_timeout_s))
@@ -190,14 +188,14 @@ def run(cfg: TrainConfig) -> dict:
             if cfg.tracking.picture_every and (step == 1 or step % cfg.tracking.picture_every == 0):
                 tracker.image(episode_figure(batches[0], tokenizer, cfg.data.path), f"episodes/step_{step:05d}.png")
             if cfg.tracking.checkpoint_every and step % cfg.tracking.checkpoint_every == 0:
-                save_checkpoint(ray, learner, tracker, cfg, step)
+                save_checkpoint(ray, learners, tracker, cfg, step)
             print(f"[train] step {step}/{cfg.loop.steps} reward {m.get('reward/mean', 0):.3f} "
                   f"acc {m.get('reward/accuracy', 0):.2f} format {m.get('reward/format_rate', 0):.2f} "
                   f"zooms {m.get('episode/zooms', 0):.2f} loss {m.get('loss', float('nan')):.4f} "
                   f"kl {m.get('kl', 0):.4f} stale {m['staleness_max']:.0f} {t3 - t0:.1f}s", flush=True)
             summary = m
         if not cfg.tracking.checkpoint_every or cfg.loop.steps % cfg.tracking.checkpoint_every:
-            save_checkpoint(ray, learner, tracker, cfg, cfg.loop.steps)
+            save_checkpoint(ray, learners, tracker, cfg, cfg.loop.steps)
         tracker.finish()
     except BaseException:
         tracker.finish("FAILED")
@@ -208,20 +206,41 @@ def run(cfg: TrainConfig) -> dict:
     return {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "last": summary}
 
 
-def publish(ray, learner, actors, nccl: bool) -> list:
-    """Fan the learner's new version out to every actor; returns the refs of the actors' load calls.
-    Object store: one put by the learner, a zero-copy get per actor, queued after running rollouts.
-    NCCL: the learner stages a gathered copy, then broadcasts while every engine receives."""
+def make_learner(ray, cfg: TrainConfig) -> list:
+    """The learner's ranks as Ray actors in one torch.distributed group (rank 0's node is the master)."""
+    from learner.actor import LearnerActor
+
+    n = cfg.cluster.learner_ranks
+    if n < 1:
+        raise ValueError(f"cluster.learner_ranks must be >= 1, got {n}")
+    cls = ray.remote(LearnerActor).options(num_cpus=cfg.cluster.learner_cpus, num_gpus=cfg.cluster.learner_gpus)
+    steps = cfg.loop.prompts_per_step * cfg.rollout.group_size
+    ranks = [cls.remote(cfg.model.path, cfg.learner, cfg.data.path, steps, r, n) for r in range(n)]
+    if n > 1:
+        addr, port = ray.get(ranks[0].master_endpoint.remote())
+        ray.get([r.setup.remote(addr, port) for r in ranks])
+    return ranks
+
+
+def publish(ray, learners: list, actors, nccl: bool, zero_stage: int) -> list:
+    """Fan the learner's new version out to every actor; returns the refs of the load calls.
+    Object store: one put by rank 0, a zero-copy get per actor, queued after running rollouts.
+    NCCL: rank 0 stages a gathered copy, then broadcasts while every engine receives.
+    Under ZeRO-3 the other ranks take part in the gather."""
+    learner = learners[0]
+    gathers = [r.gather_only.remote() for r in learners[1:]] if zero_stage == 3 else []
     if nccl:
         version, meta = ray.get(learner.nccl_meta.remote())
+        ray.get(gathers)
         loads = [a.nccl_receive.remote(version, meta) for a in actors]
         return loads + [learner.nccl_send.remote()]
     version, packed = learner.publish.options(num_returns=2).remote()
+    ray.get(gathers)
     return [a.load_weights.remote(version, packed) for a in actors]
 
 
-def save_checkpoint(ray, learner, tracker, cfg: TrainConfig, step: int) -> None:
+def save_checkpoint(ray, learners: list, tracker, cfg: TrainConfig, step: int) -> None:
     path = Path(cfg.out).resolve() / "checkpoints" / f"step_{step:05d}"
-    ray.get(learner.save_hf.remote(str(path)))
+    ray.get([r.save_hf.remote(str(path)) for r in learners])
     tracker.artifacts(path, f"checkpoints/step_{step:05d}")
     print(f"[train] checkpoint (HF format) {path}")

@@ -12,11 +12,34 @@ from cluster.config import LearnerConfig
 class LearnerActor:
     """Wraps `learner.trainer.Learner` in its own process (use with `ray.remote`)."""
 
-    def __init__(self, model_path: str, cfg: LearnerConfig, dataset_root: str, steps_per_update: int):
+    def __init__(self, model_path: str, cfg: LearnerConfig, dataset_root: str, steps_per_update: int,
+                 rank: int = 0, world_size: int = 1):
+        """One rank of the learner. With world_size 1 it is ready at once; with several ranks, ask rank 0
+        for `master_endpoint()` and call `setup(addr, port)` on every rank concurrently."""
+        self._args = (model_path, cfg, dataset_root, steps_per_update)
+        self.rank, self.world_size = rank, world_size
+        if world_size == 1:
+            self.setup("127.0.0.1", None)
+
+    def master_endpoint(self) -> tuple[str, int]:
+        import ray
+
+        from learner.trainer import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, master_addr: str, master_port: int | None) -> int:
         from learner.trainer import Learner
 
         torch.manual_seed(0)
-        self.learner = Learner(model_path, cfg, dataset_root, steps_per_update=steps_per_update)
+        model_path, cfg, root, steps = self._args
+        self.learner = Learner(model_path, cfg, root, steps_per_update=steps, rank=self.rank,
+                               world_size=self.world_size, master_addr=master_addr, master_port=master_port)
+        return self.rank
+
+    def gather_only(self) -> None:
+        """Take part in a ZeRO-3 full-weight gather whose result rank 0 uses."""
+        self.learner.state_dict()
 
     def train_step(self, batches: list, max_staleness: int = 0, staleness_mode: str = "drop",
                    tis_cap: float = 2.0) -> dict[str, float]:
@@ -71,10 +94,12 @@ class LearnerActor:
         return path
 
     def publish(self) -> tuple[int, dict]:
-        """(version, full state dict in HF names, packed for a zero-copy object store: actors.weights)."""
+        """(version, full state dict in HF names, packed for a zero-copy object store: actors.weights).
+        Under ZeRO-3 every rank must call it (the gather is collective); only rank 0's result is used."""
         from actors.weights import pack
 
-        return self.learner.version, pack(self.learner.state_dict())
+        state = self.learner.state_dict()
+        return self.learner.version, (pack(state) if self.learner.rank == 0 else {})
 
     def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:
         """Per-token log-probs of a text-only sequence under the current policy, [T]."""

@@ -25,27 +25,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_single_process_group() -> None:
-    """torch.distributed for one local rank (DeepSpeed requires a process group)."""
+def init_process_group(rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
+                       master_port: int | None = None) -> None:
+    """torch.distributed for this learner rank (env:// rendezvous; DeepSpeed requires a process group).
+    The ranks of one learner are separate processes (Ray actors) joining the same master."""
     import deepspeed
 
-    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
-        os.environ.setdefault(k, v)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR=master_addr)
+    os.environ.setdefault("LOCAL_RANK", "0" if not torch.cuda.is_available() else str(torch.cuda.current_device()))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    os.environ["MASTER_PORT"] = str(master_port or os.environ.get("MASTER_PORT") or free_port())
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
 class Learner:
     def __init__(self, model_path: str | Path, cfg: LearnerConfig, dataset_root: str | Path, *,
-                 steps_per_update: int):
+                 steps_per_update: int, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
+                 master_port: int | None = None):
         """`steps_per_update`: micro-batches (backward calls) per optimizer step at start; train_step
         resizes it to the trajectories it keeps."""
         import deepspeed
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-        init_single_process_group()
+        init_process_group(rank, world_size, master_addr, master_port)
+        self.rank, self.world_size = rank, world_size
         gpu = torch.cuda.is_available()
         dtype = torch.bfloat16 if gpu else torch.float32
         self.cfg, self.root, self.version, self.model_path = cfg, Path(dataset_root), 0, str(model_path)
@@ -86,13 +90,17 @@ class Learner:
         staleness = [self.version - t.weight_version for t in trajectories]
         too_old = [s > max_staleness for s in staleness]
         keep = [t for t, old in zip(trajectories, too_old) if not (old and staleness_mode == "drop")]
+        # every rank sees the same list; each trains on an equal slice (DeepSpeed needs equal counts)
+        per_rank = len(keep) // self.world_size
         out = {"staleness_mean": sum(staleness) / max(1, len(staleness)),
                "staleness_max": float(max(staleness, default=0)),
                "dropped_stale": float(sum(too_old) if staleness_mode == "drop" else 0),
-               "tis_corrected": float(sum(too_old) if staleness_mode == "tis" else 0)}
+               "tis_corrected": float(sum(too_old) if staleness_mode == "tis" else 0),
+               "dropped_uneven": float(len(keep) - per_rank * self.world_size)}
+        keep = keep[self.rank * per_rank:(self.rank + 1) * per_rank]
         if not keep:
             return out | {"version": float(self.version), "trained": 0.0}
-        self.engine.set_train_batch_size(len(keep) * self.cfg.micro_batch)
+        self.engine.set_train_batch_size(per_rank * self.cfg.micro_batch * self.world_size)
         self.engine.train()
         sums: dict[str, float] = {}
         for t in keep:
@@ -127,11 +135,11 @@ class Learner:
         out["tokens"] = sums["tokens"]
         out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         out["version"] = float(self.version)
-        out["trained"] = float(len(keep))
+        out["trained"] = float(len(keep) * self.world_size)
         return out
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Full weights in HF parameter names (gathered under ZeRO-3), on CPU, for publishing."""
+        """Full weights in HF parameter names (gathered under ZeRO-3: call on every rank), on CPU."""
         import deepspeed
 
         module = self.engine.module
@@ -141,12 +149,14 @@ class Learner:
         return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
     def save_hf(self, path: str | Path) -> None:
-        """Save the policy as an HF model dir with its processor: loadable by transformers and vLLM."""
+        """Save the policy as an HF model dir with its processor: loadable by transformers and vLLM.
+        Call on every rank (ZeRO-3 gathers); rank 0 writes."""
         from transformers import AutoProcessor
 
-        model = self.engine.module
-        model.save_pretrained(path, state_dict=self.state_dict(), safe_serialization=True)
-        AutoProcessor.from_pretrained(self.model_path).save_pretrained(path)
+        state = self.state_dict()
+        if self.rank == 0:
+            self.engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
+            AutoProcessor.from_pretrained(self.model_path).save_pretrained(path)
 
     def logprobs(self, t: Trajectory) -> torch.Tensor:
         """The current policy's per-token log-probs of a trajectory, [T] (eval, no grad)."""

@@ -84,3 +84,24 @@ def test_grpo_step_and_weight_sync(stack, ray_local):
     # image requests still work after the reload (encoder cache reset), tagged with the new version
     again = ro.play(batch[:1], weight_version=version)
     assert len(again) == 2 and all(t.weight_version == 1 for t in again)
+
+
+def test_learner_drops_or_corrects_stale_samples(stack, ray_local):
+    """Samples older than max_staleness versions: dropped (counted) or trained with truncated IS weights."""
+    from actors.trajectory import to_batch
+    from learner.actor import LearnerActor
+
+    ray = ray_local
+    root, model_dir, llm, proc, ro, batch = stack
+    trajs = ro.play(batch[:1], weight_version=0)
+    learner = ray.remote(num_cpus=1)(LearnerActor).remote(str(model_dir), LearnerConfig(kl_coef=0.0),
+                                                           str(root / "data"), len(trajs))
+    ref = ray.put(to_batch(trajs))
+    first = ray.get(learner.train_step.remote([ref], 0))  # version 0: fresh
+    assert first["trained"] == 2 and first["dropped_stale"] == 0 and first["staleness_max"] == 0
+    dropped = ray.get(learner.train_step.remote([ref], 0, "drop"))  # learner at v1, samples at v0
+    assert dropped["dropped_stale"] == 2 and dropped["trained"] == 0 and dropped["version"] == 1
+    tis = ray.get(learner.train_step.remote([ref], 0, "tis", 2.0))
+    assert tis["tis_corrected"] == 2 and tis["trained"] == 2 and tis["version"] == 2
+    kept = ray.get(learner.train_step.remote([ref], 5))  # within a looser bound: used as they are
+    assert kept["trained"] == 2 and kept["staleness_max"] == 2

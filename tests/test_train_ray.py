@@ -100,3 +100,13 @@ def test_staleness_drop_and_tis_in_the_learner():
 
     w = truncated_is_weights(torch.tensor([[0.0, -1.0, 0.0]]), torch.tensor([[-1.0, -1.0, 0.5]]), cap=2.0)
     assert torch.allclose(w, torch.tensor([[2.0, 1.0, 0.6065307]]), atol=1e-6)
+
+
+def test_two_learner_ranks_in_one_group(tmp_path):
+    """The learner as 2 Ray actors in one gloo group (DeepSpeed ZeRO-2 across them)."""
+    out, stdout = train(tmp_path, "loop.steps=2", "loop.mode=sync", "cluster.learner_ranks=2",
+                        "cluster.learner_cpus=0.5", "tracking.picture_every=0")
+    client, found = runs(out)
+    m = found[0].data.metrics
+    assert m["trained"] == 4 and m["dropped_uneven"] == 0 and m["version"] == 2
+    assert (out / "checkpoints" / "step_00002" / "model.safetensors").is_file()
