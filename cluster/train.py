@@ -34,6 +34,31 @@ class Chunk:
     stats: object  # ObjectRef -> dict
 
 
+class RolloutQueue:
+    """Rollout calls in flight or done but not yet trained on, oldest first. `fill` dispatches prompt
+    chunks round-robin only into free slots (backpressure: a full queue stops generation, so memory
+    stays flat); `take` waits for the oldest chunks and marks their prompts done in the ledger."""
+
+    def __init__(self, actors: list, ledger: Ledger, chunk: int, capacity: int):
+        self.actors, self.ledger, self.chunk, self.capacity = actors, ledger, chunk, capacity
+        self.chunks: deque[Chunk] = deque()
+        self.next_actor = 0
+
+    def fill(self) -> None:
+        while len(self.chunks) < self.capacity:
+            ticket, ids = self.ledger.take(self.chunk)
+            batch, stats = self.actors[self.next_actor].rollout_batch.options(num_returns=2).remote(ids)
+            self.chunks.append(Chunk(ticket, self.next_actor, batch, stats))
+            self.next_actor = (self.next_actor + 1) % len(self.actors)
+
+    def take(self, ray, n: int) -> tuple[list[Chunk], list[dict]]:
+        taken = [self.chunks.popleft() for _ in range(n)]
+        stats = ray.get([c.stats for c in taken])
+        for c in taken:
+            self.ledger.complete(c.ticket)
+        return taken, stats
+
+
 def prepare(cfg: TrainConfig) -> None:
     """Build the tiny model / synthetic data when the recipe asks for them and they are missing."""
     from data_gen.rows import PROMPTS_FILE
@@ -146,24 +171,16 @@ def run(cfg: TrainConfig) -> dict:
     # split a step's prompts over the actors: chunks of ceil(per_step / n_actors)
     chunk = -(-per_step // n_actors)
     chunks_per_step = -(-per_step // chunk)
-    queue: deque[Chunk] = deque()
-    next_actor = 0
-    capacity = chunks_per_step * (1 if cfg.loop.mode == "sync" else max(1, cfg.loop.max_queue))
+    queue = RolloutQueue(actors, ledger, chunk,
+                         chunks_per_step * (1 if cfg.loop.mode == "sync" else max(1, cfg.loop.max_queue)))
     t_start, learner_busy, summary = time.perf_counter(), 0.0, {}
     print(f"[train] {cfg.loop.steps} steps, {per_step} prompts x {cfg.rollout.group_size} episodes, "
           f"{n_actors} rollout actor(s), mode={cfg.loop.mode}; MLflow run {tracker.run_id}")
     try:
         for step in range(1, cfg.loop.steps + 1):
             t0 = time.perf_counter()
-            while len(queue) < capacity:  # backpressure: dispatch only into free queue slots
-                ticket, ids = ledger.take(chunk)
-                b, s = actors[next_actor].rollout_batch.options(num_returns=2).remote(ids)
-                queue.append(Chunk(ticket, next_actor, b, s))
-                next_actor = (next_actor + 1) % n_actors
-            taken = [queue.popleft() for _ in range(chunks_per_step)]
-            stats = ray.get([c.stats for c in taken])
-            for c in taken:
-                ledger.complete(c.ticket)
+            queue.fill()
+            taken, stats = queue.take(ray, chunks_per_step)
             t1 = time.perf_counter()
             m = ray.get([r.train_step.remote([c.batch for c in taken], cfg.loop.max_staleness,
                                              cfg.loop.staleness_mode, cfg.loop.tis_cap) for r in learners])[0]
