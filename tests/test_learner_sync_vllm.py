@@ -7,31 +7,19 @@ import math
 import pytest
 import torch
 
-from actors.zoom import ZoomSettings, resize_for_model
+from actors.zoom import ZoomSettings
 from cluster.config import LearnerConfig
-from data_gen.images import load_rgb, resolve_under
-from data_gen.rows import read_rows
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from transformers import AutoProcessor
-
-    from actors.engine import make_llm
     from actors.rollout import Rollout
-    from data_gen.synthetic import make_dataset
-    from data_gen.tiny_model import make_tiny_model
+    from conftest import build_stack
 
-    root = tmp_path_factory.mktemp("loop")
-    model_dir = make_tiny_model(root / "model", vocab="small")
-    make_dataset("visual_search", 2, seed=0, out=root / "data", progress=False)
-    llm = make_llm(str(model_dir), max_model_len=8192, seed=0)
-    proc = AutoProcessor.from_pretrained(model_dir)
-    ro = Rollout(llm, proc, ZoomSettings(half_size=182, out_size=336), group_size=2, prompt="vigorl_multi_turn",
-                 max_tokens_per_turn=256, response_budget=4096, guided=True, min_zooms=1)
-    rows = read_rows(root / "data")
-    batch = [(r, resize_for_model(load_rgb(resolve_under(root / "data", r.image))), r.image) for r in rows]
-    return root, model_dir, llm, proc, ro, batch
+    st = build_stack(tmp_path_factory, "loop")
+    ro = Rollout(st.llm, st.processor, ZoomSettings(half_size=182, out_size=336), group_size=2,
+                 prompt="vigorl_multi_turn", max_tokens_per_turn=256, response_budget=4096, guided=True, min_zooms=1)
+    return st.root, st.model_dir, st.llm, st.processor, ro, st.batch
 
 
 def vllm_logprobs(llm, ids):

@@ -5,43 +5,29 @@ and the training-side forward pass reproduces the behaviour logprobs."""
 import pytest
 import torch
 
-from actors.zoom import ZoomSettings, resize_for_model
-from data_gen.images import load_rgb, resolve_under
-from data_gen.rows import read_rows
+from actors.zoom import ZoomSettings
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from transformers import AutoProcessor
+    from conftest import build_stack
 
-    from actors.engine import make_llm
-    from data_gen.synthetic import make_dataset
-    from data_gen.tiny_model import make_tiny_model
-
-    root = tmp_path_factory.mktemp("rollout")
-    model_dir = make_tiny_model(root / "model", vocab="small")
-    make_dataset("visual_search", 2, seed=0, out=root / "data", progress=False)
-    llm = make_llm(str(model_dir), max_model_len=8192, seed=0)
-    return root, model_dir, llm, AutoProcessor.from_pretrained(model_dir)
+    return build_stack(tmp_path_factory, "rollout")
 
 
 def play(setup, **kw):
     from actors.rollout import Rollout
 
-    root, _, llm, proc = setup
-    rows = read_rows(root / "data")
-    batch = [(r, resize_for_model(load_rgb(resolve_under(root / "data", r.image))), r.image) for r in rows]
     args = dict(group_size=3, prompt="vigorl_multi_turn", max_tokens_per_turn=256, response_budget=4096,
                 guided=True, min_zooms=1)
     args.update(kw)
-    ro = Rollout(llm, proc, ZoomSettings(half_size=182, out_size=336), **args)
-    return ro, ro.play(batch, weight_version=5)
+    ro = Rollout(setup.llm, setup.processor, ZoomSettings(half_size=182, out_size=336), **args)
+    return ro, ro.play(setup.batch, weight_version=5)
 
 
 def test_trajectories_masks_and_groups(setup):
     ro, trajs = play(setup)
-    _, _, _, proc = setup
-    tok = proc.tokenizer
+    tok = setup.processor.tokenizer
     assert len(trajs) == 6 and len({t.group_id for t in trajs}) == 2
     pad = tok.convert_tokens_to_ids("<|image_pad|>")
     for t in trajs:
@@ -74,7 +60,7 @@ def test_learner_logprobs_match_vllm_behaviour_logprobs(setup):
 
     from learner.logprobs import model_inputs, rebuild_images, token_logprobs
 
-    root, model_dir, _, proc = setup
+    root, model_dir, proc = setup.root, setup.model_dir, setup.processor
     # unconstrained sampling: guided decoding would make the behaviour policy the grammar-masked one
     ro, trajs = play(setup, group_size=2, guided=False)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -97,7 +83,7 @@ def test_text_only_logprobs_match_to_1e3(setup):
 
     from learner.logprobs import token_logprobs
 
-    _, model_dir, llm, proc = setup
+    model_dir, llm, proc = setup.model_dir, setup.llm, setup.processor
     text = proc.apply_chat_template([{"role": "user", "content": "Where is the red square? " * 30}],
                                     add_generation_prompt=True, tokenize=False)
     o = llm.generate([{"prompt": text}], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
