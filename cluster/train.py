@@ -111,20 +111,29 @@ def rollout_metrics(batches: list[pa.RecordBatch]) -> dict[str, float]:
             "episode/answered": np.mean([e == "answer" for e in ends]), "episode/count": float(t.num_rows)}
 
 
-def episode_figure(batch: pa.RecordBatch, tokenizer, data_root: str):
-    """A picture of the batch's first episode: points and crops on the image, the turns as text."""
+def episode_figure(batch: pa.RecordBatch, tokenizer, data_root: str, k: int = 1):
+    """A picture of the batch's first `k` episodes, stacked: points and crops on each image, turns as text."""
+    from PIL import Image
+
     from actors.picture import episode_picture
     from actors.trajectory import from_batch
     from actors.zoom import crop_box
     from learner.logprobs import rebuild_images
 
-    t = from_batch(batch.slice(0, 1))[0]
-    images = rebuild_images(t.images, data_root)
-    boxes = [crop_box(r.point, (r.width, r.height), r.half_size) for r in t.images[1:]]
-    text = tokenizer.decode(t.token_ids[t.prompt_len:], skip_special_tokens=False).replace("<|image_pad|>", "")
-    lines = [f"prompt {t.prompt_id}  version {t.weight_version}  reward {t.reward:.2f} "
-             f"(acc {t.reward_accuracy:.2f}, format {t.reward_format:.2f})  end={t.end}"] + text.split("\n")[:40]
-    return episode_picture(images[0], t.points, boxes, images[1:], lines)
+    panels = []
+    for t in from_batch(batch.slice(0, k)):
+        images = rebuild_images(t.images, data_root)
+        boxes = [crop_box(r.point, (r.width, r.height), r.half_size) for r in t.images[1:]]
+        text = tokenizer.decode(t.token_ids[t.prompt_len:], skip_special_tokens=False).replace("<|image_pad|>", "")
+        lines = [f"prompt {t.prompt_id}  version {t.weight_version}  reward {t.reward:.2f} "
+                 f"(acc {t.reward_accuracy:.2f}, format {t.reward_format:.2f})  end={t.end}"] + text.split("\n")[:60]
+        panels.append(episode_picture(images[0], t.points, boxes, images[1:], lines))
+    canvas = Image.new("RGB", (max(p.width for p in panels), sum(p.height for p in panels)), (255, 255, 255))
+    y = 0
+    for p in panels:
+        canvas.paste(p, (0, y))
+        y += p.height
+    return canvas
 
 
 def show_first_episode(batch: pa.RecordBatch, tokenizer, cfg: TrainConfig) -> None:
@@ -203,7 +212,8 @@ def run(cfg: TrainConfig) -> dict:
             if step == 1:
                 show_first_episode(batches[0], tokenizer, cfg)
             if cfg.tracking.picture_every and (step == 1 or step % cfg.tracking.picture_every == 0):
-                tracker.image(episode_figure(batches[0], tokenizer, cfg.data.path), f"episodes/step_{step:05d}.png")
+                figure = episode_figure(batches[0], tokenizer, cfg.data.path, k=3)
+                tracker.image(figure, f"episodes/step_{step:05d}.png")
             if cfg.tracking.checkpoint_every and step % cfg.tracking.checkpoint_every == 0:
                 save_checkpoint(ray, learners, tracker, cfg, step)
             print(f"[train] step {step}/{cfg.loop.steps} reward {m.get('reward/mean', 0):.3f} "
