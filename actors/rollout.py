@@ -70,9 +70,11 @@ class Rollout:
               f"<|im_end|>\n<|im_start|>assistant\n"
         self.obs_ids = self._encode(obs)
         # A random or young policy samples vision placeholders, which would ask vLLM for images that do
-        # not exist: the policy never emits them (the learner masks the same ids).
-        self.banned = sorted(self.tok.convert_tokens_to_ids(t) for t in VISION_TOKENS)
-        self.allowed = [i for i in range(len(self.tok)) if i not in set(self.banned)]
+        # not exist: the policy never emits them. (Behaviour logprobs stay vLLM's raw ones, over the full
+        # vocabulary, which is what the learner computes; the sampled ids' mass differs by the tiny mass
+        # of these five tokens.)
+        banned = {self.tok.convert_tokens_to_ids(t) for t in VISION_TOKENS}
+        self.allowed = [i for i in range(len(self.tok)) if i not in banned]
 
     def _encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
