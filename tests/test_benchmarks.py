@@ -2,7 +2,6 @@
 format traps on small hand-made files."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

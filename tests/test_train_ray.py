@@ -2,7 +2,6 @@
 MLflow sqlite store) with a tiny budget: sync and async runs, metrics, pictures, HF checkpoints, the
 staleness bound and the ledger."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +79,17 @@ def test_checkpoint_loads_in_transformers(sync_run):
     assert any(n.endswith("model.safetensors") for n in names) and any(n.endswith("config.json") for n in names)
 
 
+def test_checkpoint_loads_in_vllm(sync_run):
+    _, out, _ = sync_run
+    script = ("import sys; from actors.engine import make_llm; from vllm import SamplingParams; "
+              "llm = make_llm(sys.argv[1], max_model_len=1024); "
+              "o = llm.generate(['<|im_start|>user\\nhi<|im_end|>\\n'], SamplingParams(max_tokens=4), use_tqdm=False); "
+              "print('GENERATED', len(o[0].outputs[0].token_ids))")
+    p = subprocess.run([sys.executable, "-c", script, str(out / "checkpoints" / "step_00003")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and "GENERATED" in p.stdout, p.stderr[-3000:]
+
+
 def test_async_run_respects_the_staleness_bound(tmp_path):
     out, stdout = train(tmp_path, "loop.steps=4", "loop.mode=async", "loop.max_staleness=1", "loop.max_queue=2",
                         "tracking.picture_every=0")
@@ -90,7 +100,9 @@ def test_async_run_respects_the_staleness_bound(tmp_path):
     assert sum(m.value for m in client.get_metric_history(rid, "dropped_stale")) == 0
     m = found[0].data.metrics
     assert m["ledger/handed_out"] == m["ledger/done"] + m["ledger/in_flight"] + m["ledger/requeued"]
-    assert m["ledger/in_flight"] > 0  # the queue holds the next step's rollouts
+    # backpressure: never more than max_queue steps' worth of prompts dispatched and not yet trained on
+    in_flight = [x.value for x in client.get_metric_history(rid, "ledger/in_flight")]
+    assert max(in_flight) > 0 and max(in_flight) <= 2 * 2
 
 
 def test_staleness_drop_and_tis_in_the_learner():
