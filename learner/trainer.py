@@ -75,7 +75,8 @@ class Learner:
             "wall_clock_breakdown": False,
         }
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-        self.steps_per_update = steps_per_update
+        if self.ref is not None:
+            self.ref.to(self.engine.device)
 
     def _inputs(self, t: Trajectory) -> dict[str, torch.Tensor]:
         inputs = model_inputs(t, rebuild_images(t.images, self.root), self.image_processor)
@@ -115,8 +116,9 @@ class Learner:
             else:
                 old = behaviour
             logp, entropy = token_logprobs(self.engine, inputs, with_entropy=True)  # [1, T] each
-            loss, m = policy_loss(logp, old, torch.tensor([t.advantage], dtype=logp.dtype, device=logp.device), mask,
-                                  self.cfg.clip_low, self.cfg.clip_high, self.cfg.dual_clip, weights)
+            adv = torch.tensor([t.advantage], dtype=logp.dtype, device=logp.device)
+            loss, m = policy_loss(logp, old, adv, mask, self.cfg.clip_low, self.cfg.clip_high, self.cfg.dual_clip,
+                                  weights)
             if self.ref is not None:
                 with torch.no_grad():
                     ref = token_logprobs(self.ref, inputs)
