@@ -25,6 +25,9 @@ from actors.zoom import STOP_STRINGS, ZoomEpisode, ZoomSettings, observation_tex
 from data_gen.rows import PromptRow, gold_for_model
 from learner.grpo import group_advantages
 
+# A random or young policy samples vision placeholders, which would ask vLLM for images that do not exist:
+# sampling never emits them (`bad_words`, a 5-token mask, O(1) per request unlike an allowed-ids list).
+# Behaviour logprobs stay vLLM's raw ones over the full vocabulary, which is what the learner computes.
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
@@ -69,12 +72,6 @@ class Rollout:
         obs = f"<|im_end|>\n<|im_start|>user\n{before}<|vision_start|><|image_pad|><|vision_end|>{after}" \
               f"<|im_end|>\n<|im_start|>assistant\n"
         self.obs_ids = self._encode(obs)
-        # A random or young policy samples vision placeholders, which would ask vLLM for images that do
-        # not exist: the policy never emits them. (Behaviour logprobs stay vLLM's raw ones, over the full
-        # vocabulary, which is what the learner computes; the sampled ids' mass differs by the tiny mass
-        # of these five tokens.)
-        banned = {self.tok.convert_tokens_to_ids(t) for t in VISION_TOKENS}
-        self.allowed = [i for i in range(len(self.tok)) if i not in banned]
 
     def _encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
@@ -91,7 +88,7 @@ class Rollout:
         return SamplingParams(temperature=self.temperature, top_p=self.top_p,
                               max_tokens=min(self.max_tokens_per_turn, budget_left), logprobs=0,
                               stop=list(STOP_STRINGS[:2]), include_stop_str_in_output=True,
-                              allowed_token_ids=self.allowed, structured_outputs=so)
+                              bad_words=list(VISION_TOKENS), structured_outputs=so)
 
     def play(self, batch: list[tuple[PromptRow, Image.Image, str]], weight_version: int) -> list[Trajectory]:
         """batch: (row, full image as the model sees it, dataset-relative image source) per prompt.

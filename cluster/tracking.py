@@ -3,9 +3,7 @@ never talk to MLflow (one writer, no locks)."""
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from cluster.config import TrainConfig, to_flat_dict
@@ -44,9 +42,6 @@ class Tracker:
     def artifacts(self, local_dir: str | Path, path: str) -> None:
         self.mlflow.log_artifacts(str(local_dir), artifact_path=path)
 
-    def text(self, text: str, name: str) -> None:
-        self.mlflow.log_text(text, name)
-
     def finish(self, status: str = "FINISHED") -> None:
         self.mlflow.end_run(status=status)
 
@@ -54,7 +49,3 @@ class Tracker:
         mlflow_bin = Path(sys.executable).parent / "mlflow"
         return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false {mlflow_bin} ui --backend-store-uri {self.uri} "
                 f"--host 127.0.0.1 --port 5000")
-
-
-def scratch_dir() -> str:
-    return tempfile.mkdtemp(prefix="vigorl-", dir=os.environ.get("TMPDIR"))

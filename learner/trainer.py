@@ -159,9 +159,3 @@ class Learner:
         if self.rank == 0:
             self.engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
             AutoProcessor.from_pretrained(self.model_path).save_pretrained(path)
-
-    def logprobs(self, t: Trajectory) -> torch.Tensor:
-        """The current policy's per-token log-probs of a trajectory, [T] (eval, no grad)."""
-        self.engine.eval()
-        with torch.no_grad():
-            return token_logprobs(self.engine, self._inputs(t))[0]
