@@ -29,7 +29,6 @@ class Chunk:
     """One dispatched rollout call."""
 
     ticket: int
-    actor: int
     batch: object  # ObjectRef -> pa.RecordBatch
     stats: object  # ObjectRef -> dict
 
@@ -48,7 +47,7 @@ class RolloutQueue:
         while len(self.chunks) < self.capacity:
             ticket, ids = self.ledger.take(self.chunk)
             batch, stats = self.actors[self.next_actor].rollout_batch.options(num_returns=2).remote(ids)
-            self.chunks.append(Chunk(ticket, self.next_actor, batch, stats))
+            self.chunks.append(Chunk(ticket, batch, stats))
             self.next_actor = (self.next_actor + 1) % len(self.actors)
 
     def take(self, ray, n: int) -> tuple[list[Chunk], list[dict]]:
@@ -111,6 +110,11 @@ def rollout_metrics(batches: list[pa.RecordBatch]) -> dict[str, float]:
             "episode/answered": np.mean([e == "answer" for e in ends]), "episode/count": float(t.num_rows)}
 
 
+def episode_text(t, tokenizer) -> str:
+    """The episode after its first prompt, as text (image placeholders dropped)."""
+    return tokenizer.decode(t.token_ids[t.prompt_len:], skip_special_tokens=False).replace("<|image_pad|>", "")
+
+
 def episode_figure(batch: pa.RecordBatch, tokenizer, data_root: str, k: int = 1):
     """A picture of the batch's first `k` episodes, stacked: points and crops on each image, turns as text."""
     from PIL import Image
@@ -124,7 +128,7 @@ def episode_figure(batch: pa.RecordBatch, tokenizer, data_root: str, k: int = 1)
     for t in from_batch(batch.slice(0, k)):
         images = rebuild_images(t.images, data_root)
         boxes = [crop_box(r.point, (r.width, r.height), r.half_size) for r in t.images[1:]]
-        text = tokenizer.decode(t.token_ids[t.prompt_len:], skip_special_tokens=False).replace("<|image_pad|>", "")
+        text = episode_text(t, tokenizer)
         lines = [f"prompt {t.prompt_id}  version {t.weight_version}  reward {t.reward:.2f} "
                  f"(acc {t.reward_accuracy:.2f}, format {t.reward_format:.2f})  end={t.end}"] + text.split("\n")[:60]
         panels.append(episode_picture(images[0], t.points, boxes, images[1:], lines))
@@ -147,7 +151,7 @@ def show_first_episode(batch: pa.RecordBatch, tokenizer, cfg: TrainConfig) -> No
     for i, img in enumerate(rebuild_images(t.images, cfg.data.path)[1:]):
         img.save(out / f"crop_{i + 1}.png")
     episode_figure(batch, tokenizer, cfg.data.path).save(out / "episode.png")
-    text = tokenizer.decode(t.token_ids[t.prompt_len:], skip_special_tokens=False).replace("<|image_pad|>", "")
+    text = episode_text(t, tokenizer)
     print(f"\n=== first episode: prompt {t.prompt_id}, weight version {t.weight_version} ===\n{text}\n"
           f"--- zoom points {t.points}; reward {t.reward:.3f} (accuracy {t.reward_accuracy:.2f}, format "
           f"{t.reward_format:.2f}, diversity {t.reward_diversity:.2f}); end={t.end}; advantage {t.advantage:+.3f}\n"

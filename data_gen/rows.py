@@ -7,14 +7,13 @@ Golds are in original-image pixels; `gold_for_model` maps box golds into the fra
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from data_gen import records
-from rewards.tasks import get_task
+from rewards.tasks import get_task, parse_box
 
 PROMPTS_FILE = "prompts.parquet"
 
@@ -48,17 +47,11 @@ class PromptRow:
             raise ValueError(f"{at}: field 'gold' {self.gold!r} is not one of the options {self.options}")
 
 
-_BOX = re.compile(r"\(\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*\)")
-
-
 def scale_box_gold(gold: str, original: tuple[int, int], resized: tuple[int, int]) -> str:
     """A `(x1, y1, x2, y2)` gold in original pixels -> the same box on the resized image the model sees
     (per-axis scale factors, SPEC §2). Outer corners are floored/ceiled so the box never shrinks."""
-    m = _BOX.fullmatch(gold.strip())
-    if m is None:
-        return gold
+    x1, y1, x2, y2 = parse_box(gold)
     sx, sy = resized[0] / original[0], resized[1] / original[1]
-    x1, y1, x2, y2 = map(int, m.groups())
     return f"({math.floor(x1 * sx)}, {math.floor(y1 * sy)}, {math.ceil(x2 * sx)}, {math.ceil(y2 * sy)})"
 
 

@@ -108,14 +108,11 @@ class Learner:
             inputs = self._inputs(t)
             behaviour = torch.tensor([t.logprobs], dtype=torch.float32, device=self.engine.device)
             mask = torch.tensor([t.loss_mask], dtype=torch.float32, device=self.engine.device)
-            weights = None
-            if self.version - t.weight_version > max_staleness:  # tis: ratio against the current policy
-                with torch.no_grad():
-                    prox = token_logprobs(self.engine, inputs)
-                weights, old = truncated_is_weights(prox, behaviour, tis_cap), prox
-            else:
-                old = behaviour
             logp, entropy = token_logprobs(self.engine, inputs, with_entropy=True)  # [1, T] each
+            weights, old = None, behaviour
+            if self.version - t.weight_version > max_staleness:  # tis: ratio against the current policy,
+                old = logp.detach()  # which is the proximal one (1 PPO epoch): no second forward
+                weights = truncated_is_weights(old, behaviour, tis_cap)
             adv = torch.tensor([t.advantage], dtype=logp.dtype, device=logp.device)
             loss, m = policy_loss(logp, old, adv, mask, self.cfg.clip_low, self.cfg.clip_high, self.cfg.dual_clip,
                                   weights)

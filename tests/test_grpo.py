@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from learner.grpo import group_advantages, kl_k3, policy_loss
+from learner.grpo import group_advantages, kl_k3, policy_loss, truncated_is_weights
 
 
 def test_group_advantages_hand_worked():
@@ -72,3 +72,9 @@ def test_kl_k3_hand_worked():
     assert k[0, 1].item() == 0.0
     assert k[0, 2].item() == pytest.approx(math.exp(-1) + 1 - 1)  # 0.36788
     assert k[0, 3].item() == 10.0  # clamped
+
+
+def test_truncated_is_weights_hand_worked():
+    # min(exp(prox - behaviour), cap): ratio e^1 capped at 2; equal -> 1; e^-0.5
+    w = truncated_is_weights(torch.tensor([[0.0, -1.0, 0.0]]), torch.tensor([[-1.0, -1.0, 0.5]]), cap=2.0)
+    assert torch.allclose(w, torch.tensor([[2.0, 1.0, math.exp(-0.5)]]), atol=1e-6)

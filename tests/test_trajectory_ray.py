@@ -57,7 +57,8 @@ def test_wrong_schema_is_refused():
 
 
 def test_ray_object_store_round_trip():
-    ray = pytest.importorskip("ray")
+    import ray
+
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
