@@ -135,7 +135,6 @@ class LearnerConfig:
     zero_stage: int = 2  # DeepSpeed ZeRO stage (2 default, 3 for large models)
     freeze_vision: bool = True  # keep the vision tower frozen (SPEC §5, §7)
     gradient_checkpointing: bool = False  # recompute activations in backward (saves memory)
-    micro_batch: int = 1  # trajectories per forward/backward (token-mean over the micro-batch)
 
 
 @dataclass

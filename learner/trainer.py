@@ -66,7 +66,7 @@ class Learner:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ds_config = {
-            "train_micro_batch_size_per_gpu": cfg.micro_batch,
+            "train_micro_batch_size_per_gpu": 1,  # one trajectory per forward/backward (token-mean within it)
             "gradient_accumulation_steps": steps_per_update,
             "gradient_clipping": cfg.grad_clip,
             "zero_optimization": {"stage": cfg.zero_stage},
@@ -101,7 +101,7 @@ class Learner:
         keep = keep[self.rank * per_rank:(self.rank + 1) * per_rank]
         if not keep:
             return out | {"version": float(self.version), "trained": 0.0}
-        self.engine.set_train_batch_size(per_rank * self.cfg.micro_batch * self.world_size)
+        self.engine.set_train_batch_size(per_rank * self.world_size)
         self.engine.train()
         sums: dict[str, float] = {}
         for t in keep:
