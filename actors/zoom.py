@@ -63,23 +63,34 @@ def clamp_point(point: Point, image_size: tuple[int, int]) -> Point:
     return min(max(point[0], 0), w - 1), min(max(point[1], 0), h - 1)
 
 
+def _clipped_box(point: Point, image_size: tuple[int, int], half_size: int) -> tuple[int, int, int, int]:
+    (x, y), (w, h) = point, image_size
+    return max(0, x - half_size), max(0, y - half_size), min(w, x + half_size), min(h, y + half_size)
+
+
+def crop_point(point: Point, image_size: tuple[int, int], half_size: int) -> Point:
+    """The point the crop is taken at: the model's point as written, even outside the image (the released
+    rollout applies the box formula to it unchanged); only when the clipped box would be empty is the
+    point clamped into the image (the released code then crops a degenerate 1-px box; SPEC §3)."""
+    x1, y1, x2, y2 = _clipped_box(point, image_size, half_size)
+    return point if x2 > x1 and y2 > y1 else clamp_point(point, image_size)
+
+
 def crop_box(point: Point, image_size: tuple[int, int], half_size: int) -> tuple[int, int, int, int]:
     """`(max(0, x-o), max(0, y-o), min(W, x+o), min(H, y+o))` — clipped at the borders, not shifted
-    inside (SPEC §3). A point outside the image is first clamped into it (RL "clips the box"), so the box
-    is never empty."""
-    w, h = image_size
-    x, y = clamp_point(point, image_size)
-    return max(0, x - half_size), max(0, y - half_size), min(w, x + half_size), min(h, y + half_size)
+    inside (SPEC §3); a point at (W, H) gives (W-o, H-o, W, H). Never empty (see `crop_point`)."""
+    return _clipped_box(crop_point(point, image_size, half_size), image_size, half_size)
 
 
 def crop(image: Image.Image, point: Point, half_size: int, out_size: int, dot: bool = False) -> Image.Image:
     """The observation for a zoom at `point` on `image` (the full resized image): the clipped box, an
-    optional red dot at the point (radius 7, white outline 2), resized to a square whose side is
-    out_size rounded by smart_resize (512 -> 504). One resize, straight to the final size."""
-    box = crop_box(point, image.size, half_size)
+    optional red dot at the point (radius 7, white outline 2; it may fall outside a border crop, as in the
+    released code), resized to a square whose side is out_size rounded by smart_resize (512 -> 504). One
+    resize, straight to the final size."""
+    x, y = crop_point(point, image.size, half_size)
+    box = _clipped_box((x, y), image.size, half_size)
     region = image.convert("RGB").crop(box)
     if dot:
-        x, y = clamp_point(point, image.size)
         cx, cy = x - box[0], y - box[1]
         ImageDraw.Draw(region).ellipse(
             (cx - DOT_RADIUS, cy - DOT_RADIUS, cx + DOT_RADIUS, cy + DOT_RADIUS),

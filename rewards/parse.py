@@ -1,27 +1,35 @@
-"""Parsing of model outputs: think/answer blocks, integer points, tool calls. Linear-time, never eval.
+"""Parsing of model outputs exactly as the released ViGoRL reward functions read them (Gabesarch/grounded-rl
+@e7970c0, `src/trainer/rl/examples/reward_function/*.py`), without their quadratic regex backtracking and
+without eval.
 
 Every function here accepts any text (huge, empty, truncated, adversarial) and returns a value; nothing
-raises on malformed model output. Numbers longer than 9 digits are not read as coordinates (they would be
-absurd, and Python refuses to parse ints over 4,300 digits).
+raises on malformed model output. Where a helper stands in for one of the official regexes, the regex is
+quoted beside it and `tests/test_rewards_parse.py` checks the two agree on generated text.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from dataclasses import dataclass
 
-# An integer point "(x, y)" as written in think steps (SPEC §2). 9 digits max: no absurd ints.
-POINT_RE = re.compile(r"\(\s*(-?\d{1,9})\s*,\s*(-?\d{1,9})\s*\)")
-# The whole answer being exactly one integer point (GUI grounding answers, SPEC §4).
-POINT_ONLY_RE = re.compile(r"\s*\(\s*(-?\d{1,9})\s*,\s*(-?\d{1,9})\s*\)\s*")
-TAG_RE = re.compile(r"<(/?)(think|answer|tool_call|observation)>")
-# Chat-template markup that may stand between blocks of a decoded multi-turn episode.
-TEMPLATE_RE = re.compile(r"<\|im_end\|>|<\|endoftext\|>|<\|im_start\|>(?:user|assistant|system)?")
+Point = tuple[int, int]
+
+# coordinate_reward: `re.findall(r"\((\d+)\s*,\s*(\d+)\)", first think block)` — non-negative ints only.
+COORD_RE = re.compile(r"\((\d+)\s*,\s*(\d+)\)")
+# The structural tags of the multi-turn grammar (case-insensitive, as the official `_TAG_RE`).
+TAG_RE = re.compile(r"<(/?)(tool_call|observation|think|answer)>", re.IGNORECASE)
+# Official `_TOOL_JSON_RE`; used as is (it only runs after the tag walk has passed, on bounded text).
+TOOL_JSON_RE = re.compile(r"<tool_call>\s*({.*?})\s*</tool_call>", re.DOTALL)
+_ANSWER_OPEN_I = re.compile("<answer>", re.IGNORECASE)
+_ANSWER_CLOSE_I = re.compile("</answer>", re.IGNORECASE)
+_THINK_ANSWER = re.compile(r"</think>\s*<answer>")
+_PAREN_PAIR = re.compile(r"\s*\(([^)]*)\)\s*")
 END_MARKERS = ("<|im_end|>", "<|endoftext|>")
 TOOL_NAME = "search_coordinate"
-
-Point = tuple[int, int]
+# Python refuses to turn more than 4,300 digits into an int; points with more are not points.
+_MAX_DIGITS = 4300
 
 
 def strip_end(text: str) -> str:
@@ -37,110 +45,172 @@ def strip_end(text: str) -> str:
     return text
 
 
-def points_in(text: str) -> list[Point]:
-    """All integer `(x, y)` pairs in order of appearance."""
-    return [(int(a), int(b)) for a, b in POINT_RE.findall(text)]
+def _lazy_block(text: str, open_: str, close: str, dotall: bool) -> str | None:
+    """Content of the leftmost match of `open_(.*?)close` (re.search semantics), in linear time.
+    Without DOTALL the content may not hold a newline: the match starts at the first `open_` whose next
+    `close` comes before the next newline."""
+    start = text.find(open_)
+    while start >= 0:
+        body = start + len(open_)
+        end = text.find(close, body)
+        if end < 0:
+            return None
+        if dotall:
+            return text[body:end]
+        nl = text.find("\n", body, end)
+        if nl < 0:
+            return text[body:end]
+        start = text.find(open_, nl)  # every `open_` before the newline fails the same way
+    return None
 
 
-def parse_point_answer(answer: str) -> Point | None:
-    """The answer read as exactly one `(int, int)` literal (no eval), else None."""
-    m = POINT_ONLY_RE.fullmatch(answer)
-    return (int(m.group(1)), int(m.group(2))) if m else None
+def first_think(text: str) -> str | None:
+    """`re.search(r"<think>(.*?)</think>", text, re.DOTALL)` -> group 1."""
+    return _lazy_block(text, "<think>", "</think>", dotall=True)
 
 
-def first_block(text: str, tag: str) -> str | None:
-    """Content of the first complete `<tag>...</tag>` block."""
-    start = text.find(f"<{tag}>")
-    if start < 0:
-        return None
-    start += len(tag) + 2
-    end = text.find(f"</{tag}>", start)
-    return None if end < 0 else text[start:end]
+def first_answer(text: str) -> str | None:
+    """`re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)` -> group 1 (the single-turn format check)."""
+    return _lazy_block(text, "<answer>", "</answer>", dotall=True)
 
 
-def last_answer(text: str) -> str | None:
-    """Content of the last complete `<answer>...</answer>` block (the final answer of an episode)."""
-    end = text.rfind("</answer>")
-    if end < 0:
-        return None
-    start = text.rfind("<answer>", 0, end)
-    return None if start < 0 else text[start + len("<answer>"): end]
+def answer_for_accuracy(text: str) -> str:
+    """What the official single-turn and point-in-box accuracies compare: `re.search(r"<answer>(.*?)
+    </answer>", text)` (no DOTALL: the first answer block on one line), stripped; else the whole text,
+    stripped."""
+    m = _lazy_block(text, "<answer>", "</answer>", dotall=False)
+    return (m if m is not None else text).strip()
 
 
-def single_turn_structure(text: str) -> str | None:
-    """If the output matches `<think>.*?</think>\\s*<answer>.*?</answer>` in whole (dot matches newline,
-    SPEC §4), return the answer text; else None. Linear: the full match holds iff the text starts with
-    <think>, ends with </answer>, and a `</think>\\s*<answer>` stands between them."""
-    text = strip_end(text)
+def answer_for_accuracy_multiturn(text: str) -> str:
+    """string_match_multiturn: `re.search(r"<answer>\\s*(.*?)\\s*</answer>", text, re.DOTALL |
+    re.IGNORECASE)`, stripped and lower-cased; else the whole text, stripped and lower-cased."""
+    o = _ANSWER_OPEN_I.search(text)
+    c = _ANSWER_CLOSE_I.search(text, o.end()) if o else None
+    return (text[o.end(): c.start()] if c else text).strip().lower()
+
+
+def think_points(text: str) -> list[Point]:
+    """The integer `(x, y)` pairs of the first think block, in order (official `coordinate_reward`)."""
+    think = first_think(text)
+    if think is None:
+        return []
+    return [(int(a), int(b)) for a, b in COORD_RE.findall(think) if max(len(a), len(b)) <= _MAX_DIGITS]
+
+
+def single_turn_answer(text: str) -> str | None:
+    """If the whole text matches `<think>.*?</think>\\s*<answer>.*?</answer>` (re.fullmatch, DOTALL; no
+    stripping, SPEC §4), the content of its first `<answer>` block (unstripped); else None. Linear: the
+    full match holds iff the text starts with <think>, ends with </answer>, and `</think>\\s*<answer>`
+    stands between them."""
     if not (text.startswith("<think>") and text.endswith("</answer>")):
         return None
-    inner = text[len("<think>"): len(text) - len("</answer>")]
-    m = re.search(r"</think>\s*<answer>", inner)
-    if m is None:
+    if _THINK_ANSWER.search(text, len("<think>"), len(text) - len("</answer>")) is None:
         return None
-    # The answer is what follows the last `<answer>` (a lazy regex group would take the first; the
-    # difference only shows on outputs with several answers, which the task check then rejects).
-    return inner[inner.rfind("<answer>") + len("<answer>"):]
+    return first_answer(text)
+
+
+def literal_int_pair(text: str) -> Point | None:
+    """`tuple(ast.literal_eval(text))` when that is exactly two ints (bools are ints, as in the official
+    `isinstance(x, int)` check), else None. `ast.literal_eval` builds literals only — no names, calls or
+    attribute access; it is not eval. The errors it raises on hostile input are all caught here."""
+    try:
+        value = tuple(ast.literal_eval(text))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if len(value) == 2 and all(isinstance(v, int) for v in value):
+        return value[0], value[1]
+    return None
+
+
+def paren_int_pair(answer: str) -> bool:
+    """Single-turn GUI format: the stripped answer starts with '(' and ends with ')' and
+    `ast.literal_eval` of it is a tuple of two ints (official point_in_bbox `format_reward`)."""
+    a = answer.strip()
+    if not (a.startswith("(") and a.endswith(")")):
+        return False
+    try:
+        value = ast.literal_eval(a)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    return isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value)
+
+
+def multiturn_paren_pair(answer: str) -> bool:
+    """Multi-turn GUI format (point_in_bbox_multicrop step 4): the answer block is `\\s*\\(([^)]*)\\)\\s*`
+    and `ast.literal_eval("(" + group.strip() + ")")` is a tuple of two ints."""
+    m = _PAREN_PAIR.fullmatch(answer)
+    if m is None:
+        return False
+    try:
+        value = ast.literal_eval("(" + m.group(1).strip() + ")")
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    return isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value)
+
+
+# ---- multi-turn --------------------------------------------------------------------------------------
+
+def ends_with_answer(s: str) -> bool:
+    """`re.search(r"</answer>\\s*(<\\|im_end\\|>)?\\s*$", s, re.DOTALL)` on the stripped output."""
+    if s.endswith("</answer>"):
+        return True
+    return s.endswith("<|im_end|>") and s[: -len("<|im_end|>")].rstrip().endswith("</answer>")
+
+
+# The official tag walk as a transition table: state -> {tag: next state}. Text between tags is ignored.
+_WALK = {
+    "think_open": {"<think>": "think_close"},
+    "think_close": {"</think>": "post_think"},
+    "post_think": {"<tool_call>": "tool_close", "<answer>": "answer_close"},
+    "tool_close": {"</tool_call>": "obs_open"},
+    "obs_open": {"<observation>": "obs_close"},
+    "obs_close": {"</observation>": "think_open"},
+    "answer_close": {"</answer>": "end"},
+    "end": {},
+}
+
+
+def tag_walk(s: str) -> str:
+    """Walk the structural tags (case-insensitive) through think -> /think -> (tool_call -> /tool_call ->
+    observation -> /observation -> think -> /think)* -> answer -> /answer, nothing after. "" when the
+    walk succeeds, else why it failed."""
+    state = "think_open"
+    for m in TAG_RE.finditer(s):
+        tag = m.group(0).lower()
+        nxt = _WALK[state].get(tag)
+        if nxt is None:
+            expected = " or ".join(_WALK[state]) or "no structural tag after </answer>"
+            return f"unexpected {m.group(0)} at offset {m.start()} (expected {expected})"
+        state = nxt
+    return "" if state == "end" else "no complete <answer>...</answer> at the end of the tag sequence"
 
 
 @dataclass(frozen=True)
 class ToolCall:
     point: Point | None  # None when the call is malformed
     error: str = ""
+    name: object = None  # the "name" field as written (not checked by the official reward)
 
 
 def parse_tool_call(body: str) -> ToolCall:
-    """`{"name": "search_coordinate", "arguments": {"coordinate": [x, y]}}` with int x, y — JSON only."""
+    """A tool-call body as the official multi-turn format reads it: JSON whose `arguments.coordinate` is a
+    list of exactly two ints (`isinstance(x, int)`: true/false count). The tool name is not checked."""
     try:
         obj = json.loads(body)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and over-long ints are ValueErrors
+    except (ValueError, RecursionError, MemoryError) as e:  # JSONDecodeError and over-long ints
         return ToolCall(None, f"tool call is not JSON: {type(e).__name__}")
-    if not isinstance(obj, dict) or obj.get("name") != TOOL_NAME:
-        return ToolCall(None, f"tool call name must be {TOOL_NAME!r}")
-    args = obj.get("arguments")
-    coord = args.get("coordinate") if isinstance(args, dict) else None
-    if (not isinstance(coord, list) or len(coord) != 2
-            or not all(isinstance(c, int) and not isinstance(c, bool) for c in coord)):
-        return ToolCall(None, "arguments.coordinate must be a list of two integers")
-    if not all(abs(c) < 10**9 for c in coord):
-        return ToolCall(None, "coordinate out of range")
-    return ToolCall((coord[0], coord[1]))
+    if not isinstance(obj, dict):
+        return ToolCall(None, "tool call is not a JSON object")
+    args = obj.get("arguments", {})
+    if not isinstance(args, dict):  # the official `.get` on a non-dict raises, scored as format 0
+        return ToolCall(None, "arguments must be an object", obj.get("name"))
+    coord = args.get("coordinate")
+    if not (isinstance(coord, list) and len(coord) == 2 and all(isinstance(c, int) for c in coord)):
+        return ToolCall(None, "arguments.coordinate must be a list of two integers", obj.get("name"))
+    return ToolCall((int(coord[0]), int(coord[1])), "", obj.get("name"))
 
 
-@dataclass(frozen=True)
-class Block:
-    tag: str
-    content: str
-
-
-def blocks(text: str) -> tuple[list[Block], str]:
-    """Split a (multi-turn) output into its tagged blocks, in order.
-
-    Returns (blocks, error). The error is non-empty when tags nest, do not close, or when anything but
-    whitespace and chat-template markup stands between blocks. Observation blocks are opaque (they hold
-    the template's image placeholders)."""
-    out: list[Block] = []
-    pos = 0
-    open_tag: str | None = None
-    open_end = 0
-    for m in TAG_RE.finditer(text):
-        closing, tag = m.group(1) == "/", m.group(2)
-        if open_tag is None:
-            if closing:
-                return out, f"unexpected </{tag}>"
-            gap = TEMPLATE_RE.sub("", text[pos: m.start()])
-            if gap.strip():
-                return out, f"text outside tags before <{tag}>"
-            open_tag, open_end = tag, m.end()
-        elif closing and tag == open_tag:
-            out.append(Block(tag, text[open_end: m.start()]))
-            open_tag, pos = None, m.end()
-        elif open_tag == "observation":
-            continue  # an observation may quote anything
-        else:
-            return out, f"<{'/' if closing else ''}{tag}> inside <{open_tag}>"
-    if open_tag is not None:
-        return out, f"<{open_tag}> not closed"
-    if TEMPLATE_RE.sub("", text[pos:]).strip():
-        return out, "text after the last block"
-    return out, ""
+def tool_calls(s: str) -> list[ToolCall]:
+    """Every `<tool_call>{...}</tool_call>` JSON body of the output, in order (official step 3)."""
+    return [parse_tool_call(m.group(1)) for m in TOOL_JSON_RE.finditer(s)]

@@ -1,10 +1,15 @@
-"""Task accuracies (SPEC §4), registered by name so a new task plugs in without touching the scorer.
+"""Task accuracies and answer checks (SPEC §4), registered by name so a new task plugs in without touching
+the scorer. Each is the released ViGoRL reward function's behaviour (Gabesarch/grounded-rl @e7970c0,
+`examples/reward_function/`), named beside it.
 
-A task is two pure functions of the answer text (the content of the final `<answer>` block):
-  accuracy(answer, gold) -> float in [0, 1]
-  answer_ok(answer) -> bool   the answer is well formed for the task (part of the single-turn format)
+A task is pure functions:
+  accuracy(response, gold) -> float in [0, 1]        single-turn modes; reads the answer itself, as the
+  multi_accuracy(response, gold) -> float             official functions do (multi-turn modes)
+  answer_ok(answer) -> bool         single-turn format: the first `<answer>` block's content is well formed
+  multi_answer_ok(answer) -> bool   multi-turn format: the same, for the final answer block
+  check_gold(gold) -> None          raises ValueError on a malformed gold
 Gold strings come from datasets, not models: a gold in the wrong form is a data error and raises
-ValueError naming it. Answers come from models and never raise.
+ValueError naming it. Responses come from models and never raise.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from rewards.parse import parse_point_answer
+from rewards.parse import (_lazy_block, answer_for_accuracy, answer_for_accuracy_multiturn, literal_int_pair,
+                           multiturn_paren_pair, paren_int_pair)
 
 
 @dataclass(frozen=True)
@@ -22,15 +28,20 @@ class Task:
     accuracy: Callable[[str, str], float]
     answer_ok: Callable[[str], bool]
     check_gold: Callable[[str], None]
+    multi_accuracy: Callable[[str, str], float]
+    multi_answer_ok: Callable[[str], bool]
 
 
 TASKS: dict[str, Task] = {}
 
 
-def register_task(name: str, *, accuracy, answer_ok, check_gold=lambda gold: None) -> None:
+def register_task(name: str, *, accuracy, answer_ok, check_gold=lambda gold: None, multi_accuracy=None,
+                  multi_answer_ok=None) -> None:
+    """Register a task. The multi-turn functions default to the single-turn ones."""
     if name in TASKS:
         raise ValueError(f"task {name!r} is already registered")
-    TASKS[name] = Task(name, accuracy, answer_ok, check_gold)
+    TASKS[name] = Task(name, accuracy, answer_ok, check_gold, multi_accuracy or accuracy,
+                       multi_answer_ok or answer_ok)
 
 
 def get_task(name: str) -> Task:
@@ -40,33 +51,40 @@ def get_task(name: str) -> Task:
         raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}") from None
 
 
-# ---- multiple choice: spatial (SAT-2 / BLINK) and visual search (V*) ----------------------------------
-# A leading choice prefix: "A.", "A)", "(A)", "A:", optionally followed by space. Only a single capital
-# letter A-F counts, so an answer like "Apple" is left alone.
-_CHOICE_PREFIX = re.compile(r"^\s*\(?[A-F][.):]\s*")
+def on_answer(fn: Callable[[str, str], float]) -> Callable[[str, str], float]:
+    """Lift `fn(answer, gold)` to `(response, gold)` with the official single-turn answer extraction
+    (`rewards.parse.answer_for_accuracy`). For tasks whose accuracy only looks at the answer text."""
+    return lambda response, gold: fn(answer_for_accuracy(response), gold)
 
 
-def strip_choice(text: str) -> str:
-    return _CHOICE_PREFIX.sub("", text, count=1).strip().lower()
-
-
-def spatial_accuracy(answer: str, gold: str) -> float:
-    """Exact lower-cased match with the gold option text, after stripping a leading `A.` / `(A)` prefix."""
-    return float(strip_choice(answer) == strip_choice(gold) != "")
-
-
-def visual_search_accuracy(answer: str, gold: str) -> float:
-    """V*: exact match of the stripped, lower-cased answer with the gold option (grounded-rl multi-turn)."""
-    return float(answer.strip().lower() == gold.strip().lower() != "")
-
-
-def _nonempty(answer: str) -> bool:
+def nonempty(answer: str) -> bool:
     return bool(answer.strip())
 
 
 def _gold_nonempty(gold: str) -> None:
     if not isinstance(gold, str) or not gold.strip():
         raise ValueError(f"gold answer must be non-empty option text, got {gold!r}")
+
+
+# ---- multiple choice: spatial (SAT-2 / BLINK) and visual search (V*) ----------------------------------
+# string_match(_grounded_thinking).py `sat_accuracy_reward`: a leading `[A-Za-z][.)]` choice prefix is
+# dropped (to the end of its line), then the lower-cased answer must equal the stripped gold — the gold
+# is not lower-cased, so golds are written in lower case.
+_CHOICE_PREFIX = re.compile(r"^[A-Za-z][\.\)]\s*(.*)")
+
+
+def choice_accuracy(response: str, gold: str) -> float:
+    pred = answer_for_accuracy(response)
+    m = _CHOICE_PREFIX.match(pred)
+    if m:
+        pred = m.group(1).strip()
+    return 1.0 if pred.lower() == gold.strip() else 0.0
+
+
+def multiturn_string_accuracy(response: str, gold: str) -> float:
+    """string_match_multiturn.py `accuracy_reward`: first `<answer>` block (any case, may span lines),
+    stripped and lower-cased (the whole text without one) == the stripped, lower-cased gold."""
+    return 1.0 if answer_for_accuracy_multiturn(response) == gold.strip().lower() else 0.0
 
 
 # ---- GUI grounding ------------------------------------------------------------------------------------
@@ -84,11 +102,17 @@ def parse_box(gold: str) -> tuple[int, int, int, int]:
     return x1, y1, x2, y2
 
 
-def grounding_accuracy(answer: str, gold: str) -> float:
-    """1 iff the answer is an `(int, int)` point inside the gold box, inclusive (SPEC §4)."""
+def grounding_accuracy(response: str, gold: str) -> float:
+    """point_in_bbox.py `accuracy_reward`: the answer read as a Python literal of exactly two ints (a
+    list, or even `1, 2` without parentheses, counts, as `tuple(ast.literal_eval(...))` allows) inside
+    the gold box, borders included."""
     x1, y1, x2, y2 = parse_box(gold)
-    p = parse_point_answer(answer)
+    p = literal_int_pair(answer_for_accuracy(response))
     return float(p is not None and x1 <= p[0] <= x2 and y1 <= p[1] <= y2)
+
+
+def _check_box_gold(gold: str) -> None:
+    parse_box(gold)
 
 
 # ---- web action ---------------------------------------------------------------------------------------
@@ -100,10 +124,11 @@ _ACTION_RES = [
     re.compile(r"\s*stop\s*(\[.*\])?\s*", re.I | re.S),
 ]
 _FIRST_ID = re.compile(r"\[(\d+)\]")
-_FIRST_BRACKET = re.compile(r"\[([^\]]*)\]")
 
 
 def action_ok(answer: str) -> bool:
+    """A well-formed action string (used to validate golds; the official single-turn format does not
+    check the answer, so neither does `answer_ok` of web_action)."""
     return any(r.fullmatch(answer) for r in _ACTION_RES)
 
 
@@ -113,36 +138,39 @@ def _check_action_gold(gold: str) -> None:
                          f"go_back / stop [answer], got {gold!r}")
 
 
-def web_action_accuracy(answer: str, gold: str) -> float:
-    """SPEC §4, checked in this order on the answer text:
-    go_back / stop: 1 iff gold has the same keyword; scroll: 1 iff both [down] or both [up];
-    click: 0.5 if gold is a click + 0.5 if the first [digits] ids are equal;
-    type: 0.5 if gold is a type + 0.5 if the first [...] contents are equal (typed text not compared)."""
-    a, g = answer.strip().lower(), gold.strip().lower()
-    for kw in ("go_back", "stop"):
-        if a.startswith(kw):
-            return float(g.startswith(kw))
-    if a.startswith("scroll"):
-        return float(g.startswith("scroll") and (("[down]" in a and "[down]" in g) or ("[up]" in a and "[up]" in g)))
-    if a.startswith("click"):
-        if not g.startswith("click"):
-            return 0.0
+def web_action_accuracy(response: str, gold: str) -> float:
+    """web_action(_grounded_thinking).py `accuracy_reward`: case-sensitive substring tests on the answer,
+    in this order, the first that matches decides: `go_back` -> 1 iff gold has it; `stop` -> 1 iff gold
+    has it (the stop answer is not compared); `scroll` -> 1 iff both have `[down]` or both `[up]`;
+    `click` -> both need a `[digits]` (else 0), 0.5·(gold has `click`) + 0.5·(first ids equal); `type` ->
+    both need a `[...]` (else 0), 0.5·(gold has `type`) + 0.5·(first bracket contents equal)."""
+    a, g = answer_for_accuracy(response), gold.strip()
+    if "go_back" in a:
+        return 1.0 if "go_back" in g else 0.0
+    if "stop" in a:
+        return 1.0 if "stop" in g else 0.0
+    if "scroll" in a:
+        return 1.0 if ("[down]" in a and "[down]" in g) or ("[up]" in a and "[up]" in g) else 0.0
+    if "click" in a:
         ia, ig = _FIRST_ID.search(a), _FIRST_ID.search(g)
-        return 0.5 + 0.5 * float(ia is not None and ig is not None and ia.group(1) == ig.group(1))
-    if a.startswith("type"):
-        if not g.startswith("type"):
+        if not ia or not ig:
             return 0.0
-        ia, ig = _FIRST_BRACKET.search(a), _FIRST_BRACKET.search(g)
-        return 0.5 + 0.5 * float(ia is not None and ig is not None and ia.group(1).strip() == ig.group(1).strip())
+        return int("click" in g) * 0.5 + int(ia.group(1).strip() == ig.group(1).strip()) * 0.5
+    if "type" in a:
+        ca, cg = _lazy_block(a, "[", "]", dotall=False), _lazy_block(g, "[", "]", dotall=False)  # r"\[(.*?)\]"
+        if ca is None or cg is None:
+            return 0.0
+        return int("type" in g) * 0.5 + int(ca.strip() == cg.strip()) * 0.5
     return 0.0
 
 
-register_task("spatial", accuracy=spatial_accuracy, answer_ok=_nonempty, check_gold=_gold_nonempty)
-register_task("visual_search", accuracy=visual_search_accuracy, answer_ok=_nonempty, check_gold=_gold_nonempty)
-def _check_box_gold(gold: str) -> None:
-    parse_box(gold)
-
-
-register_task("gui_grounding", accuracy=grounding_accuracy,
-              answer_ok=lambda a: parse_point_answer(a) is not None, check_gold=_check_box_gold)
-register_task("web_action", accuracy=web_action_accuracy, answer_ok=action_ok, check_gold=_check_action_gold)
+# V* single-turn uses the spatial reward (run_vigorl.sh: vstar/vigorl -> string_match_grounded_thinking);
+# its multi-turn reward is string_match_multiturn. Spatial and web action have no official multi-turn
+# reward: spatial takes string_match_multiturn's, web action keeps its accuracy.
+for _name in ("spatial", "visual_search"):
+    register_task(_name, accuracy=choice_accuracy, answer_ok=nonempty, check_gold=_gold_nonempty,
+                  multi_accuracy=multiturn_string_accuracy, multi_answer_ok=nonempty)
+register_task("gui_grounding", accuracy=grounding_accuracy, answer_ok=paren_int_pair, check_gold=_check_box_gold,
+              multi_answer_ok=multiturn_paren_pair)
+register_task("web_action", accuracy=web_action_accuracy, answer_ok=lambda answer: True,
+              check_gold=_check_action_gold, multi_answer_ok=nonempty)

@@ -44,7 +44,11 @@ def test_smart_resize_errors():
     ((500, 300), (318, 118, 682, 482)),  # interior, o = 182
     ((10, 20), (0, 0, 192, 202)),  # clipped at the top-left, not shifted
     ((995, 750), (813, 568, 1000, 800)),  # clipped at the bottom-right
-    ((-40, 900), (0, 617, 182, 800)),  # outside: clamped into the image first (0, 799)
+    ((1000, 800), (818, 618, 1000, 800)),  # at (W, H): the formula as written, then clipped
+    ((-40, 900), (0, 718, 142, 800)),  # outside but the clipped box is not empty: the point is not moved
+    ((1100, 300), (918, 118, 1000, 482)),
+    ((-500, 300), (0, 118, 182, 482)),  # the clipped box would be empty: only then clamped, to (0, 300)
+    ((5000, 5000), (817, 617, 1000, 800)),  # -> (999, 799)
 ])
 def test_crop_box_borders(point, box):
     assert crop_box(point, (1000, 800), 182) == box
@@ -54,6 +58,14 @@ def test_crop_box_borders(point, box):
 def test_crop_output_size(out_size, side):
     img = Image.new("RGB", (1000, 800), (0, 0, 0))
     assert crop(img, (10, 10), 100, out_size).size == (side, side)
+
+
+def test_crop_point_only_moves_points_whose_box_is_empty():
+    from actors.zoom import crop_point
+
+    assert crop_point((1000, 800), (1000, 800), 50) == (1000, 800)
+    assert crop_point((1049, 10), (1000, 800), 50) == (1049, 10)
+    assert crop_point((1050, 10), (1000, 800), 50) == (999, 10)  # x - o = W: nothing left to crop
 
 
 def test_crop_content_and_dot():
