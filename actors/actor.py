@@ -18,6 +18,22 @@ def nccl_sync(cfg: TrainConfig) -> bool:
     return cfg.cluster.weight_sync == "nccl" or (cfg.cluster.weight_sync == "auto" and cfg.cluster.rollout_gpus > 0)
 
 
+def read_system_prompt(path: str) -> str | None:
+    """The system prompt file's text, stripped (as the released trainer reads its format prompt); None
+    when no file is configured."""
+    from pathlib import Path
+
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"rollout.system_prompt_file: {p} does not exist")
+    text = p.read_text(encoding="utf-8").strip()
+    if not text:
+        raise ValueError(f"rollout.system_prompt_file: {p} is empty")
+    return text
+
+
 class RolloutActor:
     def __init__(self, cfg: TrainConfig, index: int = 0):
         from transformers import AutoProcessor
@@ -39,7 +55,8 @@ class RolloutActor:
             self.llm, processor, ZoomSettings(**dataclasses.asdict(cfg.zoom)), group_size=r.group_size,
             prompt=r.prompt, mode=cfg.data.mode, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
             max_tokens_per_turn=cfg.sampling.max_tokens_per_turn, response_budget=r.response_budget,
-            max_model_len=cfg.model.max_model_len, guided=r.guided, min_zooms=r.min_zooms)
+            max_model_len=cfg.model.max_model_len, guided=r.guided, min_zooms=r.min_zooms,
+            train_forced_prefix=r.train_forced_prefix, system_prompt=read_system_prompt(r.system_prompt_file))
         self._images: dict[str, object] = {}
 
     def _image(self, row):

@@ -68,9 +68,10 @@ class TurnGrammar:
     forced: str  # the rest of a forced answer turn (after FORCED_ANSWER_PREFIX's "<answer>")
 
 
-def turn_grammar(task: str, options: list[str], max_coord: int) -> TurnGrammar:
+def turn_grammar(task: str, options: list[str], max_coord: int, multi_turn: bool = True) -> TurnGrammar:
     """Constrain a model that cannot yet write the format (a random tiny model, a cold-start sanity run)
-    to ViGoRL's turn grammar. Never used to train a real policy: its logprobs are of the masked sampler."""
+    to ViGoRL's turn grammar (single-turn: one think step then the answer). Never used to train a real
+    policy: its logprobs are of the masked sampler."""
     digits = max(1, len(str(max_coord)) - 1)  # numbers below 10**digits <= max_coord: inside the image
     num = rf"(0|[1-9][0-9]{{0,{digits - 1}}})"
     if options:
@@ -82,8 +83,10 @@ def turn_grammar(task: str, options: list[str], max_coord: int) -> TurnGrammar:
     think = rf"<think> [A-Za-z ,.]{{5,60}}\({num}, {num}\)[A-Za-z ,.]{{0,30}}</think>\n"
     call = (r'<tool_call>\n\{"name": "search_coordinate", "arguments": \{"coordinate": \[' + num + ", " + num
             + r"\]\}\}\n</tool_call>")
-    return TurnGrammar(turn=f"{think}({call}|<answer> {answer} </answer>)", zoom=think + call,
-                       forced=f" {answer} </answer>")
+    final = f"<answer> {answer} </answer>"
+    if not multi_turn:
+        return TurnGrammar(turn=think + final, zoom=think + final, forced=f" {answer} </answer>")
+    return TurnGrammar(turn=f"{think}({call}|{final})", zoom=think + call, forced=f" {answer} </answer>")
 
 
 @dataclass

@@ -1,16 +1,28 @@
-"""Token-level rollouts: play G multi-turn zoom episodes per prompt against vLLM, all episodes of a batch in
-lock-step (one `generate` call per turn), and turn each into a scored `Trajectory`.
+"""Token-level rollouts: play G episodes per prompt against vLLM and turn each into a scored `Trajectory`.
 
-Token ids are kept exactly as generated, never re-tokenised from text. vLLM gets prompts with one
-`<|image_pad|>` per image and expands them itself; the ids it returns (`prompt_token_ids`, expanded) are
-the training ids. Each turn's prompt extends the previous turn's prompt + generation, so the generated
-spans keep their positions; this is checked, not assumed. Observation, template and forced-prefix tokens
-get loss_mask 0; an episode that ran out of tokens (not ended by a stop string or EOS) is masked whole
-(SPEC §5).
+Multi-turn (SPEC §2, §5): each episode's next turn is queued as soon as its last turn ends (no lock-step
+barrier). A turn stops at `</tool_call>` or `</answer>` (kept) or at EOS. Token ids are kept exactly as
+generated, never re-tokenised from text: vLLM gets prompts with one `<|image_pad|>` per image and expands
+them itself; its returned `prompt_token_ids` (expanded) are the training ids, and each turn's prompt must
+extend the previous one (checked, not assumed). Trained tokens (loss mask 1), as in the released code:
+every generated token, the `<|im_end|>` appended to close each assistant turn that stopped on a stop
+string, and the forced answer prefix (`train_forced_prefix`). Masked: system/user/observation text, image
+tokens, the `<|im_start|>assistant\n` template. The response budget counts everything after the first
+prompt (generated, observation, crop image tokens, forced prefix, closing `<|im_end|>`); it is checked
+before every turn is sent, so it is never overshot. A turn cut by the per-turn limit or the budget ends
+the episode with no gradient at all, and it scores as an empty response (the released trainer decodes
+only up to the last trained token).
+
+Single-turn (official single-turn sampling): one response of up to `response_budget` tokens, no stop
+strings, EOS trained, a response cut at the length limit still trained.
+
+Behaviour log-probs are vLLM's for sampled tokens and NaN for tokens the environment forced (the closing
+`<|im_end|>`, the forced prefix): no policy sampled those.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
 
@@ -21,14 +33,16 @@ import rewards
 from actors.engine import turn_grammar
 from actors.prompts import get_prompt
 from actors.trajectory import ImageRef, Trajectory
-from actors.zoom import STOP_STRINGS, ZoomEpisode, ZoomSettings, observation_text
+from actors.zoom import FORCED_ANSWER_PREFIX, STOP_STRINGS, ZoomEpisode, ZoomSettings, observation_text
 from data_gen.rows import PromptRow, gold_for_model
 from learner.grpo import group_advantages
 
 # A random or young policy samples vision placeholders, which would ask vLLM for images that do not exist:
-# sampling never emits them (`bad_words`, a 5-token mask, O(1) per request unlike an allowed-ids list).
-# Behaviour logprobs stay vLLM's raw ones over the full vocabulary, which is what the learner computes.
+# sampling never emits them (`bad_words`, a 5-token mask, O(1) per request unlike an allowed-ids list; the
+# released code sets a -100 logit bias on the image token for the same reason). Behaviour logprobs stay
+# vLLM's raw ones over the full vocabulary, which is what the learner computes.
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+END_OF_TURN = "<|im_end|>"
 
 
 def image_tokens(image: Image.Image, factor: int = 28) -> int:
@@ -41,15 +55,23 @@ class _Episode:
     row: PromptRow
     env: ZoomEpisode
     group_id: str
-    ids: list[int]  # what vLLM is sent: one <|image_pad|> per image
-    images: list[Image.Image]
+    ids: list[int]  # what vLLM is sent next: one <|image_pad|> per image
+    images: list[Image.Image]  # the images vLLM has been (or is about to be) sent, in order
+    zooms: list[tuple[int, int]] = field(default_factory=list)  # the points of the crops in `images`
     prompt_len: int = 0  # expanded length of the first prompt
-    expanded: list[int] = field(default_factory=list)  # expanded prompt + generation so far
-    spans: list[tuple[int, int]] = field(default_factory=list)  # (start, length) of generated tokens
-    logprobs: list[float] = field(default_factory=list)  # of the generated tokens, in order
+    expanded: list[int] = field(default_factory=list)  # expanded prompt + everything after it so far
+    trained: list[tuple[int, int, bool]] = field(default_factory=list)  # (start, length, sampled) spans
+    logprobs: list[float] = field(default_factory=list)  # of the sampled tokens, in order
+    expect_len: int = 0  # expanded length the next prompt must have (0: not known yet)
     prefix: str = ""  # forced-answer prefix the next turn starts with
     finish: str = ""  # vLLM finish reason of the last turn
-    truncated: bool = False
+    truncated: bool = False  # cut by a token limit: no gradient
+    end: str = ""  # how the episode ended
+
+    @property
+    def used(self) -> int:
+        """Budget used so far: tokens after the first prompt, expanded."""
+        return len(self.expanded) - self.prompt_len
 
 
 class Rollout:
@@ -58,44 +80,57 @@ class Rollout:
     def __init__(self, llm, processor, settings: ZoomSettings, *, group_size: int, prompt: str = "plain",
                  mode: str = "multi_turn", temperature: float = 1.0, top_p: float = 0.99,
                  max_tokens_per_turn: int = 1024, response_budget: int = 2048, max_model_len: int = 8192,
-                 guided: bool = False, min_zooms: int = 0):
+                 guided: bool = False, min_zooms: int = 0, train_forced_prefix: bool = True,
+                 system_prompt: str | None = None):
         if group_size < 2:
             raise ValueError(f"group_size must be >= 2 (group advantages need a spread), got {group_size}")
         self.llm, self.processor, self.tok = llm, processor, processor.tokenizer
         self.settings, self.group_size, self.prompt, self.mode = settings, group_size, get_prompt(prompt), mode
+        self.multi_turn = rewards.is_multi_turn(mode)
+        self.system_prompt = system_prompt
         self.temperature, self.top_p = temperature, top_p
         self.max_tokens_per_turn, self.response_budget, self.max_model_len = (
             max_tokens_per_turn, response_budget, max_model_len)
-        self.guided, self.min_zooms = guided, min_zooms
+        self.guided, self.min_zooms, self.train_forced_prefix = guided, min_zooms, train_forced_prefix
         self.trace: list | None = None  # set to a list to record every (prompt, params) sent (benchmarks)
         before, after = observation_text(settings.dot)
-        obs = f"<|im_end|>\n<|im_start|>user\n{before}<|vision_start|><|image_pad|><|vision_end|>{after}" \
-              f"<|im_end|>\n<|im_start|>assistant\n"
-        self.obs_ids = self._encode(obs)
+        # the user turn of an observation, after the `<|im_end|>` that closes the assistant turn
+        self.obs_ids = self._encode(f"\n<|im_start|>user\n{before}<|vision_start|><|image_pad|><|vision_end|>"
+                                    f"{after}<|im_end|>\n<|im_start|>assistant\n")
+        self.end_id = self.tok.convert_tokens_to_ids(END_OF_TURN)
+        self.prefix_ids = self._encode(FORCED_ANSWER_PREFIX)
 
     def _encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
 
-    def _params(self, ep: _Episode, budget_left: int):
+    def messages(self, row: PromptRow) -> list[dict]:
+        """The first turn's chat messages: the registered prompt, its system message replaced by
+        `system_prompt` when one is given (e.g. read from the file the SFT data used)."""
+        msgs = self.prompt(row)
+        if self.system_prompt is not None:
+            msgs = [{"role": "system", "content": self.system_prompt}] + [m for m in msgs if m["role"] != "system"]
+        return msgs
+
+    def _params(self, ep: _Episode, max_tokens: int):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
         so = None
         if self.guided:
-            g = turn_grammar(ep.row.task, ep.row.options, max(ep.env.image.size))
+            g = turn_grammar(ep.row.task, ep.row.options, max(ep.env.image.size), multi_turn=self.multi_turn)
             regex = g.forced if ep.prefix else g.zoom if len(ep.env.boxes) < self.min_zooms else g.turn
             so = StructuredOutputsParams(regex=regex)
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p,
-                              max_tokens=min(self.max_tokens_per_turn, budget_left), logprobs=0,
-                              stop=list(STOP_STRINGS[:2]), include_stop_str_in_output=True,
-                              bad_words=list(VISION_TOKENS), structured_outputs=so)
+        stop = list(STOP_STRINGS[:2]) if self.multi_turn else None  # EOS stops both modes
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=max_tokens, logprobs=0,
+                              stop=stop, include_stop_str_in_output=True, bad_words=list(VISION_TOKENS),
+                              structured_outputs=so)
 
     def play(self, batch: list[tuple[PromptRow, Image.Image, str]], weight_version: int) -> list[Trajectory]:
         """batch: (row, full image as the model sees it, dataset-relative image source) per prompt.
         Returns G trajectories per prompt, scored, with group advantages."""
         episodes = []
         for row, image, source in batch:
-            text = self.processor.apply_chat_template(self.prompt(row), add_generation_prompt=True, tokenize=False)
+            text = self.processor.apply_chat_template(self.messages(row), add_generation_prompt=True, tokenize=False)
             ids = self._encode(text)
             gid = uuid.uuid4().hex
             for _ in range(self.group_size):
@@ -117,12 +152,21 @@ class Rollout:
                     self._enqueue([ep], pending)
         return self._trajectories(episodes, batch, weight_version)
 
+    def _max_tokens(self, ep: _Episode) -> int:
+        """Tokens the next turn may generate: what is left of the budget once the prompt about to be sent
+        (observation, crop tokens and forced prefix included) is counted; multi-turn keeps one token for the
+        closing `<|im_end|>`. Nothing may pass the engine's context either."""
+        if not self.multi_turn:
+            return min(self.response_budget, self.max_model_len - len(ep.ids))
+        next_prompt = ep.expect_len or len(ep.ids)  # expanded length, known exactly after the first turn
+        used = next_prompt - ep.prompt_len if ep.expanded else 0
+        return min(self.max_tokens_per_turn, self.response_budget - used - 1, self.max_model_len - next_prompt - 1)
+
     def _enqueue(self, episodes: list[_Episode], pending: dict[str, _Episode]) -> None:
         prompts, params = [], []
         for ep in episodes:
-            used = len(ep.expanded) - ep.prompt_len if ep.expanded else 0
             prompts.append({"prompt_token_ids": ep.ids, "multi_modal_data": {"image": list(ep.images)}})
-            params.append(self._params(ep, self.response_budget - used))
+            params.append(self._params(ep, self._max_tokens(ep)))
         if self.trace is not None:
             self.trace.extend(zip(prompts, params))
         for rid, ep in zip(self.llm.enqueue(prompts, params, use_tqdm=False), episodes):
@@ -133,43 +177,62 @@ class Rollout:
         """Record one turn; returns whether the episode goes on."""
         c = out.outputs[0]
         prompt = list(out.prompt_token_ids)
-        if ep.expanded and prompt[: len(ep.expanded)] != ep.expanded:
+        if (ep.expanded and prompt[: len(ep.expanded)] != ep.expanded) or (ep.expect_len and len(prompt) != ep.expect_len):
             raise RuntimeError(f"episode of prompt {ep.row.prompt_id}: vLLM's expanded prompt does not extend "
-                               "the previous turn; generated spans would move")
+                               "the previous turn as expected; generated spans would move")
         if not ep.expanded:
             ep.prompt_len = len(prompt)
+        elif ep.prefix and self.train_forced_prefix:  # the forced prefix ends the prompt just sent
+            ep.trained.append((len(prompt) - len(self.prefix_ids), len(self.prefix_ids), False))
         gen = list(c.token_ids)
-        ep.spans.append((len(prompt), len(gen)))
+        ep.trained.append((len(prompt), len(gen), True))
         ep.logprobs.extend(lp[t].logprob for lp, t in zip(c.logprobs, gen))
         ep.expanded = prompt + gen
         ep.ids = ep.ids + gen
         ep.finish = c.finish_reason or ""
+        if not self.multi_turn:  # one response; EOS and length cuts are trained alike
+            ep.end = "answer" if ep.finish == "stop" else "length"
+            return False
         step = ep.env.step(ep.prefix + c.text)
-        if ep.finish != "stop":  # cut by the token budget: no EOS / stop string, no gradient (SPEC §5)
-            ep.truncated = True
+        if ep.finish != "stop":  # cut by a token limit: no EOS / stop string, no gradient (SPEC §5)
+            ep.truncated, ep.end = True, "truncated"
             return False
+        stopped_on_string = not gen or gen[-1] != self.end_id
+        if stopped_on_string:  # close the turn as the chat template does; a trained token
+            self._append(ep, [self.end_id], trained=True)
         if step.done:
+            ep.end = step.end.value
             return False
-        prefix_ids = self._encode(step.force_prefix) if step.force_prefix else []
+        prefix = self.prefix_ids if step.force_prefix else []
         # the next prompt grows by the observation (its one placeholder becomes the crop's image tokens)
-        # and the forced prefix; an episode with no room left to answer is cut (and masked)
-        growth = len(self.obs_ids) - 1 + image_tokens(step.crop) + len(prefix_ids)
-        if len(ep.expanded) - ep.prompt_len + growth >= self.response_budget or \
-                len(ep.expanded) + growth >= self.max_model_len:
-            ep.truncated = True
+        # and the forced prefix; an episode without room for one more token and its <|im_end|> is cut
+        growth = len(self.obs_ids) - 1 + image_tokens(step.crop) + len(prefix)
+        if self.response_budget - (ep.used + growth) < 2 or self.max_model_len - (len(ep.expanded) + growth) < 2:
+            ep.truncated, ep.end = True, "truncated"
             return False
-        ep.ids = ep.ids + self.obs_ids + prefix_ids
+        ep.ids = ep.ids + self.obs_ids + prefix
+        ep.expect_len = len(ep.expanded) + growth
         ep.images.append(step.crop)
+        ep.zooms.append(step.point)
         ep.prefix = step.force_prefix
         return True
 
+    def _append(self, ep: _Episode, ids: list[int], trained: bool) -> None:
+        if trained:
+            ep.trained.append((len(ep.expanded), len(ids), False))
+        ep.expanded = ep.expanded + ids
+        ep.ids = ep.ids + ids
+
+    def _score(self, ep: _Episode) -> rewards.Score:
+        """The released trainer decodes the response up to its last trained token with special tokens
+        skipped; an episode with no trained token scores as the empty response."""
+        size = ep.env.image.size
+        text = "" if ep.truncated else self.tok.decode(ep.expanded[ep.prompt_len:], skip_special_tokens=True)
+        return rewards.score(text, gold_for_model(ep.row, size), task=ep.row.task, mode=self.mode, image_size=size)
+
     def _trajectories(self, episodes: list[_Episode], batch, version: int) -> list[Trajectory]:
         sources = {row.prompt_id: src for row, _, src in batch}
-        scores = []
-        for ep in episodes:
-            size = ep.env.image.size
-            scores.append(rewards.score(ep.env.text(), gold_for_model(ep.row, size), task=ep.row.task,
-                                        mode=self.mode, image_size=size))
+        scores = [self._score(ep) for ep in episodes]
         rw = torch.tensor([s.overall for s in scores], dtype=torch.float64)
         gids = {g: i for i, g in enumerate(dict.fromkeys(ep.group_id for ep in episodes))}
         adv = group_advantages(rw, torch.tensor([gids[ep.group_id] for ep in episodes])).tolist()
@@ -178,21 +241,27 @@ class Rollout:
             n = len(ep.expanded)
             mask, lps = [0] * n, [0.0] * n
             k = 0
-            for start, length in ep.spans:
-                lps[start:start + length] = ep.logprobs[k:k + length]
+            for start, length, sampled in ep.trained:
+                if sampled:
+                    lps[start:start + length] = ep.logprobs[k:k + length]
+                    k += length
+                else:
+                    lps[start:start + length] = [math.nan] * length
                 if not ep.truncated:
                     mask[start:start + length] = [1] * length
-                k += length
             w, h = ep.env.image.size
             src = sources[ep.row.prompt_id]
+            # exactly the images vLLM was sent (`zooms` grows only when a crop is sent, never for one the
+            # budget cut), so the learner rebuilds as many images as the tokens hold
             refs = [ImageRef(src, w, h)] + [
                 ImageRef(src, w, h, point=p, half_size=self.settings.half_size, out_size=self.settings.out_size,
-                         dot=self.settings.dot) for p in ep.env.points]
+                         dot=self.settings.dot) for p in ep.zooms]
             out.append(Trajectory(
                 episode_id=uuid.uuid4().hex, group_id=ep.group_id, prompt_id=ep.row.prompt_id,
                 weight_version=version, token_ids=ep.expanded, loss_mask=mask, logprobs=lps,
                 prompt_len=ep.prompt_len, reward=s.overall, reward_format=s.format, reward_accuracy=s.accuracy,
                 reward_coordinate=s.coordinate, reward_diversity=s.diversity, advantage=a,
-                num_turns=len(ep.spans), points=list(ep.env.points), images=refs,
-                end=("truncated" if ep.truncated else ep.env.end.value if ep.env.end else "")))
+                num_turns=sum(1 for _, _, sampled in ep.trained if sampled),
+                points=list(ep.zooms) if self.multi_turn else s.points, images=refs,
+                end=ep.end))
         return out

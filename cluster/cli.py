@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         schema = config.DemoConfig if args.cmd == "demo" else config.TrainConfig
         overrides = list(args.overrides) + ([f"cluster.address={args.address}"] if getattr(args, "address", None) else [])
         try:
-            cfg = config.load(schema, args.config, overrides)
-        except config.ConfigError as e:
+            cfg = config.official_defaults(config.load(schema, args.config, overrides))
+        except (config.ConfigError, ValueError) as e:
             print(f"vigorl {args.cmd}: {e}", file=sys.stderr)
             return 2
         if args.cmd == "demo":

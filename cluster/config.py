@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -86,8 +86,8 @@ def to_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
 class ModelConfig:
     path: str = "runs/tiny-model"  # local HF model dir (a real Qwen2.5-VL checkpoint or `vigorl make-tiny-model`)
     dtype: str = "float32"  # float32 on CPU; bfloat16 on GPU
-    min_pixels: int = 16 * 28 * 28  # smart_resize lower bound (pixels) for the full image the model sees
-    max_pixels: int = 1024 * 28 * 28  # smart_resize upper bound; real recipes use up to 12,845,056
+    min_pixels: int = 3136  # smart_resize lower bound (pixels) for the full image the model sees (official)
+    max_pixels: Optional[int] = None  # smart_resize upper bound; null = official: 2,850,000 V* multi-turn, else 4,194,304
     max_model_len: int = 8192  # vLLM context length (prompt + all turns)
 
 
@@ -116,18 +116,31 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    group_size: int = 8  # G episodes per prompt (SPEC §5: 8 multi-turn, 5 single-turn)
+    group_size: Optional[int] = None  # G episodes per prompt; null = official: 8 multi-turn, 5 single-turn
     prompt: str = "vigorl_multi_turn"  # actors.prompts registry name
     response_budget: int = 2048  # tokens after the first prompt, observations included (SPEC §5)
     guided: bool = False  # constrain turns to the ViGoRL grammar (for random / cold models only)
     min_zooms: int = 0  # with guided decoding: zooms required before an answer
+    train_forced_prefix: bool = True  # the forced answer prefix is trained (released code: loss mask 1)
+    # A file whose text (stripped) is the system message of every episode, replacing the prompt's own, e.g.
+    # the exact prompt the SFT data used (the released recipes' examples/format_prompt/*.jinja). With
+    # prompt=plain and no file, the checkpoint's chat template supplies its own default system prompt.
+    system_prompt_file: str = ""  # path of the system prompt text ("" = the prompt's own)
 
 
 @dataclass
 class LearnerConfig:
     lr: float = 1e-6  # AdamW learning rate (SPEC §5)
     weight_decay: float = 0.01  # AdamW weight decay
-    grad_clip: float = 1.0  # global grad-norm clip (SPEC §5: 1.0 single-turn, 0.2 multi-turn)
+    warmup_ratio: Optional[float] = None  # linear LR warmup, fraction of rollout steps; null: 0.05 multi, 0 single
+    grad_clip: Optional[float] = None  # global grad-norm clip; null = official: 0.2 multi-turn, 1.0 single-turn
+    # PPO updates per rollout step (SPEC §5): the step's sequences, in order, split into mini-batches of
+    # this many sequences, one optimizer step each; 0 = the whole rollout step in one mini-batch;
+    # null = official: 64 multi-turn (16 updates of 1,024), 64 prompts x group single-turn (2 of 640).
+    mini_batch_size: Optional[int] = None  # sequences per optimizer step (see above)
+    micro_batch_size: int = 2  # sequences per forward/backward (token-mean within, averaged over micro-batches)
+    logprob_micro_batch_size: int = 8  # sequences per no-grad forward when recomputing old/ref log-probs
+    ppo_epochs: int = 1  # passes over the rollout step's mini-batches
     kl_coef: float = 0.01  # k3 KL to the frozen reference model; 0 disables the reference
     clip_low: float = 0.2  # PPO ratio clip below 1 (log space)
     clip_high: float = 0.28  # clip-higher above 1
@@ -154,7 +167,7 @@ class ClusterConfig:
 @dataclass
 class LoopConfig:
     steps: int = 500  # optimizer steps
-    prompts_per_step: int = 8  # prompts per step; each yields rollout.group_size trajectories
+    prompts_per_step: int = 128  # prompts per rollout step (official); each yields rollout.group_size episodes
     mode: str = "sync"  # sync: generate then train | async: actors run ahead of the learner
     max_staleness: int = 1  # async: samples at most this many versions older than the learner
     staleness_mode: str = "drop"  # too-stale samples: drop | tis (truncated importance weights)
@@ -204,3 +217,35 @@ class DemoConfig:
     vocab: str = "small"  # tiny model vocabulary when it must be built: small | qwen
     guided: bool = True  # constrain turns to the ViGoRL grammar (a random model writes noise otherwise)
     min_zooms: int = 2  # with guided decoding: zooms required before an answer may be given
+
+
+# ---- official per-recipe values for the fields left null ------------------------------------------
+
+# run_vigorl.sh (Gabesarch/grounded-rl @e7970c0): MULTITURN=true overrides these.
+OFFICIAL_SINGLE_TURN = dict(group_size=5, grad_clip=1.0, warmup_ratio=0.0, mini_batch_prompts=64)
+OFFICIAL_MULTI_TURN = dict(group_size=8, grad_clip=0.2, warmup_ratio=0.05, mini_batch_sequences=64)
+OFFICIAL_MAX_PIXELS = {("visual_search", "multi_turn"): 2_850_000}  # V* multi-turn; everything else:
+DEFAULT_MAX_PIXELS = 4_194_304
+
+
+def official_defaults(cfg: T) -> T:
+    """Fill the fields left null with the released recipe's value for `data.task` / `data.mode`, in
+    place; returns `cfg`. Explicit values always win."""
+    from rewards import is_multi_turn
+
+    multi = is_multi_turn(cfg.data.mode)
+    if cfg.model.max_pixels is None:
+        cfg.model.max_pixels = OFFICIAL_MAX_PIXELS.get((cfg.data.task, cfg.data.mode), DEFAULT_MAX_PIXELS)
+    if not hasattr(cfg, "learner"):
+        return cfg
+    off = OFFICIAL_MULTI_TURN if multi else OFFICIAL_SINGLE_TURN
+    if cfg.rollout.group_size is None:
+        cfg.rollout.group_size = off["group_size"]
+    if cfg.learner.grad_clip is None:
+        cfg.learner.grad_clip = off["grad_clip"]
+    if cfg.learner.warmup_ratio is None:
+        cfg.learner.warmup_ratio = off["warmup_ratio"]
+    if cfg.learner.mini_batch_size is None:
+        cfg.learner.mini_batch_size = (off["mini_batch_sequences"] if multi
+                                       else off["mini_batch_prompts"] * cfg.rollout.group_size)
+    return cfg

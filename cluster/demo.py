@@ -20,7 +20,9 @@ def run(cfg: DemoConfig) -> dict:
     from data_gen.rows import gold_for_model, read_rows
     from data_gen.synthetic import make_dataset
     from data_gen.tiny_model import make_tiny_model
+    from cluster.config import official_defaults
 
+    official_defaults(cfg)
     t0 = time.time()
     model_dir, data_dir, out = Path(cfg.model.path), Path(cfg.data.path), Path(cfg.out)
     if not (model_dir / "config.json").is_file():

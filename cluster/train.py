@@ -162,9 +162,11 @@ def run(cfg: TrainConfig) -> dict:
     from transformers import AutoTokenizer
 
     from actors.actor import RolloutActor, nccl_sync
+    from cluster.config import official_defaults
     from cluster.tracking import Tracker
     from data_gen.rows import read_rows
 
+    official_defaults(cfg)  # null fields -> the released recipe's values for data.task / data.mode
     if cfg.loop.mode not in ("sync", "async"):
         raise ValueError(f"loop.mode must be 'sync' or 'async', got {cfg.loop.mode!r}")
     prepare(cfg)
@@ -245,8 +247,7 @@ def make_learner(ray, cfg: TrainConfig) -> list:
     if n < 1:
         raise ValueError(f"cluster.learner_ranks must be >= 1, got {n}")
     cls = ray.remote(LearnerActor).options(num_cpus=cfg.cluster.learner_cpus, num_gpus=cfg.cluster.learner_gpus)
-    steps = cfg.loop.prompts_per_step * cfg.rollout.group_size
-    ranks = [cls.remote(cfg.model.path, cfg.learner, cfg.data.path, steps, r, n) for r in range(n)]
+    ranks = [cls.remote(cfg.model.path, cfg.learner, cfg.data.path, cfg.loop.steps, r, n) for r in range(n)]
     if n > 1:
         addr, port = ray.get(ranks[0].master_endpoint.remote())
         ray.get([r.setup.remote(addr, port) for r in ranks])

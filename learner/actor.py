@@ -12,11 +12,12 @@ from cluster.config import LearnerConfig
 class LearnerActor:
     """Wraps `learner.trainer.Learner` in its own process (use with `ray.remote`)."""
 
-    def __init__(self, model_path: str, cfg: LearnerConfig, dataset_root: str, steps_per_update: int,
+    def __init__(self, model_path: str, cfg: LearnerConfig, dataset_root: str, total_steps: int = 0,
                  rank: int = 0, world_size: int = 1):
-        """One rank of the learner. With world_size 1 it is ready at once; with several ranks, ask rank 0
-        for `master_endpoint()` and call `setup(addr, port)` on every rank concurrently."""
-        self._args = (model_path, cfg, dataset_root, steps_per_update)
+        """One rank of the learner (`total_steps`: rollout steps of the run, for the LR warmup). With
+        world_size 1 it is ready at once; with several ranks, ask rank 0 for `master_endpoint()` and call
+        `setup(addr, port)` on every rank concurrently."""
+        self._args = (model_path, cfg, dataset_root, total_steps)
         self.rank, self.world_size = rank, world_size
         if world_size == 1:
             self.setup("127.0.0.1", None)
@@ -33,7 +34,7 @@ class LearnerActor:
 
         torch.manual_seed(0)
         model_path, cfg, root, steps = self._args
-        self.learner = Learner(model_path, cfg, root, steps_per_update=steps, rank=self.rank,
+        self.learner = Learner(model_path, cfg, root, total_steps=steps, rank=self.rank,
                                world_size=self.world_size, master_addr=master_addr, master_port=master_port)
         return self.rank
 

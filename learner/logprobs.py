@@ -1,7 +1,8 @@
 """Training-side log-probabilities of trajectories: rebuild the episode's images from their references,
 run the policy on the exact token ids the actor generated, read off per-token log-probs.
 
-Shapes: token_ids [T] -> logprobs [T], position 0 is 0.0 (no prediction for the first token).
+Shapes: a micro-batch of B trajectories is right-padded to [B, T] (T = the longest); logprobs [B, T],
+position 0 is 0.0 (no prediction for the first token), padding positions are 0.0.
 """
 
 from __future__ import annotations
@@ -33,9 +34,31 @@ def rebuild_images(refs: list[ImageRef], root: str | Path) -> list[Image.Image]:
 
 def model_inputs(traj: Trajectory, images: list[Image.Image], image_processor) -> dict[str, torch.Tensor]:
     """Forward-pass inputs of one trajectory: input_ids [1, T] plus pixel_values / image_grid_thw."""
-    pix = image_processor(images=images, return_tensors="pt")
-    return {"input_ids": torch.tensor([traj.token_ids], dtype=torch.long),
-            "pixel_values": pix["pixel_values"], "image_grid_thw": pix["image_grid_thw"]}
+    return batch_inputs([traj], [images], image_processor)
+
+
+def pad_rows(rows: list, value: float, dtype: torch.dtype) -> torch.Tensor:
+    """Right-pad per-token lists (or 1-D tensors) to one [B, T_max] tensor."""
+    n = max(len(r) for r in rows)
+    out = torch.full((len(rows), n), value, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.as_tensor(r, dtype=dtype)
+    return out
+
+
+def batch_inputs(trajs: list[Trajectory], images: list[list[Image.Image]], image_processor,
+                 pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Forward-pass inputs of a micro-batch: input_ids and attention_mask [B, T] (right-padded),
+    pixel_values / image_grid_thw of every image of every trajectory, in order (the model fills the image
+    tokens of the batch row by row in that order)."""
+    ids = pad_rows([t.token_ids for t in trajs], pad_id, torch.long)
+    attn = pad_rows([[1] * len(t.token_ids) for t in trajs], 0, torch.long)
+    flat = [im for ims in images for im in ims]
+    out = {"input_ids": ids, "attention_mask": attn}
+    if flat:
+        pix = image_processor(images=flat, return_tensors="pt")
+        out |= {"pixel_values": pix["pixel_values"], "image_grid_thw": pix["image_grid_thw"]}
+    return out
 
 
 def token_logprobs(model, inputs: dict[str, torch.Tensor], temperature: float = 1.0,
@@ -52,6 +75,8 @@ def token_logprobs(model, inputs: dict[str, torch.Tensor], temperature: float = 
     logsm = torch.log_softmax(logits, dim=-1)
     lp = logsm.gather(-1, ids[..., None])[..., 0]
     lp = torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
+    if "attention_mask" in inputs:
+        lp = lp * inputs["attention_mask"].to(lp.dtype)
     if not with_entropy:
         return lp
     with torch.no_grad():

@@ -1,5 +1,5 @@
 """The GRPO learner: a DeepSpeed engine over a Qwen2.5-VL policy, a frozen reference model for the KL
-term, one optimizer step per call on the trajectories it is given, and versioned weights to publish.
+term, PPO mini-batch updates on the trajectories of one rollout step, and versioned weights to publish.
 
 CPU: fp32, gloo, torch AdamW (no DeepSpeed JIT CPU Adam). GPU: bf16, NCCL. One process per rank; with
 several ranks, torch.distributed is initialised by the caller (Ray actors set the env:// variables).
@@ -16,7 +16,7 @@ import torch
 from actors.trajectory import Trajectory
 from cluster.config import LearnerConfig
 from learner.grpo import kl_k3, masked_mean, policy_loss, truncated_is_weights
-from learner.logprobs import model_inputs, rebuild_images, token_logprobs
+from learner.logprobs import batch_inputs, pad_rows, rebuild_images, token_logprobs
 
 
 def free_port() -> int:
@@ -41,19 +41,24 @@ def init_process_group(rank: int = 0, world_size: int = 1, master_addr: str = "1
 
 class Learner:
     def __init__(self, model_path: str | Path, cfg: LearnerConfig, dataset_root: str | Path, *,
-                 steps_per_update: int, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
+                 total_steps: int = 0, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
                  master_port: int | None = None):
-        """`steps_per_update`: micro-batches (backward calls) per optimizer step at start; train_step
-        resizes it to the trajectories it keeps."""
+        """`total_steps`: rollout steps of the run (the LR warmup is a fraction of them)."""
         import deepspeed
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+        unset = [k for k in ("grad_clip", "warmup_ratio", "mini_batch_size") if getattr(cfg, k) is None]
+        if unset:
+            raise ValueError(f"learner config fields {unset} are null: fill them with "
+                             "cluster.config.official_defaults(cfg) or set them")
         init_process_group(rank, world_size, master_addr, master_port)
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.total_steps = rank, world_size, total_steps
         gpu = torch.cuda.is_available()
         dtype = torch.bfloat16 if gpu else torch.float32
         self.cfg, self.root, self.version, self.model_path = cfg, Path(dataset_root), 0, str(model_path)
-        self.image_processor = AutoProcessor.from_pretrained(model_path).image_processor
+        processor = AutoProcessor.from_pretrained(model_path)
+        self.image_processor, self.pad_id = processor.image_processor, processor.tokenizer.pad_token_id or 0
+        self.image_token_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
         if cfg.freeze_vision:
             model.model.visual.requires_grad_(False)
@@ -66,8 +71,11 @@ class Learner:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ds_config = {
-            "train_micro_batch_size_per_gpu": 1,  # one trajectory per forward/backward (token-mean within it)
-            "gradient_accumulation_steps": steps_per_update,
+            "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+            # The learner owns the accumulation boundary: backward() per micro-batch only accumulates, and
+            # every step() is one optimizer update (one per mini-batch, whatever was dropped from it).
+            "gradient_accumulation_steps": 1,
+            "managed_gradient_accumulation": False,
             "gradient_clipping": cfg.grad_clip,
             "zero_optimization": {"stage": cfg.zero_stage},
             "bf16": {"enabled": gpu},
@@ -77,65 +85,173 @@ class Learner:
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         if self.ref is not None:
             self.ref.to(self.engine.device)
+        self._dummy = None
 
-    def _inputs(self, t: Trajectory) -> dict[str, torch.Tensor]:
-        inputs = model_inputs(t, rebuild_images(t.images, self.root), self.image_processor)
+    # ---- inputs ------------------------------------------------------------------------------------------
+    def _inputs(self, trajs: list[Trajectory]) -> dict[str, torch.Tensor]:
+        images = [rebuild_images(t.images, self.root) for t in trajs]
+        inputs = batch_inputs(trajs, images, self.image_processor, self.pad_id)
         return {k: v.to(self.engine.device) for k, v in inputs.items()}
+
+    def _dummy_inputs(self) -> dict[str, torch.Tensor]:
+        """A one-image, few-token input: the forward/backward of a rank with nothing to train in a
+        micro-batch, so that every rank runs the same collectives (ZeRO-2 reduces in each backward,
+        ZeRO-3 gathers in each forward). The image gives the vision tower a gradient too (when trained)."""
+        if self._dummy is None:
+            from PIL import Image
+
+            pix = self.image_processor(images=[Image.new("RGB", (56, 56))], return_tensors="pt")
+            n = int(pix["image_grid_thw"].prod()) // 4  # 2x2 patch merge
+            self._dummy = {"input_ids": torch.tensor([[self.image_token_id] * n + [self.pad_id]]),
+                           "pixel_values": pix["pixel_values"], "image_grid_thw": pix["image_grid_thw"]}
+        return {k: v.to(self.engine.device) for k, v in self._dummy.items()}
+
+    def _lr(self) -> float:
+        """Constant LR after a linear warmup over `warmup_ratio` of the run's rollout steps, stepped once
+        per rollout step (EasyR1 `get_constant_schedule_with_warmup`: factor min(1, step / warmup))."""
+        warmup = int(self.cfg.warmup_ratio * self.total_steps)
+        return self.cfg.lr * (min(1.0, self.version / warmup) if warmup > 0 else 1.0)
+
+    # ---- the rollout step ----------------------------------------------------------------------------------
+    def _layout(self, n: int, rank: int) -> list[list[list[int]]]:
+        """This rank's micro-batches (trajectory indices) of each mini-batch: mini-batches of
+        `mini_batch_size` sequences in order, dealt round-robin over the ranks, cut into micro-batches of
+        `micro_batch_size`. Every rank gets the same number of micro-batches per mini-batch (padded with
+        empty ones), so collectives line up."""
+        mb, micro, w = self.cfg.mini_batch_size or n, self.cfg.micro_batch_size, self.world_size
+        out = []
+        for start in range(0, n, mb):
+            chunk = list(range(start, min(n, start + mb)))
+            mine = chunk[rank::w]
+            count = -(-(-(-len(chunk) // w)) // micro)  # ceil(ceil(len / w) / micro), equal on every rank
+            out.append([mine[i * micro:(i + 1) * micro] for i in range(count)])
+        return out
+
+    @torch.no_grad()
+    def _recompute(self, trajs: list[Trajectory], idx: list[int], forwards: int) -> dict[int, tuple]:
+        """Old (and reference) log-probs of the trajectories `idx` under the current weights, before any
+        update of this rollout step ("always recompute old_log_probs"), `logprob_micro_batch_size` per
+        forward; [T_i] tensors on the CPU. `forwards`: as many as the busiest rank needs (ZeRO-3 gathers
+        parameters in each forward, so every rank runs the same number)."""
+        self.engine.eval()
+        out: dict[int, tuple] = {}
+        lmb = self.cfg.logprob_micro_batch_size
+        for k in range(forwards):
+            part = idx[k * lmb:(k + 1) * lmb]
+            if not part:
+                self.engine(**self._dummy_inputs())
+                continue
+            inputs = self._inputs([trajs[i] for i in part])
+            old = token_logprobs(self.engine, inputs).float().cpu()
+            ref = token_logprobs(self.ref, inputs).float().cpu() if self.ref is not None else None
+            for j, i in enumerate(part):
+                n = len(trajs[i].token_ids)
+                out[i] = (old[j, :n], ref[j, :n] if ref is not None else None)
+        self.engine.train()
+        return out
+
+    def _micro_loss(self, trajs: list[Trajectory], old: list[torch.Tensor], ref: list, tis: list[bool],
+                    tis_cap: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """GRPO loss of one micro-batch: clipped ratio against the recomputed old log-probs, token-mean over
+        the micro-batch, plus kl_coef x k3 KL to the reference. Stale samples under `tis` carry truncated
+        importance weights min(pi_old / pi_behaviour, cap) on their sampled tokens."""
+        dev = self.engine.device
+        inputs = self._inputs(trajs)
+        logp, entropy = token_logprobs(self.engine, inputs, with_entropy=True)  # [B, T] each
+        mask = pad_rows([t.loss_mask for t in trajs], 0, torch.float32).to(dev)
+        old_b = pad_rows(old, 0.0, torch.float32).to(dev)
+        weights = None
+        if any(tis):
+            behaviour = pad_rows([t.logprobs for t in trajs], 0.0, torch.float32).to(dev)
+            w = truncated_is_weights(old_b, torch.where(behaviour.isnan(), old_b, behaviour), tis_cap)
+            weights = torch.where(torch.tensor(tis, device=dev)[:, None], w, torch.ones_like(w))
+        adv = torch.tensor([t.advantage for t in trajs], dtype=logp.dtype, device=dev)
+        loss, m = policy_loss(logp, old_b.to(logp.dtype), adv, mask.to(logp.dtype), self.cfg.clip_low,
+                              self.cfg.clip_high, self.cfg.dual_clip, weights)
+        if self.ref is not None:
+            kl = masked_mean(kl_k3(logp, pad_rows(ref, 0.0, torch.float32).to(dev).to(logp.dtype)), mask)
+            loss = loss + self.cfg.kl_coef * kl
+            m["kl"] = kl.item()
+        m["entropy"] = masked_mean(entropy, mask).item()
+        m["tokens"] = float(mask.sum().item())
+        return loss, m
 
     def train_step(self, trajectories: list[Trajectory], max_staleness: int = 0, staleness_mode: str = "drop",
                    tis_cap: float = 2.0) -> dict[str, float]:
-        """One optimizer step, one trajectory per micro-batch. Samples more than `max_staleness` versions
-        behind are dropped (`drop`) or corrected with truncated importance weights (`tis`)."""
+        """One rollout step (SPEC §5): old and reference log-probs recomputed by the current weights, then
+        `ppo_epochs` passes of one optimizer step per mini-batch of `mini_batch_size` sequences; the version
+        goes up by one. Trajectories whose loss mask is all zero are never forwarded (they still count in
+        their micro-batch, as in the released trainer); samples more than `max_staleness` versions behind
+        are dropped (`drop`, treated like masked ones) or corrected with truncated importance weights
+        (`tis`). Every rank must be given the same list."""
         if staleness_mode not in ("drop", "tis"):
             raise ValueError(f"staleness_mode must be 'drop' or 'tis', got {staleness_mode!r}")
-        staleness = [self.version - t.weight_version for t in trajectories]
-        too_old = [s > max_staleness for s in staleness]
-        keep = [t for t, old in zip(trajectories, too_old) if not (old and staleness_mode == "drop")]
-        # every rank sees the same list; each trains on an equal slice (DeepSpeed needs equal counts)
-        per_rank = len(keep) // self.world_size
-        out = {"staleness_mean": sum(staleness) / max(1, len(staleness)),
-               "staleness_max": float(max(staleness, default=0)),
+        lag = [self.version - t.weight_version for t in trajectories]
+        too_old = [g > max_staleness for g in lag]
+        trainable = [any(t.loss_mask) and not (old and staleness_mode == "drop")
+                     for t, old in zip(trajectories, too_old)]
+        out = {"staleness_mean": sum(lag) / max(1, len(lag)), "staleness_max": float(max(lag, default=0)),
                "dropped_stale": float(sum(too_old) if staleness_mode == "drop" else 0),
-               "tis_corrected": float(sum(too_old) if staleness_mode == "tis" else 0),
-               "dropped_uneven": float(len(keep) - per_rank * self.world_size)}
-        keep = keep[self.rank * per_rank:(self.rank + 1) * per_rank]
-        if not keep:
-            return out | {"version": float(self.version), "trained": 0.0}
-        self.engine.set_train_batch_size(per_rank * self.world_size)
-        self.engine.train()
+               "tis_corrected": float(sum(o and tr for o, tr in zip(too_old, trainable)) if staleness_mode == "tis"
+                                      else 0),
+               "no_gradient": float(sum(not any(t.loss_mask) for t in trajectories))}
+        lr = self._lr()
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+        layouts = [self._layout(len(trajectories), r) for r in range(self.world_size)]
+        owned = [[i for mb in lay for micro in mb for i in micro if trainable[i]] for lay in layouts]
+        layout, mine = layouts[self.rank], owned[self.rank]
+        forwards = -(-max(len(o) for o in owned) // self.cfg.logprob_micro_batch_size)
+        recomputed = self._recompute(trajectories, mine, forwards)
+        out |= self._mismatch(trajectories, recomputed, lag)
         sums: dict[str, float] = {}
-        for t in keep:
-            inputs = self._inputs(t)
-            behaviour = torch.tensor([t.logprobs], dtype=torch.float32, device=self.engine.device)
-            mask = torch.tensor([t.loss_mask], dtype=torch.float32, device=self.engine.device)
-            logp, entropy = token_logprobs(self.engine, inputs, with_entropy=True)  # [1, T] each
-            weights, old = None, behaviour
-            if self.version - t.weight_version > max_staleness:  # tis: ratio against the current policy,
-                old = logp.detach()  # which is the proximal one (1 PPO epoch): no second forward
-                weights = truncated_is_weights(old, behaviour, tis_cap)
-            adv = torch.tensor([t.advantage], dtype=logp.dtype, device=logp.device)
-            loss, m = policy_loss(logp, old, adv, mask, self.cfg.clip_low, self.cfg.clip_high, self.cfg.dual_clip,
-                                  weights)
-            if self.ref is not None:
-                with torch.no_grad():
-                    ref = token_logprobs(self.ref, inputs)
-                kl = masked_mean(kl_k3(logp, ref), mask)
-                loss = loss + self.cfg.kl_coef * kl
-                m["kl"] = kl.item()
-            self.engine.backward(loss)
-            self.engine.step()
-            m["entropy"] = masked_mean(entropy, mask).item()
-            m["loss"] = loss.item()
-            m["tokens"] = float(mask.sum().item())
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + v
+        micro_batches, updates = 0, 0
+        for _ in range(self.cfg.ppo_epochs):
+            for mb in layout:
+                work = [[i for i in micro if trainable[i]] for micro in mb]
+                if self.world_size == 1:  # nothing to line up: skip empty micro-batches, keep one pass per step
+                    work = [w for w in work if w] or [[]]
+                for k, items in enumerate(work):
+                    if items:
+                        loss, m = self._micro_loss([trajectories[i] for i in items],
+                                                   [recomputed[i][0] for i in items],
+                                                   [recomputed[i][1] for i in items],
+                                                   [too_old[i] and staleness_mode == "tis" for i in items], tis_cap)
+                        for key, v in m.items():
+                            sums[key] = sums.get(key, 0.0) + v
+                        sums["loss"] = sums.get("loss", 0.0) + loss.item()
+                        micro_batches += 1
+                    else:  # a zero gradient through the same hooks (an empty mini-batch still steps once)
+                        loss = (self.engine(**self._dummy_inputs()).logits.sum() * 0.0)
+                    # token-mean per micro-batch, averaged over the mini-batch's micro-batches (the released
+                    # trainer divides by their count, empty ones included)
+                    self.engine.backward(loss / max(1, len(mb)), scale_wrt_gas=False)
+                self.engine.step()
+                updates += 1
         self.version += 1
-        out |= {k: v / len(keep) for k, v in sums.items()}
-        out["tokens"] = sums["tokens"]
+        out |= {k: v / max(1, micro_batches) for k, v in sums.items()}
+        out["tokens"] = sums.get("tokens", 0.0)
         out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         out["version"] = float(self.version)
-        out["trained"] = float(len(keep) * self.world_size)
+        out["trained"] = float(sum(trainable))
+        out["learner/updates"] = float(updates)
+        out["optimizer_steps"] = float(self.engine.global_steps)  # DeepSpeed's own count, for cross-checking
+        out["learner/lr"] = lr
         return out
+
+    @staticmethod
+    def _mismatch(trajs: list[Trajectory], recomputed: dict[int, tuple], lag: list[int]) -> dict[str, float]:
+        """Mean |log pi_learner - log pi_vllm| over the sampled, trained tokens of samples generated by the
+        current weights: near 0 when the weight sync works (a sharp signal when it does not)."""
+        total, n = 0.0, 0
+        for i, (old, _) in recomputed.items():
+            if lag[i] != 0:
+                continue
+            behaviour = torch.tensor(trajs[i].logprobs, dtype=torch.float32)
+            sel = torch.tensor(trajs[i].loss_mask, dtype=torch.bool) & ~behaviour.isnan()
+            total += (old[sel] - behaviour[sel]).abs().sum().item()
+            n += int(sel.sum())
+        return {"logp_mismatch": total / n} if n else {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Full weights in HF parameter names (gathered under ZeRO-3: call on every rank), on CPU."""

@@ -46,7 +46,8 @@ def test_every_field_is_documented():
 
     import cluster.config as c
 
-    for cls in (c.ModelConfig, c.SamplingConfig, c.ZoomConfig, c.DataConfig, c.DemoConfig):
+    for cls in (c.ModelConfig, c.SamplingConfig, c.ZoomConfig, c.DataConfig, c.DemoConfig, c.RolloutConfig,
+                c.LearnerConfig, c.ClusterConfig, c.LoopConfig, c.TrackingConfig, c.TrainConfig):
         src = inspect.getsource(cls)
         for f in dataclasses.fields(cls):
             line = next(ln for ln in src.splitlines() if ln.strip().startswith(f"{f.name}:"))
@@ -62,3 +63,44 @@ def test_weight_sync_choice():
     assert not nccl_sync(load(TrainConfig, None, ["cluster.rollout_gpus=1", "cluster.weight_sync=object_store"]))
     with pytest.raises(ValueError, match="cluster.weight_sync"):
         nccl_sync(load(TrainConfig, None, ["cluster.weight_sync=carrier_pigeon"]))
+
+
+@pytest.mark.parametrize("task,mode,expected", [
+    # group, grad clip, warmup, mini-batch (sequences), max_pixels: run_vigorl.sh
+    ("visual_search", "multi_turn", (8, 0.2, 0.05, 64, 2_850_000)),
+    ("gui_grounding", "multi_turn", (8, 0.2, 0.05, 64, 4_194_304)),
+    ("spatial", "single_turn", (5, 1.0, 0.0, 320, 4_194_304)),
+    ("web_action", "single_turn_vanilla", (5, 1.0, 0.0, 320, 4_194_304)),
+])
+def test_official_recipe_defaults(task, mode, expected):
+    from cluster.config import TrainConfig, official_defaults
+
+    cfg = official_defaults(load(TrainConfig, None, [f"data.task={task}", f"data.mode={mode}"]))
+    got = (cfg.rollout.group_size, cfg.learner.grad_clip, cfg.learner.warmup_ratio, cfg.learner.mini_batch_size,
+           cfg.model.max_pixels)
+    assert got == expected
+    assert (cfg.model.min_pixels, cfg.loop.prompts_per_step, cfg.learner.micro_batch_size) == (3136, 128, 2)
+
+
+def test_explicit_values_win_over_official_defaults():
+    from cluster.config import TrainConfig, official_defaults
+
+    cfg = official_defaults(load(TrainConfig, None, ["rollout.group_size=3", "learner.grad_clip=0.5",
+                                                     "learner.mini_batch_size=0", "model.max_pixels=1000000"]))
+    assert (cfg.rollout.group_size, cfg.learner.grad_clip, cfg.learner.mini_batch_size, cfg.model.max_pixels) == (
+        3, 0.5, 0, 1_000_000)
+    assert cfg.learner.warmup_ratio == 0.05  # still null in the overrides: the multi-turn default
+
+
+def test_system_prompt_file(tmp_path):
+    from actors.actor import read_system_prompt
+
+    assert read_system_prompt("") is None
+    p = tmp_path / "prompt.jinja"
+    p.write_text("  You are a helpful assistant.\n")
+    assert read_system_prompt(str(p)) == "You are a helpful assistant."
+    with pytest.raises(FileNotFoundError, match="system_prompt_file"):
+        read_system_prompt(str(tmp_path / "missing.txt"))
+    (tmp_path / "empty.txt").write_text(" \n")
+    with pytest.raises(ValueError, match="empty"):
+        read_system_prompt(str(tmp_path / "empty.txt"))

@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from actors.zoom import ZoomSettings
-from cluster.config import LearnerConfig
+from cluster import config
+
+
+def LearnerConfig(**kw):  # noqa: N802 - the learner config with the unset official fields filled explicitly
+    return config.LearnerConfig(**({"grad_clip": 1.0, "warmup_ratio": 0.0, "mini_batch_size": 0} | kw))
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +51,12 @@ def test_grpo_step_and_weight_sync(stack, ray_local):
     ray = ray_local
     root, model_dir, llm, proc, ro, batch = stack
     trajs = ro.play(batch, weight_version=0)
-    assert len(trajs) == 4
+    assert len(trajs) == 4 and all(any(t.loss_mask) for t in trajs)
+    # The step must move the policy whatever rewards were sampled: fixed advantages, not a hoped-for spread
+    for t, a in zip(trajs, (1.0, -1.0, 1.0, -1.0)):
+        t.advantage = a
     learner = ray.remote(num_cpus=1)(LearnerActor).remote(
-        str(model_dir), LearnerConfig(lr=5e-3, kl_coef=0.01, grad_clip=1.0), str(root / "data"), len(trajs))
+        str(model_dir), LearnerConfig(lr=5e-3, kl_coef=0.01, grad_clip=1.0, mini_batch_size=0), str(root / "data"))
     fixed = proc.tokenizer.encode("<|im_start|>user\nWhere is the small red square? (120, 64)<|im_end|>\n"
                                   "<|im_start|>assistant\n<think> It is at (12, 30). </think>",
                                   add_special_tokens=False)
@@ -58,8 +65,14 @@ def test_grpo_step_and_weight_sync(stack, ray_local):
     assert (learner_lp() - vllm_logprobs(llm, fixed)).abs().max().item() < 1e-3  # same weights at v0
 
     metrics = ray.get(learner.train_step.remote([ray.put(to_batch(trajs[:2])), ray.put(to_batch(trajs[2:]))]))
-    assert metrics["version"] == 1 and all(math.isfinite(v) for v in metrics.values())
-    assert {"loss", "kl", "clip_frac_higher", "clip_frac_lower", "grad_norm", "tokens"} <= set(metrics)
+    assert metrics["version"] == 1 and metrics["learner/updates"] == 1 and all(math.isfinite(v) for v in metrics.values())
+    assert {"loss", "kl", "clip_frac_higher", "clip_frac_lower", "grad_norm", "tokens", "logp_mismatch"} <= set(metrics)
+    # one mini-batch: every micro-batch ran before the only update, so the clipped ratio is exactly 1 -- the
+    # recomputed old log-probs are the learner's own log-probs before the first update
+    assert abs(metrics["ratio_mean"] - 1.0) < 1e-5 and abs(metrics["approx_kl"]) < 1e-6
+    assert metrics["clip_frac_higher"] == 0.0 and metrics["clip_frac_lower"] == 0.0
+    # (logp_mismatch is large here: guided decoding reports the grammar-masked distribution's log-probs;
+    # test_mismatch_and_one_step_per_minibatch measures it on unconstrained samples)
 
     after = learner_lp()
     assert (after - vllm_logprobs(llm, fixed)).abs().max().item() > 1e-2, "the step did not change the policy"
@@ -83,13 +96,80 @@ def test_learner_drops_or_corrects_stale_samples(stack, ray_local):
     root, model_dir, llm, proc, ro, batch = stack
     trajs = ro.play(batch[:1], weight_version=0)
     learner = ray.remote(num_cpus=1)(LearnerActor).remote(str(model_dir), LearnerConfig(kl_coef=0.0),
-                                                           str(root / "data"), len(trajs))
+                                                           str(root / "data"))
     ref = ray.put(to_batch(trajs))
     first = ray.get(learner.train_step.remote([ref], 0))  # version 0: fresh
     assert first["trained"] == 2 and first["dropped_stale"] == 0 and first["staleness_max"] == 0
     dropped = ray.get(learner.train_step.remote([ref], 0, "drop"))  # learner at v1, samples at v0
-    assert dropped["dropped_stale"] == 2 and dropped["trained"] == 0 and dropped["version"] == 1
-    tis = ray.get(learner.train_step.remote([ref], 0, "tis", 2.0))
-    assert tis["tis_corrected"] == 2 and tis["trained"] == 2 and tis["version"] == 2
+    # nothing left to train: the rollout step still takes its one (zero-gradient) update and a version
+    assert dropped["dropped_stale"] == 2 and dropped["trained"] == 0 and dropped["version"] == 2
+    assert dropped["learner/updates"] == 1 and dropped["optimizer_steps"] == 2
+    tis = ray.get(learner.train_step.remote([ref], 0, "tis", 2.0))  # learner at v2, samples at v0
+    assert tis["tis_corrected"] == 2 and tis["trained"] == 2 and tis["version"] == 3
     kept = ray.get(learner.train_step.remote([ref], 5))  # within a looser bound: used as they are
-    assert kept["trained"] == 2 and kept["staleness_max"] == 2
+    assert kept["trained"] == 2 and kept["staleness_max"] == 3
+
+
+def single_turn_trajectories(stack, version: int, n_prompts: int = 2):
+    """Unconstrained single-turn episodes cut at 48 tokens: trained as the released single-turn code
+    trains length-cut responses, with vLLM's real behaviour log-probs."""
+    from actors.rollout import Rollout
+
+    root, model_dir, llm, proc, _, batch = stack
+    ro = Rollout(llm, proc, ZoomSettings(), group_size=2, prompt="vigorl_single_turn", mode="single_turn",
+                 response_budget=48)
+    trajs = ro.play(batch[:n_prompts], weight_version=version)
+    assert all(t.end in ("length", "answer") and sum(t.loss_mask) > 0 for t in trajs)
+    for k, t in enumerate(trajs):  # a certain gradient signal
+        t.advantage = 1.0 if k % 2 else -1.0
+    return trajs
+
+
+def test_mismatch_and_one_step_per_minibatch(stack, ray_local):
+    """Mini-batches of 2 sequences over 4 trajectories: 2 optimizer steps per rollout step, the weights
+    published once (version + 1); with 2 of them stale and dropped, still one step per mini-batch, and the
+    optimizer's step counter advances exactly by the updates reported (no step straddles two calls)."""
+    from actors.trajectory import to_batch
+    from actors.weights import load_weights, unpack
+    from learner.actor import LearnerActor
+
+    ray = ray_local
+    root, model_dir, llm = stack[0], stack[1], stack[2]
+    learner = ray.remote(num_cpus=1)(LearnerActor).remote(
+        str(model_dir), LearnerConfig(kl_coef=0.01, mini_batch_size=2, micro_batch_size=1), str(root / "data"))
+    version, packed = ray.get(learner.publish.remote())  # this module's engine may hold another test's weights
+    load_weights(llm, unpack(packed))
+    trajs = single_turn_trajectories(stack, version=version)
+    first = ray.get(learner.train_step.remote([ray.put(to_batch(trajs))]))
+    assert first["learner/updates"] == 2 and first["version"] == 1 and first["optimizer_steps"] == 2
+    # the engine sampled these under the learner's weights: per-token log-probs agree (fp32, CPU)
+    assert first["logp_mismatch"] < 5e-3
+    for t in trajs[:2]:
+        t.weight_version = -5  # far behind: dropped
+    second = ray.get(learner.train_step.remote([ray.put(to_batch(trajs))], 1, "drop"))
+    assert second["dropped_stale"] == 2 and second["trained"] == 2
+    assert second["learner/updates"] == 2 and second["optimizer_steps"] == 4 and second["version"] == 2
+
+
+def test_vstar_budget_cut_episodes_train(stack, ray_local):
+    """V* multi-turn crops (672 px) with the 2,048-token budget: episodes that keep zooming are cut
+    (no gradient, never forwarded), episodes that answer after one crop train -- in one rollout step,
+    without error."""
+    from actors.rollout import Rollout
+    from actors.trajectory import to_batch
+    from learner.actor import LearnerActor
+
+    ray = ray_local
+    root, model_dir, llm, proc, _, batch = stack
+    kw = dict(group_size=2, prompt="vigorl_multi_turn", max_tokens_per_turn=256, response_budget=2048, guided=True)
+    cut = Rollout(llm, proc, ZoomSettings(half_size=182, out_size=672), min_zooms=4, **kw).play(batch, 0)
+    assert all(sum(t.loss_mask) == 0 for t in cut)
+    # one crop, then the answer is forced (image budget 2): always inside the token budget
+    answered = Rollout(llm, proc, ZoomSettings(half_size=182, out_size=672, max_images=2), min_zooms=1,
+                       **kw).play(batch, 0)
+    assert all(t.end == "answer" and sum(t.loss_mask) > 0 for t in answered)
+    learner = ray.remote(num_cpus=1)(LearnerActor).remote(str(model_dir), LearnerConfig(mini_batch_size=4),
+                                                           str(root / "data"))
+    m = ray.get(learner.train_step.remote([ray.put(to_batch(cut + answered))]))
+    assert m["no_gradient"] == len(cut) and m["trained"] == len(answered) and m["learner/updates"] == 2
+    assert math.isfinite(m["loss"]) and m["tokens"] == sum(sum(t.loss_mask) for t in answered)

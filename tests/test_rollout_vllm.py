@@ -2,6 +2,8 @@
 as generated with vLLM's image expansion, masks cover generated tokens only, advantages are per group,
 and the training-side forward pass reproduces the behaviour logprobs."""
 
+import math
+
 import pytest
 import torch
 
@@ -39,12 +41,22 @@ def test_trajectories_masks_and_groups(setup):
         assert t.end == "answer" and sum(t.loss_mask) > 0
         masked = [i for i, m in zip(t.token_ids, t.loss_mask) if m]
         text = tok.decode(masked)
-        assert text.startswith("<think>") and "<tool_call>" in text and text.rstrip().endswith("</answer>")
+        assert text.startswith("<think>") and "<tool_call>" in text and text.endswith("</answer><|im_end|>")
+        # every assistant turn is closed by a trained <|im_end|>, appended after its stop string
+        end = tok.convert_tokens_to_ids("<|im_end|>")
+        assert masked.count(end) == t.num_turns
         # observation and template tokens are never trained
         obs = [i for i, m in zip(t.token_ids, t.loss_mask) if not m][t.prompt_len:]
         assert "<observation>" in tok.decode(obs) and pad not in masked
+        assert "<|im_start|>assistant" in tok.decode(obs)
         assert all(lp == 0.0 for lp, m in zip(t.logprobs, t.loss_mask) if not m)
-        assert all(lp <= 0.0 for lp in t.logprobs)
+        # behaviour log-probs: vLLM's for sampled tokens, NaN for the appended <|im_end|> and a forced answer
+        # prefix (no policy sampled them); both are trained
+        forced = [i for i, lp in zip(t.token_ids, t.logprobs) if math.isnan(lp)]
+        assert forced.count(end) == t.num_turns and set(forced) <= {end, *ro.prefix_ids}
+        assert all(m == 1 for lp, m in zip(t.logprobs, t.loss_mask) if math.isnan(lp))
+        assert all(lp <= 0.0 for lp in t.logprobs if not math.isnan(lp))
+        assert t.reward_format > 0 and len(t.token_ids) - t.prompt_len <= 4096
     for g in {t.group_id for t in trajs}:
         adv = [t.advantage for t in trajs if t.group_id == g]
         assert abs(sum(adv)) < 1e-6
@@ -72,7 +84,7 @@ def test_learner_logprobs_match_vllm_behaviour_logprobs(setup):
         with torch.no_grad():
             lp = token_logprobs(model, model_inputs(t, images, proc.image_processor))[0]
         behaviour = torch.tensor(t.logprobs)
-        mask = behaviour != 0  # every generated token, also of episodes cut by the budget (loss-masked)
+        mask = (behaviour != 0) & ~behaviour.isnan()  # every sampled token, also of episodes cut by the budget
         assert mask.any()
         diff = (lp[mask] - behaviour[mask]).abs()
         # Measured here: text-only prompts agree to 5e-7; image-conditioned tokens differ by up to ~1.5e-3
@@ -98,3 +110,90 @@ def test_text_only_logprobs_match_to_1e3(setup):
     with torch.no_grad():
         lp = token_logprobs(model, {"input_ids": torch.tensor([ids])})[0]
     assert (lp - vllm_lp).abs().max().item() < 1e-3
+
+
+def vstar_play(setup, **kw):
+    """The paper's V* multi-turn crops (o = 182, 672 px -> 576 image tokens each) and its 2,048-token
+    response budget: episodes that keep zooming are cut around their third zoom."""
+    args = dict(response_budget=2048, min_zooms=4)
+    args.update(kw)
+    from actors.rollout import Rollout
+
+    ro = Rollout(setup.llm, setup.processor, ZoomSettings(half_size=182, out_size=672), group_size=2,
+                 prompt="vigorl_multi_turn", max_tokens_per_turn=256, guided=True, **args)
+    return ro, ro.play(setup.batch, weight_version=0)
+
+
+def test_vstar_budget_cut_keeps_images_and_tokens_consistent(setup):
+    """A crop the budget cuts is never sent, never referenced: the learner's forward gets exactly the images
+    the tokens hold (it raised "Image features and image tokens do not match" before)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from learner.logprobs import model_inputs, rebuild_images, token_logprobs
+
+    _, trajs = vstar_play(setup)
+    tok = setup.processor.tokenizer
+    start = tok.convert_tokens_to_ids("<|vision_start|>")
+    assert all(t.end == "truncated" and sum(t.loss_mask) == 0 for t in trajs)
+    assert all(len(t.token_ids) - t.prompt_len <= 2048 for t in trajs)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(setup.model_dir, dtype=torch.float32).eval()
+    for t in trajs:
+        assert t.token_ids.count(start) == len(t.images) == 1 + len(t.points) >= 2
+        assert t.reward == 0.0  # no trained token: scored as the empty response, as the released trainer does
+        with torch.no_grad():
+            lp = token_logprobs(model, model_inputs(t, rebuild_images(t.images, setup.root / "data"),
+                                                    setup.processor.image_processor))
+        assert lp.shape == (1, len(t.token_ids))
+
+
+@pytest.mark.parametrize("budget", [300, 520, 900])
+def test_response_budget_is_never_overshot(setup, budget):
+    """The budget counts everything after the first prompt (turns, observations, crop image tokens, forced
+    prefix, closing <|im_end|>) and is checked before each turn: no episode passes it."""
+    _, trajs = play(setup, response_budget=budget, min_zooms=4)
+    for t in trajs:
+        assert len(t.token_ids) - t.prompt_len <= budget
+        assert (t.end == "truncated") == (sum(t.loss_mask) == 0)
+
+
+def test_forced_prefix_trained_or_not(setup):
+    from actors.zoom import FORCED_ANSWER_PREFIX
+
+    tok = setup.processor.tokenizer
+    for train in (True, False):
+        ro, trajs = play(setup, min_zooms=4, train_forced_prefix=train)
+        forced = [t for t in trajs if t.end == "answer" and len(t.points) == 4]
+        assert forced, "min_zooms=4 forces the answer after the fourth crop"
+        for t in forced:
+            text = tok.decode([i for i, m in zip(t.token_ids, t.loss_mask) if m])
+            assert (FORCED_ANSWER_PREFIX in text) == train
+
+
+def test_single_turn_trains_eos_and_length_cut_responses(setup):
+    """Single-turn episodes follow the released single-turn sampling: no stop strings, the EOS is a
+    trained token, a response cut at the length limit is trained too."""
+    from actors.rollout import Rollout
+
+    tok = setup.processor.tokenizer
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    ro = Rollout(setup.llm, setup.processor, ZoomSettings(), group_size=2, prompt="vigorl_single_turn",
+                 mode="single_turn", guided=True, response_budget=256)
+    for t in ro.play(setup.batch, weight_version=0):  # no stop string: the grammar ends the response
+        assert t.end == "answer" and t.num_turns == 1 and t.loss_mask[-1] == 1
+        assert sum(t.loss_mask) == len(t.token_ids) - t.prompt_len and t.reward_format == 1.0
+        assert not any(math.isnan(x) for x in t.logprobs) and len(t.images) == 1
+
+    class EndsAtOnce(Rollout):  # EOS made certain: a +100 logit bias on it
+        def _params(self, ep, max_tokens):
+            p = super()._params(ep, max_tokens)
+            p.logit_bias = {end: 100.0}
+            return p
+
+    ro = EndsAtOnce(setup.llm, setup.processor, ZoomSettings(), group_size=2, prompt="vigorl_single_turn",
+                    mode="single_turn", response_budget=256)
+    for t in ro.play(setup.batch, weight_version=0):
+        assert t.end == "answer" and t.token_ids[t.prompt_len:] == [end] and t.loss_mask[-1] == 1
+    ro = Rollout(setup.llm, setup.processor, ZoomSettings(), group_size=2, prompt="vigorl_single_turn",
+                 mode="single_turn", response_budget=16)
+    for t in ro.play(setup.batch, weight_version=0):
+        assert len(t.token_ids) - t.prompt_len <= 16 and sum(t.loss_mask) == len(t.token_ids) - t.prompt_len

@@ -49,7 +49,8 @@ def test_sync_run_logs_everything(sync_run):
               "episode/turns", "episode/zooms", "episode/response_len", "kl", "entropy", "clip_frac_higher",
               "clip_frac_lower", "grad_norm", "staleness_mean", "staleness_max", "learner_idle_frac",
               "rollout_tokens_per_s", "train_tokens_per_s", "time/weight_sync_s", "weight_sync_actor_s",
-              "time/generate_s", "time/learner_s", "ledger/done", "ledger/in_flight"}
+              "time/generate_s", "time/learner_s", "ledger/done", "ledger/in_flight", "learner/updates",
+              "learner/lr", "logp_mismatch", "optimizer_steps"}
     assert needed <= set(run.data.metrics), needed - set(run.data.metrics)
     history = client.get_metric_history(run.info.run_id, "version")
     assert [int(m.value) for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3]
@@ -111,5 +112,5 @@ def test_two_learner_ranks_in_one_group(tmp_path):
                         "cluster.learner_cpus=0.5", "tracking.picture_every=0")
     client, found = runs(out)
     m = found[0].data.metrics
-    assert m["trained"] == 4 and m["dropped_uneven"] == 0 and m["version"] == 2
+    assert m["trained"] == 4 and m["learner/updates"] == 1 and m["version"] == 2 and m["optimizer_steps"] == 2
     assert (out / "checkpoints" / "step_00002" / "model.safetensors").is_file()
