@@ -177,7 +177,8 @@ class Rollout:
         """Record one turn; returns whether the episode goes on."""
         c = out.outputs[0]
         prompt = list(out.prompt_token_ids)
-        if (ep.expanded and prompt[: len(ep.expanded)] != ep.expanded) or (ep.expect_len and len(prompt) != ep.expect_len):
+        moved = ep.expanded and prompt[: len(ep.expanded)] != ep.expanded
+        if moved or (ep.expect_len and len(prompt) != ep.expect_len):
             raise RuntimeError(f"episode of prompt {ep.row.prompt_id}: vLLM's expanded prompt does not extend "
                                "the previous turn as expected; generated spans would move")
         if not ep.expanded:
@@ -197,9 +198,10 @@ class Rollout:
         if ep.finish != "stop":  # cut by a token limit: no EOS / stop string, no gradient (SPEC §5)
             ep.truncated, ep.end = True, "truncated"
             return False
-        stopped_on_string = not gen or gen[-1] != self.end_id
-        if stopped_on_string:  # close the turn as the chat template does; a trained token
-            self._append(ep, [self.end_id], trained=True)
+        if not gen or gen[-1] != self.end_id:  # stopped on a stop string: close the turn as the chat
+            ep.trained.append((len(ep.expanded), 1, False))  # template does, with a trained <|im_end|>
+            ep.expanded = ep.expanded + [self.end_id]
+            ep.ids = ep.ids + [self.end_id]
         if step.done:
             ep.end = step.end.value
             return False
@@ -216,12 +218,6 @@ class Rollout:
         ep.zooms.append(step.point)
         ep.prefix = step.force_prefix
         return True
-
-    def _append(self, ep: _Episode, ids: list[int], trained: bool) -> None:
-        if trained:
-            ep.trained.append((len(ep.expanded), len(ids), False))
-        ep.expanded = ep.expanded + ids
-        ep.ids = ep.ids + ids
 
     def _score(self, ep: _Episode) -> rewards.Score:
         """The released trainer decodes the response up to its last trained token with special tokens

@@ -34,9 +34,11 @@ class ImageRef:
 class Trajectory:
     """One episode. Per-token arrays (token_ids, loss_mask, logprobs) have one length: prompt + response.
 
-    loss_mask is 1 on tokens the policy generated and 0 on prompt, observation and chat-template tokens;
-    a trajectory that does not end in EOS is masked entirely (SPEC §5). logprobs are the behaviour
-    policy's, 0.0 where loss_mask is 0."""
+    loss_mask is 1 on trained tokens: those the policy generated, the `<|im_end|>` closing each assistant
+    turn, the forced answer prefix; 0 on prompt, observation, image and chat-template tokens. A trajectory
+    cut by a token limit is masked entirely (SPEC §5). logprobs are the behaviour policy's (vLLM's) for
+    sampled tokens (also in a masked, cut episode), NaN for the tokens the environment forced and trains (no
+    policy sampled them), 0.0 on prompt and observation tokens."""
 
     episode_id: str  # unique per episode (the ledger's key)
     group_id: str  # the G episodes of one prompt share it; advantages are normalised within it

@@ -128,8 +128,8 @@ def bench_transport(out: Path) -> float:
     from learner.actor import LearnerActor
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    learner = ray.remote(LearnerActor).remote(str(out / "model"), LearnerConfig(lr=1e-5, grad_clip=1.0, warmup_ratio=0.0, mini_batch_size=0),
-                                         str(out / "data"))
+    cfg = LearnerConfig(lr=1e-5, grad_clip=1.0, warmup_ratio=0.0, mini_batch_size=0)
+    learner = ray.remote(LearnerActor).remote(str(out / "model"), cfg, str(out / "data"))
     ray.get(learner.train_step.remote([to_batch(trajs)], 99))  # warm-up
     t0 = time.perf_counter()
     ref = ray.put(to_batch(trajs))

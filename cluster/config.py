@@ -87,7 +87,7 @@ class ModelConfig:
     path: str = "runs/tiny-model"  # local HF model dir (a real Qwen2.5-VL checkpoint or `vigorl make-tiny-model`)
     dtype: str = "float32"  # float32 on CPU; bfloat16 on GPU
     min_pixels: int = 3136  # smart_resize lower bound (pixels) for the full image the model sees (official)
-    max_pixels: Optional[int] = None  # smart_resize upper bound; null = official: 2,850,000 V* multi-turn, else 4,194,304
+    max_pixels: Optional[int] = None  # smart_resize upper bound; null: 2,850,000 V* multi-turn, else 4,194,304
     max_model_len: int = 8192  # vLLM context length (prompt + all turns)
 
 

@@ -14,6 +14,7 @@ Vocabularies
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,7 +220,31 @@ def make_tiny_model(out: str | Path, vocab: str = "small", size: str = "tiny", s
     model.generation_config.bos_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out, safe_serialization=True)
     image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    video = {}
+    if importlib.util.find_spec("torchvision") is not None:  # transformers then requires a video processor
+        from transformers import Qwen2VLVideoProcessor
+
+        video = {"video_processor": Qwen2VLVideoProcessor()}
     processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                    chat_template=CHAT_TEMPLATE)
+                                    chat_template=CHAT_TEMPLATE, **video)
     processor.save_pretrained(out)
+    _add_video_processor(out / "processor_config.json")
     return out
+
+
+def _add_video_processor(path: Path) -> None:
+    """Give the saved processor a video-processor entry, as real Qwen2.5-VL checkpoints have: where
+    torchvision is installed (GPU clusters) transformers' `Qwen2_5_VLProcessor` requires one to load.
+    Settings are Qwen2-VL's video defaults; vigorl never feeds videos."""
+    cfg = json.loads(path.read_text())
+    if "video_processor" in cfg:
+        return
+    img = cfg["image_processor"]
+    cfg["video_processor"] = {
+        "video_processor_type": "Qwen2VLVideoProcessor", "do_convert_rgb": True, "do_normalize": True,
+        "do_rescale": True, "do_resize": True, "image_mean": img["image_mean"], "image_std": img["image_std"],
+        "rescale_factor": img["rescale_factor"], "resample": img["resample"], "patch_size": img["patch_size"],
+        "merge_size": img["merge_size"], "temporal_patch_size": img["temporal_patch_size"],
+        "size": {"shortest_edge": 128 * 28 * 28, "longest_edge": 768 * 28 * 28},
+    }
+    path.write_text(json.dumps(cfg, indent=2) + "\n")

@@ -39,6 +39,30 @@ def init_process_group(rank: int = 0, world_size: int = 1, master_addr: str = "1
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
+def warmup_lr(base_lr: float, step: int, warmup_ratio: float, total_steps: int) -> float:
+    """LR of rollout step `step` (0-based): constant after a linear warmup over int(warmup_ratio x
+    total_steps) rollout steps, factor min(1, step / warmup) (EasyR1 `get_constant_schedule_with_warmup`,
+    stepped once per rollout step; so the first step of a warmup trains at LR 0, as the released run did).
+    No warmup: the full LR from the first step."""
+    warmup = int(warmup_ratio * total_steps)
+    return base_lr * (min(1.0, step / warmup) if warmup > 0 else 1.0)
+
+
+def minibatch_layout(n: int, mini_batch: int, micro_batch: int, world_size: int, rank: int) -> list[list[list[int]]]:
+    """Rank `rank`'s micro-batches (trajectory indices) of each mini-batch: the n sequences in order, cut
+    into mini-batches of `mini_batch` (0: one mini-batch), each dealt round-robin over the ranks and cut
+    into micro-batches of `micro_batch`. Every rank gets the same number of micro-batches per mini-batch,
+    ceil(ceil(len / world_size) / micro_batch), padded with empty ones, so that collectives line up."""
+    mb = mini_batch or max(n, 1)
+    out = []
+    for start in range(0, n, mb):
+        chunk = list(range(start, min(n, start + mb)))
+        mine = chunk[rank::world_size]
+        count = -(-(-(-len(chunk) // world_size)) // micro_batch)
+        out.append([mine[i * micro_batch:(i + 1) * micro_batch] for i in range(count)])
+    return out
+
+
 class Learner:
     def __init__(self, model_path: str | Path, cfg: LearnerConfig, dataset_root: str | Path, *,
                  total_steps: int = 0, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
@@ -106,27 +130,7 @@ class Learner:
                            "pixel_values": pix["pixel_values"], "image_grid_thw": pix["image_grid_thw"]}
         return {k: v.to(self.engine.device) for k, v in self._dummy.items()}
 
-    def _lr(self) -> float:
-        """Constant LR after a linear warmup over `warmup_ratio` of the run's rollout steps, stepped once
-        per rollout step (EasyR1 `get_constant_schedule_with_warmup`: factor min(1, step / warmup))."""
-        warmup = int(self.cfg.warmup_ratio * self.total_steps)
-        return self.cfg.lr * (min(1.0, self.version / warmup) if warmup > 0 else 1.0)
-
     # ---- the rollout step ----------------------------------------------------------------------------------
-    def _layout(self, n: int, rank: int) -> list[list[list[int]]]:
-        """This rank's micro-batches (trajectory indices) of each mini-batch: mini-batches of
-        `mini_batch_size` sequences in order, dealt round-robin over the ranks, cut into micro-batches of
-        `micro_batch_size`. Every rank gets the same number of micro-batches per mini-batch (padded with
-        empty ones), so collectives line up."""
-        mb, micro, w = self.cfg.mini_batch_size or n, self.cfg.micro_batch_size, self.world_size
-        out = []
-        for start in range(0, n, mb):
-            chunk = list(range(start, min(n, start + mb)))
-            mine = chunk[rank::w]
-            count = -(-(-(-len(chunk) // w)) // micro)  # ceil(ceil(len / w) / micro), equal on every rank
-            out.append([mine[i * micro:(i + 1) * micro] for i in range(count)])
-        return out
-
     @torch.no_grad()
     def _recompute(self, trajs: list[Trajectory], idx: list[int], forwards: int) -> dict[int, tuple]:
         """Old (and reference) log-probs of the trajectories `idx` under the current weights, before any
@@ -195,10 +199,11 @@ class Learner:
                "tis_corrected": float(sum(o and tr for o, tr in zip(too_old, trainable)) if staleness_mode == "tis"
                                       else 0),
                "no_gradient": float(sum(not any(t.loss_mask) for t in trajectories))}
-        lr = self._lr()
+        lr = warmup_lr(self.cfg.lr, self.version, self.cfg.warmup_ratio, self.total_steps)
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
-        layouts = [self._layout(len(trajectories), r) for r in range(self.world_size)]
+        layouts = [minibatch_layout(len(trajectories), self.cfg.mini_batch_size, self.cfg.micro_batch_size,
+                                    self.world_size, r) for r in range(self.world_size)]
         owned = [[i for mb in lay for micro in mb for i in micro if trainable[i]] for lay in layouts]
         layout, mine = layouts[self.rank], owned[self.rank]
         forwards = -(-max(len(o) for o in owned) // self.cfg.logprob_micro_batch_size)

@@ -78,3 +78,29 @@ def test_truncated_is_weights_hand_worked():
     # min(exp(prox - behaviour), cap): ratio e^1 capped at 2; equal -> 1; e^-0.5
     w = truncated_is_weights(torch.tensor([[0.0, -1.0, 0.0]]), torch.tensor([[-1.0, -1.0, 0.5]]), cap=2.0)
     assert torch.allclose(w, torch.tensor([[2.0, 1.0, math.exp(-0.5)]]), atol=1e-6)
+
+
+def test_minibatch_layout_hand_worked():
+    from learner.trainer import minibatch_layout
+
+    # 5 sequences, mini-batches of 4, micro-batches of 2: two updates, the second with one micro-batch
+    assert minibatch_layout(5, 4, 2, 1, 0) == [[[0, 1], [2, 3]], [[4]]]
+    assert minibatch_layout(5, 0, 2, 1, 0) == [[[0, 1], [2, 3], [4]]]  # 0: the whole step at once
+    # two ranks deal each mini-batch round-robin; both get the same number of micro-batches
+    assert minibatch_layout(5, 4, 2, 2, 0) == [[[0, 2]], [[4]]]
+    assert minibatch_layout(5, 4, 2, 2, 1) == [[[1, 3]], [[]]]
+    assert minibatch_layout(0, 4, 2, 1, 0) == []
+    # the official multi-turn step: 1,024 sequences in mini-batches of 64 -> 16 updates of 32 micro-batches
+    lay = minibatch_layout(1024, 64, 2, 1, 0)
+    assert len(lay) == 16 and all(len(mb) == 32 for mb in lay)
+    # single-turn: 128 prompts x 5 = 640 in mini-batches of 320 -> 2 updates
+    assert len(minibatch_layout(640, 320, 2, 1, 0)) == 2
+
+
+def test_warmup_lr_hand_worked():
+    from learner.trainer import warmup_lr
+
+    # 100 rollout steps, warmup 0.05 -> 5 steps: factors 0, 0.2, 0.4, 0.6, 0.8, then 1
+    assert [warmup_lr(1.0, s, 0.05, 100) for s in range(7)] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+    assert warmup_lr(1e-6, 0, 0.0, 100) == 1e-6  # no warmup: full LR from the first step
+    assert warmup_lr(1e-6, 0, 0.05, 10) == 1e-6  # int(0.5) = 0 warmup steps
