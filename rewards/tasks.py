@@ -139,12 +139,17 @@ def _check_action_gold(gold: str) -> None:
 
 
 def web_action_accuracy(response: str, gold: str) -> float:
+    """web_action(_grounded_thinking).py `accuracy_reward` on a response (see `web_action_match`)."""
+    return web_action_match(answer_for_accuracy(response), gold)
+
+
+def web_action_match(a: str, gold: str) -> float:
     """web_action(_grounded_thinking).py `accuracy_reward`: case-sensitive substring tests on the answer,
     in this order, the first that matches decides: `go_back` -> 1 iff gold has it; `stop` -> 1 iff gold
     has it (the stop answer is not compared); `scroll` -> 1 iff both have `[down]` or both `[up]`;
     `click` -> both need a `[digits]` (else 0), 0.5·(gold has `click`) + 0.5·(first ids equal); `type` ->
     both need a `[...]` (else 0), 0.5·(gold has `type`) + 0.5·(first bracket contents equal)."""
-    a, g = answer_for_accuracy(response), gold.strip()
+    g = gold.strip()
     if "go_back" in a:
         return 1.0 if "go_back" in g else 0.0
     if "stop" in a:
