@@ -4,6 +4,7 @@
     vigorl make-data --task T --n N --seed S OUT
     vigorl demo [--config configs/demo.yaml] [key=value ...]
     vigorl train --config configs/local_cpu.yaml [--address ADDR] [key=value ...]
+    vigorl mcts --config configs/mcts_local.yaml [--address ADDR] [key=value ...]
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loop.steps=2 loop.mode=async")
 
+    s = sub.add_parser("mcts", help="teacher-guided MCTS trace generation (a Ray job; resumes where it stopped)")
+    s.add_argument("--config", default=None, help="YAML recipe (cluster.config.MCTSJobConfig)")
+    s.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. search.simulations=20 limit=100")
+
     args = p.parse_args(argv)
     if args.cmd == "make-tiny-model":
         from data_gen.tiny_model import make_tiny_model
@@ -49,11 +55,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--task must be one of {sorted(GENERATORS)}, got {args.task!r}")
         rows = make_dataset(args.task, args.n, args.seed, args.out)
         print(f"wrote {len(rows)} rows to {args.out}/prompts.parquet")
-    elif args.cmd in ("demo", "train"):
+    elif args.cmd in ("demo", "train", "mcts"):
         from cluster import config
 
-        schema = config.DemoConfig if args.cmd == "demo" else config.TrainConfig
-        overrides = list(args.overrides) + ([f"cluster.address={args.address}"] if getattr(args, "address", None) else [])
+        schema = {"demo": config.DemoConfig, "train": config.TrainConfig, "mcts": config.MCTSJobConfig}[args.cmd]
+        key = "address" if args.cmd == "mcts" else "cluster.address"
+        overrides = list(args.overrides) + ([f"{key}={args.address}"] if getattr(args, "address", None) else [])
         try:
             cfg = config.official_defaults(config.load(schema, args.config, overrides))
         except (config.ConfigError, ValueError) as e:
@@ -63,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             from cluster import demo
 
             demo.run(cfg)
+        elif args.cmd == "mcts":
+            from cluster import mcts_job
+
+            mcts_job.run(cfg)
         else:
             from cluster import train
 

@@ -16,6 +16,8 @@ from typing import Any, Optional, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from data_gen.mcts import MCTSConfig
+
 T = TypeVar("T")
 
 
@@ -201,6 +203,44 @@ class TrainConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow
     make_tiny: str = ""  # build a tiny random model at model.path if missing: "" (no) | small | qwen
     make_data: int = 0  # generate this many synthetic data.task prompts at data.path if missing
+
+
+@dataclass
+class TeacherConfig:
+    kind: str = "scripted"  # scripted (synthetic families; knows each scene's truth) | vllm (a local VLM dir)
+    error_rate: float = 0.3  # scripted: chance a step points somewhere wrong, and an answer is wrong
+    answer_rate: float = 0.6  # scripted: chance of answering once every target has been looked at
+    model_path: str = ""  # vllm: local model dir of the teacher VLM (paper: Qwen2.5-VL-72B-Instruct)
+    tensor_parallel_size: int = 1  # vllm: tensor parallelism of the teacher engine
+    gpus: float = 0.0  # vllm: GPUs of the teacher server actor (its own resources)
+    cpus: float = 1.0  # vllm: CPUs of the teacher server actor
+    temperature: float = 1.0  # SPEC §6: expansion samples at temperature 1.0, top-p 1.0
+    top_p: float = 1.0  # nucleus mass of teacher samples
+    max_tokens: int = 512  # per teacher output (SPEC §6)
+    max_model_len: int = 8192  # vllm: teacher context length
+    min_thoughts_low: int = 3  # the system prompt asks for at least N thoughts, N uniform in [low, high]
+    min_thoughts_high: int = 7  # (SPEC §6: 3..7)
+    system_prompt_file: str = ""  # vllm: a file replacing the built-in per-task MCTS system prompt
+
+
+@dataclass
+class MCTSJobConfig:
+    """`vigorl mcts`: teacher-guided MCTS trace generation as a Ray job (SPEC §6)."""
+
+    out: str = "runs/mcts"  # output dir: trees.jsonl (one finished tree per line), failed.jsonl, mlflow.db
+    address: str = ""  # Ray address; "" starts a local Ray on 127.0.0.1 (RAY_ADDRESS also works)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the policy's image bounds: coordinates live there
+    data: DataConfig = field(default_factory=DataConfig)  # the questions (prompts.parquet) and their task
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)  # who proposes the steps
+    search: MCTSConfig = field(default_factory=MCTSConfig)  # simulations, UCT constant, children, rollouts
+    workers: int = 2  # search worker actors (questions run in parallel, one per worker)
+    worker_cpus: float = 1.0  # CPUs per search worker
+    question_timeout_s: float = 600.0  # a question still searching after this is recorded as failed
+    limit: int = 0  # search only the first this many questions of the dataset (0: all)
+    seed: int = 0  # teacher sampling and "at least N thoughts" draws (per question: seed + question id)
+    make_data: int = 0  # generate this many synthetic data.task prompts at data.path if missing
+    crash_after: int = 0  # fault injection for tests: hard-exit after writing this many trees (0: never)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow
 
 
 @dataclass

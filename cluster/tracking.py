@@ -4,6 +4,7 @@ never talk to MLflow (one writer, no locks)."""
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from cluster.config import TrainConfig, to_flat_dict
@@ -49,3 +50,17 @@ class Tracker:
         mlflow_bin = Path(sys.executable).parent / "mlflow"
         return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false {mlflow_bin} ui --backend-store-uri {self.uri} "
                 f"--host 127.0.0.1 --port 5000")
+
+
+@contextmanager
+def job(tracker: Tracker, ray):
+    """The body of a Ray job: its MLflow run ends FINISHED, or FAILED on any error (re-raised), and Ray is
+    shut down whatever happens."""
+    try:
+        yield
+        tracker.finish()
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    finally:
+        ray.shutdown()

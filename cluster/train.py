@@ -75,17 +75,18 @@ def prepare(cfg: TrainConfig) -> None:
         make_dataset(cfg.data.task, cfg.make_data, seed=cfg.loop.seed, out=cfg.data.path)
 
 
-def init_ray(cfg: TrainConfig):
+def init_ray(address: str, cpus: float):
+    """Connect to `address` (or RAY_ADDRESS), else start a local Ray on 127.0.0.1 with `cpus` CPUs. The
+    vLLM CPU settings of this process travel to every worker."""
     import ray
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind 127.0.0.1
-    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS") or None
+    address = address or os.environ.get("RAY_ADDRESS") or None
     env = {k: os.environ[k] for k in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE",
                                       "VLLM_ENABLE_V1_MULTIPROCESSING", "TOKENIZERS_PARALLELISM") if k in os.environ}
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
-        cpus = cfg.cluster.rollout_actors * cfg.cluster.rollout_cpus + cfg.cluster.learner_ranks * cfg.cluster.learner_cpus
         ray.init(num_cpus=max(1, int(np.ceil(cpus))), include_dashboard=False, runtime_env={"env_vars": env},
                  log_to_driver=True)
     return ray
@@ -163,7 +164,7 @@ def run(cfg: TrainConfig) -> dict:
 
     from actors.actor import RolloutActor, nccl_sync
     from cluster.config import official_defaults
-    from cluster.tracking import Tracker
+    from cluster.tracking import Tracker, job
     from data_gen.rows import read_rows
 
     official_defaults(cfg)  # null fields -> the released recipe's values for data.task / data.mode
@@ -171,7 +172,8 @@ def run(cfg: TrainConfig) -> dict:
         raise ValueError(f"loop.mode must be 'sync' or 'async', got {cfg.loop.mode!r}")
     prepare(cfg)
     ledger = Ledger([r.prompt_id for r in read_rows(cfg.data.path)], seed=cfg.loop.seed)
-    ray = init_ray(cfg)
+    c = cfg.cluster
+    ray = init_ray(c.address, c.rollout_actors * c.rollout_cpus + c.learner_ranks * c.learner_cpus)
     tracker = Tracker(cfg)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     n_actors, per_step = cfg.cluster.rollout_actors, cfg.loop.prompts_per_step
@@ -191,7 +193,7 @@ def run(cfg: TrainConfig) -> dict:
     t_start, learner_busy, summary = time.perf_counter(), 0.0, {}
     print(f"[train] {cfg.loop.steps} steps, {per_step} prompts x {cfg.rollout.group_size} episodes, "
           f"{n_actors} rollout actor(s), mode={cfg.loop.mode}; MLflow run {tracker.run_id}")
-    try:
+    with job(tracker, ray):
         for step in range(1, cfg.loop.steps + 1):
             t0 = time.perf_counter()
             queue.fill()
@@ -229,12 +231,6 @@ def run(cfg: TrainConfig) -> dict:
             summary = m
         if not cfg.tracking.checkpoint_every or cfg.loop.steps % cfg.tracking.checkpoint_every:
             save_checkpoint(ray, learners, tracker, cfg, cfg.loop.steps)
-        tracker.finish()
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    finally:
-        ray.shutdown()
     print(f"[train] done. MLflow run {tracker.run_id} in {tracker.uri}\n[train] open the UI: {tracker.ui_command()}")
     return {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "last": summary}
 

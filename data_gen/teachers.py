@@ -127,3 +127,117 @@ class ScriptedTeacher:
                                                     or todo and self.rng.random() < 0.1))
             out.append(self._answer(not todo) if answer_now else self._step(todo))
         return out
+
+
+# ---- a VLM teacher served by vLLM ------------------------------------------------------------------------
+
+# vigorl's MCTS system prompts, by task (the released ones differ per domain the same way): one grounded
+# step or the final answer per response; "at least N thoughts" is appended per question (SPEC §6).
+_STEP_RULES = (
+    "Reason step by step about the image, grounding every step in one specific (x, y) point of the image.\n"
+    "Each response is EITHER one reasoning step OR the final answer, never both:\n"
+    "<think> {one reasoning step about one region} (x, y). </think>\n"
+    "<answer> {ANSWER} </answer>\n"
+    "- Describe the region at the point and judge how it bears on the question and on previous steps.\n"
+    "- Never reuse a coordinate from a previous step; explore different regions before deciding.\n"
+    "- Coordinates are integer pixels of the image: (x, y).")
+MCTS_SYSTEM_PROMPTS = {
+    "visual_search": "You answer questions about small details in an image. " + _STEP_RULES.replace(
+        "{ANSWER}", "the text of the correct option"),
+    "spatial": "You answer questions about spatial relations between objects in an image. " + _STEP_RULES.replace(
+        "{ANSWER}", "the text of the correct option"),
+    "gui_grounding": "You locate the screen element a user describes. " + _STEP_RULES.replace(
+        "{ANSWER}", "(x, y) of the element"),
+    "web_action": "You choose the next web-browser action for an objective. " + _STEP_RULES.replace(
+        "{ANSWER}", "one action: click [id], type [id] [text], scroll [down|up], go_back or stop [answer]"),
+}
+FORCE_FINAL = "\nYour turn! Max thoughts reached. You should now provide the final answer in the format <answer> ... </answer>"
+_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
+
+
+def mcts_messages(system: str, min_thoughts: int, question: str, steps: list[str], force_final: bool) -> list[dict]:
+    """The teacher's chat (SPEC §6): the system prompt asking for at least N thoughts; the question with the
+    image, the previous steps appended to the user text as `Previous thought k: ...` (tags stripped);
+    with force_final, a user turn asking for the final answer now."""
+    text = question
+    for k, s in enumerate(steps, 1):
+        text += f"\n\nPrevious thought {k}: " + s.replace("<think>", "").replace("</think>", "").strip()
+    msgs = [{"role": "system", "content": f"{system}\n- There should be at least {min_thoughts} thoughts before "
+                                          "providing the final answer."},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    if force_final:
+        msgs.append({"role": "user", "content": FORCE_FINAL})
+    return msgs
+
+
+def parse_output(text: str) -> TeacherOutput:
+    """A teacher completion -> a step, or an answer (the text inside <answer>, a leading "A. " dropped as
+    the released search does) with any reasoning before it."""
+    m = _ANSWER.search(text)
+    if m is None:
+        return TeacherOutput(text.strip())
+    answer = re.sub(r"^[A-Z]\. ", "", m.group(1).strip())
+    return TeacherOutput(text[: m.start()].strip(), answer)
+
+
+class VLLMTeacher:
+    """A VLM teacher on a vLLM engine (any local model dir; on a cluster a large VLM with tensor
+    parallelism on its own GPUs). One engine serves every search worker that holds a handle to it."""
+
+    def __init__(self, model_path: str, *, max_model_len: int = 8192, tensor_parallel_size: int = 1,
+                 temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 512, seed: int = 0,
+                 dtype: str = "auto"):
+        from transformers import AutoProcessor
+
+        from actors.engine import make_llm
+
+        self.llm = make_llm(model_path, dtype="float32" if dtype == "auto" and not _cuda() else
+                            ("bfloat16" if dtype == "auto" else dtype), max_model_len=max_model_len,
+                            max_images=1, seed=seed, tensor_parallel_size=tensor_parallel_size)
+        self.processor = AutoProcessor.from_pretrained(model_path)
+        self.temperature, self.top_p, self.max_tokens = temperature, top_p, max_tokens
+        self.calls = 0
+
+    def generate_batch(self, requests: list[dict]) -> list[list[TeacherOutput]]:
+        """requests: {"messages", "image" (PIL), "n"} -> n outputs each, in one engine call."""
+        from vllm import SamplingParams
+
+        self.calls += len(requests)
+        prompts = [{"prompt": self.processor.apply_chat_template(r["messages"], add_generation_prompt=True,
+                                                                 tokenize=False),
+                    "multi_modal_data": {"image": r["image"]}} for r in requests]
+        params = [SamplingParams(n=r["n"], temperature=self.temperature, top_p=self.top_p,
+                                 max_tokens=self.max_tokens, stop=["</think>", "</answer>"],
+                                 include_stop_str_in_output=True) for r in requests]
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [[parse_output(c.text) for c in o.outputs] for o in outs]
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class RemoteTeacher:
+    """The `Teacher` interface of one question, forwarding to a teacher server (a Ray actor wrapping
+    `VLLMTeacher`, or the object itself in-process)."""
+
+    def __init__(self, server, task: str, image, system_prompt: str | None = None, min_thoughts: int = 3):
+        self.server, self.image, self.min_thoughts = server, image, min_thoughts
+        if system_prompt is None and task not in MCTS_SYSTEM_PROMPTS:
+            raise ValueError(f"no MCTS system prompt for task {task!r}; known: {sorted(MCTS_SYSTEM_PROMPTS)} "
+                             "(or give teacher.system_prompt_file)")
+        self.system = system_prompt or MCTS_SYSTEM_PROMPTS[task]
+        self.calls = 0
+
+    def generate(self, question: str, image, steps: list[str], n: int, force_final: bool) -> list[TeacherOutput]:
+        self.calls += 1
+        req = {"messages": mcts_messages(self.system, self.min_thoughts, question, steps, force_final),
+               "image": self.image, "n": n}
+        call = getattr(self.server.generate_batch, "remote", None)
+        if call is None:
+            return self.server.generate_batch([req])[0]
+        import ray
+
+        return ray.get(call([req]))[0]

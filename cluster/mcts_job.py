@@ -1,0 +1,221 @@
+"""`vigorl mcts`: teacher-guided MCTS trace generation as its own Ray job (SPEC §6).
+
+The driver shards the questions over search-worker actors (one question in flight per worker) and writes
+each finished tree as one line of `<out>/trees.jsonl` the moment it arrives. A question whose teacher
+raises, returns something unusable or runs past `question_timeout_s` becomes a line of `<out>/failed.jsonl`
+with the reason, and the job goes on. A rerun resumes: question ids already in trees.jsonl are skipped (a
+half-written last line, from a crash, is dropped with a warning; a corrupt line elsewhere is an error
+naming the file and line); failed questions are tried again. Teachers run on their own resources: one
+vLLM teacher server actor serves every worker.
+
+Tree line: {"question_id", "task", "image", "question", "gold", "image_size", "nodes": [...]} with `gold`
+and the node coordinates in the frame of the image as the policy sees it (`image_size` = [W, H]); nodes
+as `data_gen.mcts.Node.to_json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from cluster.config import MCTSJobConfig
+
+TREES, FAILED = "trees.jsonl", "failed.jsonl"
+
+
+def read_done(path: Path) -> set[str]:
+    """Question ids of the complete lines of a trees.jsonl. A half-written last line (the job died while
+    writing it) is cut off the file with a warning; any other bad line raises, naming file and line."""
+    if not path.is_file():
+        return set()
+    raw = path.read_bytes()
+    lines, pos = [], 0
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        if line.strip():
+            lines.append((number, pos, line))
+        pos += len(line) + 1
+    done = set()
+    for k, (number, start, line) in enumerate(lines):
+        try:
+            done.add(json.loads(line)["question_id"])
+        except (ValueError, KeyError, TypeError) as e:
+            if k < len(lines) - 1:
+                raise ValueError(f"{path} line {number}: not a tree line ({type(e).__name__}: {e}); fix or "
+                                 "remove the line, then rerun") from None
+            warnings.warn(f"{path} line {number}: dropping a half-written last line ({type(e).__name__}); that "
+                          "question is searched again", stacklevel=2)
+            with open(path, "r+b") as f:
+                f.truncate(start)
+            return done
+    if raw and not raw.endswith(b"\n"):  # a complete last line without its newline: end it before appending
+        with open(path, "ab") as f:
+            f.write(b"\n")
+    return done
+
+
+class SearchWorker:
+    """A Ray actor running whole searches, one question per call."""
+
+    def __init__(self, cfg: MCTSJobConfig, server=None):
+        self.cfg, self.server = cfg, server
+        self.system = None
+        if cfg.teacher.system_prompt_file:
+            from actors.actor import read_system_prompt
+
+            self.system = read_system_prompt(cfg.teacher.system_prompt_file)
+
+    def search(self, row_json: str) -> dict:
+        """-> {"line": tree line, "seconds", "teacher_calls"} or {"failed": reason}. Any error of this one
+        question (a teacher that raises, a timeout, a bad row) is reported, never raised: the job goes on."""
+        from data_gen.rows import PromptRow
+
+        t0 = time.perf_counter()
+        row = PromptRow(**json.loads(row_json))
+        try:
+            line, calls = self._search(row, t0 + self.cfg.question_timeout_s)
+        except Exception as e:  # noqa: BLE001 - one question's failure of any kind is recorded, not fatal
+            return {"question_id": row.prompt_id, "failed": f"{type(e).__name__}: {e}"}
+        return {"question_id": row.prompt_id, "line": line, "seconds": time.perf_counter() - t0,
+                "teacher_calls": calls}
+
+    def _search(self, row, deadline: float) -> tuple[dict, int]:
+        from actors.zoom import resize_for_model
+        from data_gen.images import load_rgb, resolve_under
+        from data_gen.mcts import search
+        from data_gen.rows import gold_for_model
+        from data_gen.teachers import RemoteTeacher, ScriptedTeacher, scene_of
+        from rewards.judges import get_judge
+
+        cfg, t = self.cfg, self.cfg.teacher
+        image = resize_for_model(load_rgb(resolve_under(cfg.data.path, row.image)), cfg.model.min_pixels,
+                                 cfg.model.max_pixels)
+        gold = gold_for_model(row, image.size)
+        rng = random.Random(f"{cfg.seed}/{row.prompt_id}")
+        if t.kind == "scripted":
+            teacher = ScriptedTeacher(scene_of(row, image.size), t.error_rate, t.answer_rate, seed=rng.random())
+        elif t.kind == "vllm":
+            teacher = RemoteTeacher(self.server, row.task, image, self.system,
+                                    rng.randint(t.min_thoughts_low, t.min_thoughts_high))
+        else:
+            raise ValueError(f"teacher.kind must be scripted or vllm, got {t.kind!r}")
+        judge = get_judge(row.task)
+        tree = search(row.question, image, _Deadline(teacher, deadline, cfg.question_timeout_s),
+                      lambda answer: judge(answer, gold), cfg.search)
+        line = {"question_id": row.prompt_id, "task": row.task, "image": row.image, "question": row.question,
+                "gold": gold, "image_size": list(image.size), "nodes": tree.to_json()}
+        return line, teacher.calls
+
+
+class _Deadline:
+    """A teacher proxy that stops a search running past its question's time budget."""
+
+    def __init__(self, teacher, deadline: float, budget: float):
+        self.teacher, self.deadline, self.budget = teacher, deadline, budget
+
+    def generate(self, *args):
+        if time.perf_counter() > self.deadline:
+            raise TimeoutError(f"search ran past question_timeout_s={self.budget:g}")
+        return self.teacher.generate(*args)
+
+
+def tree_stats(line: dict) -> dict[str, float]:
+    rollouts = [r for n in line["nodes"] for r in n["rollouts"]]
+    correct = sum(r["reward"] >= 1.0 for r in rollouts)
+    return {"correct_path": float(correct > 0), "correct_rollouts": float(correct), "nodes": float(len(line["nodes"]))}
+
+
+def run(cfg: MCTSJobConfig) -> dict:
+    from tqdm import tqdm
+
+    from cluster.config import official_defaults
+    from cluster.tracking import Tracker, job
+    from cluster.train import init_ray
+    from data_gen.rows import PROMPTS_FILE, read_rows
+
+    official_defaults(cfg)
+    if cfg.make_data and not (Path(cfg.data.path) / PROMPTS_FILE).is_file():
+        from data_gen.synthetic import make_dataset
+
+        print(f"[mcts] generating {cfg.make_data} synthetic {cfg.data.task} prompts in {cfg.data.path}")
+        make_dataset(cfg.data.task, cfg.make_data, seed=cfg.seed, out=cfg.data.path)
+    rows = read_rows(cfg.data.path)
+    rows = rows[: cfg.limit] if cfg.limit else rows
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    done = read_done(out / TREES)
+    todo = [r for r in rows if r.prompt_id not in done]
+    print(f"[mcts] {len(rows)} questions, {len(rows) - len(todo)} already in {out / TREES}, {len(todo)} to search "
+          f"({cfg.teacher.kind} teacher, {cfg.workers} workers)")
+    cpus = cfg.workers * cfg.worker_cpus + (cfg.teacher.cpus if cfg.teacher.kind == "vllm" else 0)
+    ray = init_ray(cfg.address, cpus)
+    tracker = Tracker(cfg)
+    totals = {"done": 0, "failed": 0, "correct_path": 0.0, "correct_rollouts": 0.0, "seconds": 0.0, "teacher_calls": 0}
+    with job(tracker, ray):
+        server = _teacher_server(ray, cfg)
+        workers = [ray.remote(SearchWorker).options(num_cpus=cfg.worker_cpus).remote(cfg, server)
+                   for _ in range(max(1, min(cfg.workers, len(todo))))] if todo else []
+        queue = [json.dumps(dataclasses.asdict(r)) for r in todo]
+        in_flight: dict = {}
+        bar = tqdm(total=len(todo), desc="mcts questions", unit="q", file=sys.stdout)
+        with open(out / TREES, "a") as trees, open(out / FAILED, "a") as failed:
+            for w in workers:
+                if queue:
+                    in_flight[w.search.remote(queue.pop(0))] = w
+            while in_flight:
+                [ref], _ = ray.wait(list(in_flight), num_returns=1)
+                w = in_flight.pop(ref)
+                if queue:
+                    in_flight[w.search.remote(queue.pop(0))] = w
+                res = ray.get(ref)
+                if "failed" in res:
+                    failed.write(json.dumps({"question_id": res["question_id"], "reason": res["failed"]}) + "\n")
+                    failed.flush()
+                    totals["failed"] += 1
+                    bar.write(f"[mcts] {res['question_id']} failed: {res['failed']}")
+                else:
+                    trees.write(json.dumps(res["line"]) + "\n")
+                    trees.flush()
+                    os.fsync(trees.fileno())
+                    s = tree_stats(res["line"])
+                    totals["done"] += 1
+                    totals["correct_path"] += s["correct_path"]
+                    totals["correct_rollouts"] += s["correct_rollouts"]
+                    totals["seconds"] += res["seconds"]
+                    totals["teacher_calls"] += res["teacher_calls"]
+                    if cfg.crash_after and totals["done"] >= cfg.crash_after:
+                        os._exit(17)  # fault injection: die like a killed job, mid-run, no cleanup
+                bar.update(1)
+                tracker.metrics(_metrics(totals), totals["done"] + totals["failed"])
+        bar.close()
+    summary = _metrics(totals)
+    print(f"[mcts] done: {totals['done']} trees, {totals['failed']} failed; correct path for "
+          f"{summary['mcts/correct_path_frac']:.0%} of searched questions; trees in {out / TREES}; "
+          f"MLflow run {tracker.run_id}")
+    return summary | {"run_id": tracker.run_id}
+
+
+def _metrics(t: dict) -> dict[str, float]:
+    n = max(1, t["done"])
+    return {"mcts/questions_done": float(t["done"]), "mcts/questions_failed": float(t["failed"]),
+            "mcts/correct_path_frac": t["correct_path"] / n, "mcts/correct_chains_per_question": t["correct_rollouts"] / n,
+            "mcts/seconds_per_question": t["seconds"] / n, "mcts/teacher_calls": float(t["teacher_calls"])}
+
+
+def _teacher_server(ray, cfg: MCTSJobConfig):
+    """The vLLM teacher as one Ray actor on its own resources (None for the scripted teacher)."""
+    t = cfg.teacher
+    if t.kind != "vllm":
+        return None
+    if not t.model_path:
+        raise ValueError("teacher.kind=vllm needs teacher.model_path (a local model dir)")
+    from data_gen.teachers import VLLMTeacher
+
+    return ray.remote(VLLMTeacher).options(num_cpus=t.cpus, num_gpus=t.gpus).remote(
+        t.model_path, max_model_len=t.max_model_len, tensor_parallel_size=t.tensor_parallel_size,
+        temperature=t.temperature, top_p=t.top_p, max_tokens=t.max_tokens, seed=cfg.seed)
