@@ -185,14 +185,12 @@ class VLLMTeacher:
     parallelism on its own GPUs). One engine serves every search worker that holds a handle to it."""
 
     def __init__(self, model_path: str, *, max_model_len: int = 8192, tensor_parallel_size: int = 1,
-                 temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 512, seed: int = 0,
-                 dtype: str = "auto"):
+                 temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 512, seed: int = 0):
         from transformers import AutoProcessor
 
-        from actors.engine import make_llm
+        from actors.engine import make_llm, on_gpu
 
-        self.llm = make_llm(model_path, dtype="float32" if dtype == "auto" and not _cuda() else
-                            ("bfloat16" if dtype == "auto" else dtype), max_model_len=max_model_len,
+        self.llm = make_llm(model_path, dtype="bfloat16" if on_gpu() else "float32", max_model_len=max_model_len,
                             max_images=1, seed=seed, tensor_parallel_size=tensor_parallel_size)
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.temperature, self.top_p, self.max_tokens = temperature, top_p, max_tokens
@@ -211,12 +209,6 @@ class VLLMTeacher:
                                  include_stop_str_in_output=True) for r in requests]
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         return [[parse_output(c.text) for c in o.outputs] for o in outs]
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 class RemoteTeacher:
