@@ -2,7 +2,8 @@
 
 `plain` sends the image and the question (a released ViGoRL checkpoint carries its training system
 prompt in its chat template, SPEC §2). `vigorl_multi_turn` / `vigorl_single_turn` spell the output
-format out in a system prompt, for base models. Register more with `register_prompt`.
+format out in a per-task system prompt (`system_prompt`, also the system message of the SFT data vigorl
+builds), for base models. Register more with `register_prompt`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,26 @@ MULTI_TURN_SYSTEM = (
     "<think> </think> and name the point (x, y) in the image that the step is about. To look closer, call "
     "the zoom tool:\n<tool_call>\n{\"name\": \"search_coordinate\", \"arguments\": {\"coordinate\": [x, y]}}"
     "\n</tool_call>\nYou will receive the crop centred on that point. When you know, give the final answer "
-    "inside <answer> </answer>. Coordinates are integer pixels of the full image."
+    "inside <answer> </answer>{answer}. Coordinates are integer pixels of the full image."
 )
 SINGLE_TURN_SYSTEM = (
     "You are a helpful assistant that reasons about images in grounded steps. Think inside <think> </think>, "
     "naming the point (x, y) in the image that each step is about, then give the final answer inside "
-    "<answer> </answer>. Coordinates are integer pixels of the image."
+    "<answer> </answer>{answer}. Coordinates are integer pixels of the image."
 )
+# What goes in the answer, per task (the released prompts differ per domain the same way).
+ANSWER_FORMATS = {
+    "spatial": " as the exact text of the chosen option",
+    "visual_search": " as the exact text of the chosen option",
+    "gui_grounding": " as the point (x, y) of the element",
+    "web_action": " as one action: click [id], type [id] [text], scroll [down|up], go_back or stop [answer]",
+}
+
+
+def system_prompt(task: str, multi_turn: bool) -> str:
+    """vigorl's RL system prompt of a task (also the system message of the SFT data built for it)."""
+    return (MULTI_TURN_SYSTEM if multi_turn else SINGLE_TURN_SYSTEM).replace("{answer}", ANSWER_FORMATS.get(task, ""))
+
 
 PromptFn = Callable[[PromptRow], list[dict]]
 PROMPTS: dict[str, PromptFn] = {}
@@ -45,5 +59,7 @@ def _user(row: PromptRow) -> dict:
 
 
 register_prompt("plain", lambda row: [_user(row)])
-register_prompt("vigorl_multi_turn", lambda row: [{"role": "system", "content": MULTI_TURN_SYSTEM}, _user(row)])
-register_prompt("vigorl_single_turn", lambda row: [{"role": "system", "content": SINGLE_TURN_SYSTEM}, _user(row)])
+register_prompt("vigorl_multi_turn", lambda row: [{"role": "system", "content": system_prompt(row.task, True)},
+                                                  _user(row)])
+register_prompt("vigorl_single_turn", lambda row: [{"role": "system", "content": system_prompt(row.task, False)},
+                                                   _user(row)])

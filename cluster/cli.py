@@ -5,11 +5,14 @@
     vigorl demo [--config configs/demo.yaml] [key=value ...]
     vigorl train --config configs/local_cpu.yaml [--address ADDR] [key=value ...]
     vigorl mcts --config configs/mcts_local.yaml [--address ADDR] [key=value ...]
+    vigorl linearize TREES.jsonl OUT_DIR [key=value ...]
+    vigorl to-multiturn IN_DIR OUT_DIR [key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -43,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. search.simulations=20 limit=100")
 
+    lin = sub.add_parser("linearize", help="MCTS trees -> single-turn SFT chains (train.jsonl, val.jsonl)")
+    lin.add_argument("trees")
+    lin.add_argument("out")
+    lin.add_argument("overrides", nargs="*", help="key=value (data_gen.traces.LinearizeConfig)")
+    mt = sub.add_parser("to-multiturn", help="linearised chains -> multi-turn zoom dialogues with crops")
+    mt.add_argument("inp")
+    mt.add_argument("out")
+    mt.add_argument("overrides", nargs="*", help="key=value (data_gen.traces.MultiTurnConfig)")
+
     args = p.parse_args(argv)
     if args.cmd == "make-tiny-model":
         from data_gen.tiny_model import make_tiny_model
@@ -55,6 +67,21 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--task must be one of {sorted(GENERATORS)}, got {args.task!r}")
         rows = make_dataset(args.task, args.n, args.seed, args.out)
         print(f"wrote {len(rows)} rows to {args.out}/prompts.parquet")
+    elif args.cmd in ("linearize", "to-multiturn"):
+        from cluster import config
+        from data_gen import traces
+
+        schema = traces.LinearizeConfig if args.cmd == "linearize" else traces.MultiTurnConfig
+        try:
+            cfg = config.load(schema, None, args.overrides)
+        except config.ConfigError as e:
+            print(f"vigorl {args.cmd}: {e}", file=sys.stderr)
+            return 2
+        if args.cmd == "linearize":
+            counts = traces.linearize(args.trees, args.out, cfg)
+        else:
+            counts = traces.to_multiturn(args.inp, args.out, cfg)
+        print(f"[{args.cmd}] {json.dumps(counts)} -> {args.out}")
     elif args.cmd in ("demo", "train", "mcts"):
         from cluster import config
 

@@ -8,9 +8,9 @@ half-written last line, from a crash, is dropped with a warning; a corrupt line 
 naming the file and line); failed questions are tried again. Teachers run on their own resources: one
 vLLM teacher server actor serves every worker.
 
-Tree line: {"question_id", "task", "image", "question", "gold", "image_size", "nodes": [...]} with `gold`
-and the node coordinates in the frame of the image as the policy sees it (`image_size` = [W, H]); nodes
-as `data_gen.mcts.Node.to_json`.
+Tree line: {"question_id", "task", "image", "question", "gold", "image_size", "nodes": [...]}: `image` the
+absolute path of the original image, `gold` and the node coordinates in the frame of the image as the policy
+sees it (`image_size` = [W, H]); nodes as `data_gen.mcts.Node.to_json`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import os
 import random
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from cluster.config import MCTSJobConfig
@@ -30,33 +29,10 @@ TREES, FAILED = "trees.jsonl", "failed.jsonl"
 
 
 def read_done(path: Path) -> set[str]:
-    """Question ids of the complete lines of a trees.jsonl. A half-written last line (the job died while
-    writing it) is cut off the file with a warning; any other bad line raises, naming file and line."""
-    if not path.is_file():
-        return set()
-    raw = path.read_bytes()
-    lines, pos = [], 0
-    for number, line in enumerate(raw.split(b"\n"), 1):
-        if line.strip():
-            lines.append((number, pos, line))
-        pos += len(line) + 1
-    done = set()
-    for k, (number, start, line) in enumerate(lines):
-        try:
-            done.add(json.loads(line)["question_id"])
-        except (ValueError, KeyError, TypeError) as e:
-            if k < len(lines) - 1:
-                raise ValueError(f"{path} line {number}: not a tree line ({type(e).__name__}: {e}); fix or "
-                                 "remove the line, then rerun") from None
-            warnings.warn(f"{path} line {number}: dropping a half-written last line ({type(e).__name__}); that "
-                          "question is searched again", stacklevel=2)
-            with open(path, "r+b") as f:
-                f.truncate(start)
-            return done
-    if raw and not raw.endswith(b"\n"):  # a complete last line without its newline: end it before appending
-        with open(path, "ab") as f:
-            f.write(b"\n")
-    return done
+    """Question ids already in trees.jsonl (a half-written last line is cut off the file, with a warning)."""
+    from data_gen.traces import read_trees
+
+    return {t["question_id"] for t in read_trees(path, truncate_partial=True)}
 
 
 class SearchWorker:
@@ -107,7 +83,8 @@ class SearchWorker:
         judge = get_judge(row.task)
         tree = search(row.question, image, _Deadline(teacher, deadline, cfg.question_timeout_s),
                       lambda answer: judge(answer, gold), cfg.search)
-        line = {"question_id": row.prompt_id, "task": row.task, "image": row.image, "question": row.question,
+        path = str(resolve_under(cfg.data.path, row.image).resolve())
+        line = {"question_id": row.prompt_id, "task": row.task, "image": path, "question": row.question,
                 "gold": gold, "image_size": list(image.size), "nodes": tree.to_json()}
         return line, teacher.calls
 

@@ -85,6 +85,7 @@ def test_resume_after_a_killed_job(tmp_path, data):
 
 def test_corrupt_line_names_file_and_line(tmp_path, data):
     data_dir, ids = data
-    (tmp_path / "trees.jsonl").write_text('{"question_id": "a"}\nnot json\n{"question_id": "b"}\n')
+    (tmp_path / "trees.jsonl").write_text('{"question_id": "a", "nodes": []}\nnot json\n'
+                                          '{"question_id": "b", "nodes": []}\n')
     p = mcts(tmp_path, data_dir, check=False)
     assert p.returncode != 0 and f"{tmp_path / 'trees.jsonl'} line 2: not a tree line" in p.stderr

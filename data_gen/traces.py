@@ -1,0 +1,290 @@
+"""From MCTS trees to SFT data (SPEC §6): linearisation into single-turn chains, and conversion of chains into
+multi-turn zoom dialogues. Output rows are LLaMA-Factory sharegpt rows (`messages`, `images`) plus
+`gt_answer`, `question_id`, `task` and `image_size` (the frame of the coordinates): readable by
+`vigorl sft` and by LLaMA-Factory unchanged.
+
+    direct chain     <think>\\n{steps joined by one space}\\n</think>\\n<answer> {ans} </answer>
+    corrected chain  <think>\\n{wrong steps}\\nWait, this seems off. Let's try something else.\\n{correct steps}
+                     \\n</think>\\n<answer> {correct ans} </answer>
+(steps with <think>, </think>, <answer>, </answer> removed and stripped), from every node's stored rollouts:
+a direct chain per correct rollout (reward >= 1), a corrected chain per (wrong, correct) pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from actors.zoom import FORCED_ANSWER_PREFIX, crop, observation_text, resize_for_model, smart_resize
+
+BACKTRACK = "Wait, this seems off. Let's try something else."
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def read_trees(path: Path, truncate_partial: bool = False) -> list[dict]:
+    """The tree lines of a trees.jsonl. A half-written last line (a job killed while writing it) is dropped
+    with a warning — and cut off the file with `truncate_partial`; any other bad line raises, naming file
+    and line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    entries, pos = [], 0
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        if line.strip():
+            entries.append((number, pos, line))
+        pos += len(line) + 1
+    trees = []
+    for k, (number, start, line) in enumerate(entries):
+        try:
+            tree = json.loads(line)
+            if not isinstance(tree, dict) or "question_id" not in tree or not isinstance(tree.get("nodes"), list):
+                raise ValueError("no question_id / nodes")
+        except ValueError as e:
+            if k < len(entries) - 1:
+                raise ValueError(f"{path} line {number}: not a tree line ({e}); fix or remove the line, then "
+                                 "rerun") from None
+            warnings.warn(f"{path} line {number}: dropping a half-written last line ({e})", stacklevel=2)
+            if truncate_partial:
+                with open(path, "r+b") as f:
+                    f.truncate(start)
+            return trees
+        trees.append(tree)
+    if truncate_partial and raw and not raw.endswith(b"\n"):  # end a complete last line before appending
+        with open(path, "ab") as f:
+            f.write(b"\n")
+    return trees
+
+
+def clean_step(text: str) -> str:
+    for tag in _TAGS:
+        text = text.replace(tag, "")
+    return text.strip()
+
+
+def chain_body(steps: list[str]) -> str:
+    return " ".join(s for s in (clean_step(x) for x in steps) if s)
+
+
+def wrap(body: str, answer: str) -> str:
+    return f"<think>\n{body}\n</think>\n<answer> {answer.strip()} </answer>"
+
+
+def node_chains(node: dict) -> list[str]:
+    """The chains of one node's stored rollouts: corrected ones (each wrong x each correct), then direct."""
+    good = [r for r in node["rollouts"] if r["reward"] >= 1.0]
+    bad = [r for r in node["rollouts"] if r["reward"] < 1.0]
+    out = [wrap(f"{chain_body(w['steps'])}\n{BACKTRACK}\n{chain_body(c['steps'])}", c["answer"])
+           for w in bad for c in good]
+    return out + [wrap(chain_body(c["steps"]), c["answer"]) for c in good]
+
+
+@dataclass
+class LinearizeConfig:
+    """`vigorl linearize TREES.jsonl OUT_DIR`: trees -> single-turn SFT chains."""
+
+    max_per_question: int = 10_000  # chains kept per question (a seeded sample when there are more)
+    val_fraction: float = 0.05  # share of questions in val.jsonl (split by question, seeded)
+    seed: int = 42  # sampling and split
+    system_prompt_file: str = ""  # system message of every row ("" = vigorl's single-turn RL prompt of the task)
+    mode: str = "single_turn"  # whose RL system prompt: single_turn | multi_turn
+
+
+def _split(ids: list[str], fraction: float, seed: int) -> set[str]:
+    rng = random.Random(seed)
+    order = sorted(ids)
+    rng.shuffle(order)
+    n_val = 0 if len(order) < 2 else max(1, round(fraction * len(order))) if fraction > 0 else 0
+    return set(order[:n_val])
+
+
+def linearize(trees_path: str | Path, out_dir: str | Path, cfg: LinearizeConfig = LinearizeConfig()) -> dict:
+    """Write OUT_DIR/train.jsonl and val.jsonl; returns counts."""
+    from actors.prompts import system_prompt
+    from rewards import is_multi_turn
+
+    trees = read_trees(Path(trees_path))
+    if not trees:
+        raise ValueError(f"{trees_path}: no trees to linearize")
+    fixed = None
+    if cfg.system_prompt_file:
+        from actors.actor import read_system_prompt
+
+        fixed = read_system_prompt(cfg.system_prompt_file)
+    val = _split([t["question_id"] for t in trees], cfg.val_fraction, cfg.seed)
+    counts = {"questions": len(trees), "no_correct_rollout": 0, "chains": 0, "duplicates": 0, "capped": 0,
+              "train": 0, "val": 0}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "train.jsonl", "w") as ftrain, open(out / "val.jsonl", "w") as fval:
+        for t in trees:
+            chains = [c for n in t["nodes"] for c in node_chains(n)]
+            if not chains:
+                counts["no_correct_rollout"] += 1
+                continue
+            unique = list(dict.fromkeys(chains))
+            counts["duplicates"] += len(chains) - len(unique)
+            if len(unique) > cfg.max_per_question:
+                counts["capped"] += len(unique) - cfg.max_per_question
+                unique = random.Random(f"{cfg.seed}/{t['question_id']}").sample(unique, cfg.max_per_question)
+            system = fixed or system_prompt(t["task"], is_multi_turn(cfg.mode))
+            split = "val" if t["question_id"] in val else "train"
+            f = fval if split == "val" else ftrain
+            for chain in unique:
+                f.write(json.dumps(sft_row(system, t, chain)) + "\n")
+            counts["chains"] += len(unique)
+            counts[split] += len(unique)
+    return counts
+
+
+def sft_row(system: str, tree: dict, assistant: str | list[dict], images: list[str] | None = None) -> dict:
+    """A sharegpt row: system, user (`<image>` + question), then the assistant turn(s)."""
+    turns = [{"role": "assistant", "content": assistant}] if isinstance(assistant, str) else assistant
+    return {"messages": [{"role": "system", "content": system},
+                         {"role": "user", "content": "<image>" + tree["question"]}] + turns,
+            "images": images or [tree["image"]], "gt_answer": tree["gold"], "question_id": tree["question_id"],
+            "task": tree["task"], "image_size": tree.get("image_size")}
+
+
+# ---- multi-turn conversion ----------------------------------------------------------------------------
+
+_COORD = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)")
+_SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
+_CHAIN = re.compile(r"<think>(.*?)</think>\s*<answer>(.*?)</answer>", re.S)
+
+
+@dataclass
+class MultiTurnConfig:
+    """`vigorl to-multiturn IN_DIR OUT_DIR`: single-turn chains -> multi-turn zoom dialogues (SPEC §6)."""
+
+    half_size: int = 182  # crop half side o (SPEC §3: web grounding SFT 100, V* 182)
+    out_size: int = 672  # crop side r (web grounding SFT 512, V* 672)
+    dot: bool = False  # red dot at the zoom point (web grounding: true)
+    max_calls: int = 5  # tool calls per dialogue
+    shuffle_prob: float = 0.2  # chance that the first (call, observation) pair is moved later
+    min_pixels: int = 3136  # the multi-turn policy's image bounds: coordinates are scaled into that frame
+    max_pixels: int = 2_850_000
+    seed: int = 42  # the shuffle
+    system_prompt_file: str = ""  # system message ("" = vigorl's multi-turn RL prompt of the task)
+
+
+def dialogue(chain: str, frame: tuple[int, int], target: tuple[int, int], cfg: MultiTurnConfig,
+             rng: random.Random) -> tuple[list[dict], list[tuple[int, int]]] | None:
+    """Assistant/observation turns of one chain: per new coordinate (scaled from `frame` to `target`), a
+    think turn holding the text up to the end of that coordinate's sentence, then a tool call and an
+    observation; at most `max_calls`; the fixed final turn. Returns (turns, zoom points), or None when the
+    chain has no answer; raises _OutsideImage when a point lies outside the image."""
+    m = _CHAIN.search(chain)
+    if m is None:
+        return None
+    text, answer = m.group(1).strip(), m.group(2).strip()
+    sx, sy = target[0] / frame[0], target[1] / frame[1]
+    turns, points, cursor, pending = [], [], 0, ""
+    before, after = observation_text(cfg.dot)
+    for c in _COORD.finditer(text):
+        x, y = int(int(c.group(1)) * sx), int(int(c.group(2)) * sy)
+        if not (0 <= x < target[0] and 0 <= y < target[1]):
+            raise _OutsideImage
+        end = _SENTENCE_END.search(text, c.end())
+        stop = end.end() if end else len(text)
+        chunk = (text[cursor:c.start()] + f"({x}, {y})" + text[c.end():stop]).strip()
+        cursor = max(cursor, stop)
+        pending = f"{pending}\n\n{chunk}" if pending and chunk else pending or chunk
+        if (x, y) in points or len(points) >= cfg.max_calls:
+            continue
+        points.append((x, y))
+        call = json.dumps({"name": "search_coordinate", "arguments": {"coordinate": [x, y]}})
+        turns.append({"role": "assistant", "content": f"<think> {pending} </think>\n<tool_call>\n{call}\n</tool_call>"})
+        turns.append({"role": "user", "content": f"{before}<image>{after}"})
+        pending = ""
+    turns.append({"role": "assistant", "content": f"{FORCED_ANSWER_PREFIX} {_scaled_answer(answer, sx, sy)} </answer>"})
+    if len(points) >= 2 and rng.random() < cfg.shuffle_prob:
+        # the released converter: take the first (call, observation) pair out and put it back after 0 .. k-2
+        # of the other pairs (0 leaves it where it was; it never goes after the last pair)
+        slot = rng.randrange(len(points) - 1)
+        pair, pt = turns[:2], points[0]
+        turns = turns[2:2 + 2 * slot] + pair + turns[2 + 2 * slot:]
+        points = points[1:1 + slot] + [pt] + points[1 + slot:]
+    return turns, points
+
+
+def _scaled_answer(answer: str, sx: float, sy: float) -> str:
+    m = _COORD.fullmatch(answer.strip())
+    return f"({int(int(m.group(1)) * sx)}, {int(int(m.group(2)) * sy)})" if m else answer
+
+
+class _OutsideImage(Exception):
+    pass
+
+
+def to_multiturn(in_dir: str | Path, out_dir: str | Path, cfg: MultiTurnConfig = MultiTurnConfig()) -> dict:
+    """Convert IN_DIR/{train,val}.jsonl (linearised chains) into OUT_DIR/{train,val}.jsonl multi-turn rows; the
+    resized full image and every crop are saved once under OUT_DIR/images/ by content hash."""
+    from actors.prompts import system_prompt
+    from data_gen.images import load_rgb
+
+    fixed = None
+    if cfg.system_prompt_file:
+        from actors.actor import read_system_prompt
+
+        fixed = read_system_prompt(cfg.system_prompt_file)
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    counts = {"rows": 0, "written": 0, "outside_image": 0, "no_answer": 0}
+    rng = random.Random(cfg.seed)
+    full_cache: dict[str, tuple] = {}
+    for split in ("train", "val"):
+        src = Path(in_dir) / f"{split}.jsonl"
+        if not src.is_file():
+            raise FileNotFoundError(f"{src}: no linearised chains (run `vigorl linearize` first)")
+        with open(src) as fin, open(out / f"{split}.jsonl", "w") as fout:
+            for number, line in enumerate(fin, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    chain, image_path = row["messages"][-1]["content"], row["images"][0]
+                except (ValueError, KeyError, IndexError, TypeError) as e:
+                    raise ValueError(f"{src} line {number}: not a linearised row ({type(e).__name__}: {e})") from None
+                counts["rows"] += 1
+                if image_path not in full_cache:
+                    img = load_rgb(image_path)
+                    full = resize_for_model(img, cfg.min_pixels, cfg.max_pixels)
+                    full_cache[image_path] = (full, _save(full, out))
+                full, full_file = full_cache[image_path]
+                frame = tuple(row.get("image_size") or load_rgb(image_path).size)
+                try:
+                    conv = dialogue(chain, frame, full.size, cfg, rng)
+                except _OutsideImage:
+                    counts["outside_image"] += 1
+                    continue
+                if conv is None:
+                    counts["no_answer"] += 1
+                    continue
+                turns, points = conv
+                crops = [_save(crop(full, p, cfg.half_size, cfg.out_size, cfg.dot), out) for p in points]
+                system = fixed or system_prompt(row.get("task", ""), True)
+                tree = {"question": row["messages"][1]["content"].removeprefix("<image>"),
+                        "gold": row["gt_answer"], "question_id": row["question_id"], "task": row.get("task", ""),
+                        "image": full_file, "image_size": list(full.size)}
+                fout.write(json.dumps(sft_row(system, tree, turns, [full_file] + crops)) + "\n")
+                counts["written"] += 1
+    return counts
+
+
+def _save(image, out: Path) -> str:
+    """Save once under out/images/<sha256 of the PNG>.png; returns the absolute path."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    data = buf.getvalue()
+    path = out / "images" / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+    if not path.is_file():
+        path.write_bytes(data)
+    return str(path.resolve())
