@@ -7,6 +7,7 @@
     vigorl mcts --config configs/mcts_local.yaml [--address ADDR] [key=value ...]
     vigorl linearize TREES.jsonl OUT_DIR [key=value ...]
     vigorl to-multiturn IN_DIR OUT_DIR [key=value ...]
+    vigorl sft --config configs/sft_local.yaml [--address ADDR] [key=value ...]
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. search.simulations=20 limit=100")
 
+    f = sub.add_parser("sft", help="supervised fine-tuning on sharegpt rows (the RL learner's DeepSpeed code)")
+    f.add_argument("--config", default=None, help="YAML recipe (cluster.config.SFTConfig)")
+    f.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    f.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=3 learner.lr=1e-5")
+
     lin = sub.add_parser("linearize", help="MCTS trees -> single-turn SFT chains (train.jsonl, val.jsonl)")
     lin.add_argument("trees")
     lin.add_argument("out")
@@ -82,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             counts = traces.to_multiturn(args.inp, args.out, cfg)
         print(f"[{args.cmd}] {json.dumps(counts)} -> {args.out}")
-    elif args.cmd in ("demo", "train", "mcts"):
+    elif args.cmd in ("demo", "train", "mcts", "sft"):
         from cluster import config
 
-        schema = {"demo": config.DemoConfig, "train": config.TrainConfig, "mcts": config.MCTSJobConfig}[args.cmd]
-        key = "address" if args.cmd == "mcts" else "cluster.address"
+        schema = {"demo": config.DemoConfig, "train": config.TrainConfig, "mcts": config.MCTSJobConfig,
+                  "sft": config.SFTConfig}[args.cmd]
+        key = "cluster.address" if args.cmd == "train" else "address"
         overrides = list(args.overrides) + ([f"{key}={args.address}"] if getattr(args, "address", None) else [])
         try:
             cfg = config.official_defaults(config.load(schema, args.config, overrides))
@@ -101,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             from cluster import mcts_job
 
             mcts_job.run(cfg)
+        elif args.cmd == "sft":
+            from cluster import sft_job
+
+            sft_job.run(cfg)
         else:
             from cluster import train
 

@@ -135,6 +135,7 @@ class LearnerConfig:
     lr: float = 1e-6  # AdamW learning rate (SPEC §5)
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_ratio: Optional[float] = None  # linear LR warmup, fraction of rollout steps; null: 0.05 multi, 0 single
+    schedule: str = "constant"  # LR after the warmup: constant (RL, released) | cosine (SFT, to 0 at the end)
     grad_clip: Optional[float] = None  # global grad-norm clip; null = official: 0.2 multi-turn, 1.0 single-turn
     # PPO updates per rollout step (SPEC §5): the step's sequences, in order, split into mini-batches of
     # this many sequences, one optimizer step each; 0 = the whole rollout step in one mini-batch;
@@ -243,6 +244,33 @@ class MCTSJobConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow
 
 
+def _sft_learner() -> LearnerConfig:
+    # SPEC §7: full fine-tune, vision tower frozen, lr 1e-6 cosine with warmup 0.03; no reference model
+    return LearnerConfig(lr=1e-6, warmup_ratio=0.03, schedule="cosine", grad_clip=1.0, kl_coef=0.0, mini_batch_size=0)
+
+
+@dataclass
+class SFTConfig:
+    """`vigorl sft`: supervised fine-tuning on sharegpt rows with the RL learner's DeepSpeed code (SPEC §7)."""
+
+    out: str = "runs/sft"  # run dir: the HF checkpoint under out/model, the MLflow store
+    address: str = ""  # Ray address; "" starts a local Ray on 127.0.0.1 (RAY_ADDRESS also works)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the model to fine-tune (a local HF dir)
+    data: str = "runs/sft_data"  # dir with train.jsonl / val.jsonl (vigorl linearize / to-multiturn output)
+    learner: LearnerConfig = field(default_factory=_sft_learner)  # optimizer, schedule, ZeRO, frozen vision
+    batch_size: int = 32  # examples per optimizer step (SPEC §7: effective batch 32)
+    epochs: int = 1  # passes over train.jsonl (released code: 1; paper: 3)
+    max_steps: int = 0  # stop after this many optimizer steps (0: all epochs); the schedule spans these
+    cutoff_len: int = 8192  # longer examples are bad rows (SPEC §7 sequence cutoff)
+    on_bad_row: str = "raise"  # raise (an error naming the row) | skip (counted) for missing images, points
+    # outside the image, over-long or empty rows
+    eval_every: int = 0  # validation loss every this many steps (0: once at the end; none without val.jsonl)
+    seed: int = 0  # shuffling
+    learner_cpus: float = 2.0  # CPUs of the learner rank
+    learner_gpus: float = 0.0  # GPUs of the learner rank
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow
+
+
 @dataclass
 class DemoConfig:
     """`vigorl demo`: build the tiny model and data if missing, play and score one zoom episode."""
@@ -273,6 +301,8 @@ def official_defaults(cfg: T) -> T:
     place; returns `cfg`. Explicit values always win."""
     from rewards import is_multi_turn
 
+    if not isinstance(getattr(cfg, "data", None), DataConfig):  # no task / mode to take defaults from
+        return cfg
     multi = is_multi_turn(cfg.data.mode)
     if cfg.model.max_pixels is None:
         cfg.model.max_pixels = OFFICIAL_MAX_PIXELS.get((cfg.data.task, cfg.data.mode), DEFAULT_MAX_PIXELS)

@@ -1,6 +1,7 @@
 """From MCTS trees to SFT data (SPEC §6): linearisation into single-turn chains, and conversion of chains into
 multi-turn zoom dialogues. Output rows are LLaMA-Factory sharegpt rows (`messages`, `images`) plus
-`gt_answer`, `question_id`, `task` and `image_size` (the frame of the coordinates): readable by
+`gt_answer`, `question_id`, `task` and `image_size` (the frame of the coordinates); images are stored once
+under OUT_DIR/images/ by content hash and named relative to OUT_DIR (LLaMA-Factory's media dir): readable by
 `vigorl sft` and by LLaMA-Factory unchanged.
 
     direct chain     <think>\\n{steps joined by one space}\\n</think>\\n<answer> {ans} </answer>
@@ -135,8 +136,9 @@ def linearize(trees_path: str | Path, out_dir: str | Path, cfg: LinearizeConfig 
             system = fixed or system_prompt(t["task"], is_multi_turn(cfg.mode))
             split = "val" if t["question_id"] in val else "train"
             f = fval if split == "val" else ftrain
+            image = _copy_image(t["image"], out)
             for chain in unique:
-                f.write(json.dumps(sft_row(system, t, chain)) + "\n")
+                f.write(json.dumps(sft_row(system, t, chain, [image])) + "\n")
             counts["chains"] += len(unique)
             counts[split] += len(unique)
     return counts
@@ -225,8 +227,9 @@ class _OutsideImage(Exception):
 def to_multiturn(in_dir: str | Path, out_dir: str | Path, cfg: MultiTurnConfig = MultiTurnConfig()) -> dict:
     """Convert IN_DIR/{train,val}.jsonl (linearised chains) into OUT_DIR/{train,val}.jsonl multi-turn rows; the
     resized full image and every crop are saved once under OUT_DIR/images/ by content hash."""
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
     from actors.prompts import system_prompt
-    from data_gen.images import load_rgb
+    from data_gen.images import load_rgb, resolve_under
 
     fixed = None
     if cfg.system_prompt_file:
@@ -253,11 +256,11 @@ def to_multiturn(in_dir: str | Path, out_dir: str | Path, cfg: MultiTurnConfig =
                     raise ValueError(f"{src} line {number}: not a linearised row ({type(e).__name__}: {e})") from None
                 counts["rows"] += 1
                 if image_path not in full_cache:
-                    img = load_rgb(image_path)
+                    img = load_rgb(resolve_under(in_dir, image_path))
                     full = resize_for_model(img, cfg.min_pixels, cfg.max_pixels)
-                    full_cache[image_path] = (full, _save(full, out))
-                full, full_file = full_cache[image_path]
-                frame = tuple(row.get("image_size") or load_rgb(image_path).size)
+                    full_cache[image_path] = (full, _save(full, out), img.size)
+                full, full_file, original = full_cache[image_path]
+                frame = tuple(row.get("image_size") or original)
                 try:
                     conv = dialogue(chain, frame, full.size, cfg, rng)
                 except _OutsideImage:
@@ -278,13 +281,25 @@ def to_multiturn(in_dir: str | Path, out_dir: str | Path, cfg: MultiTurnConfig =
 
 
 def _save(image, out: Path) -> str:
-    """Save once under out/images/<sha256 of the PNG>.png; returns the absolute path."""
+    """Save once as out/images/<sha256 of the PNG>.png; returns the path relative to `out`."""
     import io
 
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    data = buf.getvalue()
-    path = out / "images" / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
-    if not path.is_file():
-        path.write_bytes(data)
-    return str(path.resolve())
+    return _store(buf.getvalue(), ".png", out)
+
+
+def _copy_image(path: str, out: Path) -> str:
+    """The original image file, stored once under out/images/ by content hash; the path relative to `out`."""
+    src = Path(path)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: image of a tree not found")
+    return _store(src.read_bytes(), src.suffix.lower() or ".png", out)
+
+
+def _store(data: bytes, suffix: str, out: Path) -> str:
+    rel = f"images/{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    if not (out / rel).is_file():
+        (out / rel).write_bytes(data)
+    return rel

@@ -57,6 +57,21 @@ class LearnerActor:
         t2 = time.perf_counter()
         return out | {"time/decode_s": t1 - t0, "time/train_s": t2 - t1}
 
+    def sft_step(self, batch) -> dict[str, float]:
+        """One SFT optimizer step on an Arrow batch of examples (learner.sft.encode_row records)."""
+        import time
+
+        import ray
+
+        t0 = time.perf_counter()
+        examples = from_batch(ray.get(batch) if isinstance(batch, ray.ObjectRef) else batch)
+        return self.learner.sft_step(examples) | {"time/step_s": time.perf_counter() - t0}
+
+    def sft_eval(self, batch) -> dict[str, float]:
+        import ray
+
+        return self.learner.sft_eval(from_batch(ray.get(batch) if isinstance(batch, ray.ObjectRef) else batch))
+
     def nccl_open(self, world_size: int) -> tuple[str, int]:
         """Start the NCCL group as its rank 0; returns (address, port) for the engines to join."""
         import threading

@@ -7,6 +7,7 @@ several ranks, torch.distributed is initialised by the caller (Ray actors set th
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from pathlib import Path
@@ -48,6 +49,20 @@ def warmup_lr(base_lr: float, step: int, warmup_ratio: float, total_steps: int) 
     return base_lr * (min(1.0, step / warmup) if warmup > 0 else 1.0)
 
 
+def cosine_lr(base_lr: float, step: int, warmup_ratio: float, total_steps: int) -> float:
+    """LR of optimizer step `step` (0-based) under a linear warmup over ceil(warmup_ratio x total_steps)
+    steps, then a half cosine to 0 (transformers `get_cosine_schedule_with_warmup`, as LLaMA-Factory's
+    SFT of the released checkpoints used: factor step / warmup, then 0.5 (1 + cos(pi x progress)))."""
+    warmup = math.ceil(warmup_ratio * total_steps)
+    if step < warmup:
+        return base_lr * step / max(1, warmup)
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return base_lr * max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+SCHEDULES = {"constant": warmup_lr, "cosine": cosine_lr}
+
+
 def minibatch_layout(n: int, mini_batch: int, micro_batch: int, world_size: int, rank: int) -> list[list[list[int]]]:
     """Rank `rank`'s micro-batches (trajectory indices) of each mini-batch: the n sequences in order, cut
     into mini-batches of `mini_batch` (0: one mini-batch), each dealt round-robin over the ranks and cut
@@ -71,6 +86,8 @@ class Learner:
         import deepspeed
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+        if cfg.schedule not in SCHEDULES:
+            raise ValueError(f"learner.schedule must be one of {sorted(SCHEDULES)}, got {cfg.schedule!r}")
         unset = [k for k in ("grad_clip", "warmup_ratio", "mini_batch_size") if getattr(cfg, k) is None]
         if unset:
             raise ValueError(f"learner config fields {unset} are null: fill them with "
@@ -199,9 +216,7 @@ class Learner:
                "tis_corrected": float(sum(o and tr for o, tr in zip(too_old, trainable)) if staleness_mode == "tis"
                                       else 0),
                "no_gradient": float(sum(not any(t.loss_mask) for t in trajectories))}
-        lr = warmup_lr(self.cfg.lr, self.version, self.cfg.warmup_ratio, self.total_steps)
-        for group in self.engine.optimizer.param_groups:
-            group["lr"] = lr
+        lr = self._set_lr()
         layouts = [minibatch_layout(len(trajectories), self.cfg.mini_batch_size, self.cfg.micro_batch_size,
                                     self.world_size, r) for r in range(self.world_size)]
         owned = [[i for mb in lay for micro in mb for i in micro if trainable[i]] for lay in layouts]
@@ -211,27 +226,15 @@ class Learner:
         out |= self._mismatch(trajectories, recomputed, lag)
         sums: dict[str, float] = {}
         micro_batches, updates = 0, 0
+        tis = [o and staleness_mode == "tis" for o in too_old]
+
+        def loss_of(items: list[int]):
+            return self._micro_loss([trajectories[i] for i in items], [recomputed[i][0] for i in items],
+                                    [recomputed[i][1] for i in items], [tis[i] for i in items], tis_cap)
+
         for _ in range(self.cfg.ppo_epochs):
             for mb in layout:
-                work = [[i for i in micro if trainable[i]] for micro in mb]
-                if self.world_size == 1:  # nothing to line up: skip empty micro-batches, keep one pass per step
-                    work = [w for w in work if w] or [[]]
-                for k, items in enumerate(work):
-                    if items:
-                        loss, m = self._micro_loss([trajectories[i] for i in items],
-                                                   [recomputed[i][0] for i in items],
-                                                   [recomputed[i][1] for i in items],
-                                                   [too_old[i] and staleness_mode == "tis" for i in items], tis_cap)
-                        for key, v in m.items():
-                            sums[key] = sums.get(key, 0.0) + v
-                        sums["loss"] = sums.get("loss", 0.0) + loss.item()
-                        micro_batches += 1
-                    else:  # a zero gradient through the same hooks (an empty mini-batch still steps once)
-                        loss = (self.engine(**self._dummy_inputs()).logits.sum() * 0.0)
-                    # token-mean per micro-batch, averaged over the mini-batch's micro-batches (the released
-                    # trainer divides by their count, empty ones included)
-                    self.engine.backward(loss / max(1, len(mb)), scale_wrt_gas=False)
-                self.engine.step()
+                micro_batches += self._minibatch([[i for i in m if trainable[i]] for m in mb], loss_of, sums)
                 updates += 1
         self.version += 1
         out |= {k: v / max(1, micro_batches) for k, v in sums.items()}
@@ -243,6 +246,66 @@ class Learner:
         out["optimizer_steps"] = float(self.engine.global_steps)  # DeepSpeed's own count, for cross-checking
         out["learner/lr"] = lr
         return out
+
+    def _minibatch(self, micro: list[list[int]], loss_of, sums: dict[str, float]) -> int:
+        """One optimizer step over a mini-batch's micro-batches (index lists; an empty one has nothing to train
+        on this rank): token-mean loss per micro-batch, averaged over all of the mini-batch's micro-batches
+        (empty ones count, as in the released trainer, and are skipped on one rank; with several ranks they
+        run a zero-gradient dummy so collectives line up; a mini-batch with nothing at all still steps once).
+        Adds the micro-batch metrics to `sums`; returns how many micro-batches trained."""
+        work = micro if self.world_size > 1 else ([m for m in micro if m] or [[]])
+        ran = 0
+        for items in work:
+            if items:
+                loss, m = loss_of(items)
+                for key, v in m.items():
+                    sums[key] = sums.get(key, 0.0) + v
+                sums["loss"] = sums.get("loss", 0.0) + loss.item()
+                ran += 1
+            else:  # a zero gradient through the same hooks
+                loss = self.engine(**self._dummy_inputs()).logits.sum() * 0.0
+            self.engine.backward(loss / max(1, len(micro)), scale_wrt_gas=False)
+        self.engine.step()
+        return ran
+
+    # ---- supervised fine-tuning ------------------------------------------------------------------------
+    def _set_lr(self) -> float:
+        lr = SCHEDULES[self.cfg.schedule](self.cfg.lr, self.version, self.cfg.warmup_ratio, self.total_steps)
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _nll(self, trajs: list[Trajectory]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Next-token loss, token-mean over the micro-batch's trained (assistant) tokens."""
+        logp = token_logprobs(self.engine, self._inputs(trajs))
+        mask = pad_rows([t.loss_mask for t in trajs], 0, torch.float32).to(logp.device, logp.dtype)
+        return masked_mean(-logp, mask), {"tokens": float(mask.sum().item())}
+
+    def sft_step(self, examples: list[Trajectory]) -> dict[str, float]:
+        """One optimizer step of supervised fine-tuning on `examples` (every rank gets the same list; each
+        takes its round-robin share), `micro_batch_size` per forward."""
+        lr = self._set_lr()
+        (micro,) = minibatch_layout(len(examples), 0, self.cfg.micro_batch_size, self.world_size, self.rank) or [[]]
+        sums: dict[str, float] = {}
+        ran = self._minibatch(micro, lambda items: self._nll([examples[i] for i in items]), sums)
+        self.version += 1
+        return {"loss": sums.get("loss", 0.0) / max(1, ran), "tokens": sums.get("tokens", 0.0), "lr": lr,
+                "grad_norm": float(self.engine.get_global_grad_norm() or 0.0), "step": float(self.version)}
+
+    @torch.no_grad()
+    def sft_eval(self, examples: list[Trajectory]) -> dict[str, float]:
+        """Mean next-token loss over all trained tokens of `examples` (no gradient; this rank's share)."""
+        self.engine.eval()
+        total, tokens = 0.0, 0.0
+        mine = examples[self.rank::self.world_size]
+        for k in range(0, len(mine), self.cfg.logprob_micro_batch_size):
+            part = mine[k:k + self.cfg.logprob_micro_batch_size]
+            logp = token_logprobs(self.engine, self._inputs(part))
+            mask = pad_rows([t.loss_mask for t in part], 0, torch.float32).to(logp.device, logp.dtype)
+            total += float((-logp * mask).sum().item())
+            tokens += float(mask.sum().item())
+        self.engine.train()
+        return {"val_loss": total / max(1.0, tokens), "val_tokens": tokens}
 
     @staticmethod
     def _mismatch(trajs: list[Trajectory], recomputed: dict[int, tuple], lag: list[int]) -> dict[str, float]:

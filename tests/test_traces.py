@@ -58,7 +58,8 @@ def test_linearize_dedupe_cap_split(tmp_path):
     assert not {r["question_id"] for r in train} & {r["question_id"] for r in val}
     r = train[0]
     assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
-    assert r["messages"][1]["content"] == "<image>What colour?" and r["images"] == [str(img)]
+    assert r["messages"][1]["content"] == "<image>What colour?" and r["images"][0].startswith("images/")
+    assert (tmp_path / "sft" / r["images"][0]).read_bytes() == img.read_bytes()  # stored once by content hash
     assert r["gt_answer"] == "red" and "exact text of the chosen option" in r["messages"][0]["content"]
 
 
@@ -109,11 +110,12 @@ def test_to_multiturn_saves_crops_and_drops_outside_points(tmp_path):
     img = tmp_path / "img.png"
     Image.new("RGB", (200, 100), (0, 128, 0)).save(img)
     rows = [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "<image>Q?"},
-                          {"role": "assistant", "content": c}], "images": [str(img)], "gt_answer": "red",
+                          {"role": "assistant", "content": c}], "images": ["img.png"], "gt_answer": "red",
              "question_id": f"q{i}", "task": "visual_search", "image_size": [200, 100]}
             for i, c in enumerate(["<think> a (10, 20). b (150, 60). </think>\n<answer> red </answer>",
                                    "<think> far (250, 20). </think>\n<answer> red </answer>"])]
     (tmp_path / "lin").mkdir()
+    img.rename(tmp_path / "lin" / "img.png")
     (tmp_path / "lin" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "lin" / "val.jsonl").write_text("")
     counts = to_multiturn(tmp_path / "lin", tmp_path / "mt", MultiTurnConfig(half_size=50, out_size=112,
@@ -121,7 +123,7 @@ def test_to_multiturn_saves_crops_and_drops_outside_points(tmp_path):
     assert counts == {"rows": 2, "written": 1, "outside_image": 1, "no_answer": 0}
     out = json.loads((tmp_path / "mt" / "train.jsonl").read_text())
     assert len(out["images"]) == 3 and out["image_size"] == [196, 112]  # smart_resize of 200 x 100
-    crops = [Image.open(p) for p in out["images"][1:]]
+    crops = [Image.open(tmp_path / "mt" / p) for p in out["images"][1:]]
     assert all(c.size == (112, 112) for c in crops)
     assert [m["content"].count("<image>") for m in out["messages"]] == [0, 1, 0, 1, 0, 1, 0]
     assert "multi" not in out["messages"][0]["content"] and "zoom tool" in out["messages"][0]["content"]

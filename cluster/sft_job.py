@@ -1,0 +1,101 @@
+"""`vigorl sft`: supervised fine-tuning (SPEC §7) on the sharegpt rows `vigorl linearize` / `to-multiturn` write
+(or any LLaMA-Factory sharegpt file with images), with the RL learner's own DeepSpeed code in a Ray actor:
+next-token loss on assistant tokens only, `batch_size` examples per optimizer step in micro-batches, a cosine
+schedule with warmup, the vision tower frozen by default. Writes an HF-format checkpoint to `<out>/model`
+(loadable by transformers, vLLM and `vigorl train model.path=...`) and logs loss curves to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+from cluster.config import SFTConfig
+
+
+def load_examples(cfg: SFTConfig, split: str, tokenizer, image_processor) -> tuple[list, int]:
+    """Encode `<data>/<split>.jsonl`; returns (examples, rows skipped). A bad row raises naming it unless
+    `on_bad_row=skip`; a corrupt JSON line always raises."""
+    from tqdm import tqdm
+
+    from learner.sft import BadRow, encode_row
+
+    if cfg.on_bad_row not in ("raise", "skip"):
+        raise ValueError(f"on_bad_row must be raise or skip, got {cfg.on_bad_row!r}")
+    path = Path(cfg.data) / f"{split}.jsonl"
+    if not path.is_file():
+        if split == "train":
+            raise FileNotFoundError(f"{path}: no training data (run `vigorl linearize` first)")
+        return [], 0
+    examples, skipped = [], 0
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(tqdm(lines, desc=f"sft {split} rows", unit="row", file=sys.stdout), 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{where}: not JSON ({e})") from None
+        try:
+            examples.append(encode_row(row, cfg.data, tokenizer, image_processor, cfg.cutoff_len, where))
+        except BadRow:
+            if cfg.on_bad_row == "raise":
+                raise
+            skipped += 1
+    return examples, skipped
+
+
+def run(cfg: SFTConfig) -> dict:
+    from tqdm import tqdm
+    from transformers import AutoProcessor
+
+    from actors.trajectory import to_batch
+    from cluster.tracking import Tracker, job
+    from cluster.train import init_ray
+    from learner.actor import LearnerActor
+
+    processor = AutoProcessor.from_pretrained(cfg.model.path)
+    train, skipped = load_examples(cfg, "train", processor.tokenizer, processor.image_processor)
+    val, val_skipped = load_examples(cfg, "val", processor.tokenizer, processor.image_processor)
+    if not train:
+        raise ValueError(f"{cfg.data}/train.jsonl: no usable examples ({skipped} skipped)")
+    per_epoch = -(-len(train) // cfg.batch_size)
+    steps = min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)
+    print(f"[sft] {len(train)} train / {len(val)} val examples ({skipped + val_skipped} bad rows skipped), "
+          f"{steps} steps of {cfg.batch_size}; model {cfg.model.path}")
+    ray = init_ray(cfg.address, cfg.learner_cpus)
+    tracker = Tracker(cfg)
+    summary: dict = {}
+    with job(tracker, ray):
+        learner = ray.remote(LearnerActor).options(num_cpus=cfg.learner_cpus, num_gpus=cfg.learner_gpus).remote(
+            cfg.model.path, cfg.learner, cfg.data, steps)
+        tracker.metrics({"sft/skipped_rows": float(skipped + val_skipped)}, 0)
+        rng = random.Random(cfg.seed)
+        val_ref = ray.put(to_batch(val)) if val else None
+        bar = tqdm(total=steps, desc="sft steps", unit="step", file=sys.stdout)
+        step = 0
+        for _ in range(cfg.epochs):
+            order = list(range(len(train)))
+            rng.shuffle(order)
+            for k in range(0, len(order), cfg.batch_size):
+                if step == steps:
+                    break
+                m = ray.get(learner.sft_step.remote(to_batch([train[i] for i in order[k:k + cfg.batch_size]])))
+                step += 1
+                if val_ref is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
+                    m |= ray.get(learner.sft_eval.remote(val_ref))
+                tracker.metrics({f"sft/{key}": v for key, v in m.items()}, step)
+                bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}")
+                bar.update(1)
+                summary = m
+        bar.close()
+        model_dir = Path(cfg.out).resolve() / "model"
+        ray.get(learner.save_hf.remote(str(model_dir)))
+        tracker.artifacts(model_dir, "model")
+    print(f"[sft] done: loss {summary.get('loss', float('nan')):.4f}"
+          + (f", val loss {summary['val_loss']:.4f}" if "val_loss" in summary else "")
+          + f"; HF checkpoint {model_dir}; MLflow run {tracker.run_id}")
+    return summary | {"model": str(model_dir), "run_id": tracker.run_id}

@@ -1,0 +1,35 @@
+"""The whole front half on the tiny model, from the recipes in configs/: `vigorl mcts` (scripted teacher) ->
+`vigorl linearize` -> `vigorl to-multiturn` -> `vigorl sft` -> `vigorl train` from the SFT checkpoint."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def vigorl(*args):
+    p = subprocess.run([sys.executable, "-m", "cluster.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=900)
+    assert p.returncode == 0, (args, p.stdout[-3000:], p.stderr[-5000:])
+    return p.stdout
+
+
+def test_mcts_linearize_multiturn_sft_train(tmp_path):
+    data, mcts, lin, mt, sft = (tmp_path / x for x in ("data", "mcts", "lin", "mt", "sft"))
+    vigorl("mcts", "--config", ROOT / "configs/mcts_local.yaml", f"out={mcts}", f"data.path={data}", "make_data=4")
+    out = vigorl("linearize", mcts / "trees.jsonl", lin)
+    assert json.loads(out.split("] ", 1)[1].split(" -> ")[0])["chains"] > 0
+    vigorl("to-multiturn", lin, mt, "out_size=336")
+    rows = [json.loads(x) for x in (mt / "train.jsonl").read_text().splitlines()]
+    assert rows and all(len(r["images"]) == 1 + sum(m["content"].count("<tool_call>") for m in r["messages"]
+                                                     if m["role"] == "assistant") for r in rows)
+    vigorl("make-tiny-model", tmp_path / "model")
+    out = vigorl("sft", "--config", ROOT / "configs/sft_local.yaml", f"out={sft}", f"model.path={tmp_path / 'model'}",
+                 f"data={mt}", "batch_size=8", "max_steps=2")
+    assert "[sft] done" in out and (sft / "model" / "model.safetensors").is_file()
+    out = vigorl("train", "--config", ROOT / "configs/local_cpu.yaml", f"out={tmp_path / 'rl'}",
+                 f"model.path={sft / 'model'}", f"data.path={data}", "loop.steps=1", "loop.prompts_per_step=2",
+                 "rollout.group_size=2", "sampling.max_tokens_per_turn=160", "tracking.picture_every=0")
+    assert "[train] step 1/1" in out
