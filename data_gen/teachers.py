@@ -123,8 +123,9 @@ class ScriptedTeacher:
         todo = [i for i in range(len(self.scene.targets)) if i not in seen]
         out = []
         for _ in range(n):
-            answer_now = force_final or (steps and (not todo and self.rng.random() < self.answer_rate
-                                                    or todo and self.rng.random() < 0.1))
+            # answer when forced; after every target was seen, at `answer_rate`; before that, rarely (a guess)
+            rate = (self.answer_rate if not todo else 0.1) if steps else 0.0
+            answer_now = force_final or self.rng.random() < rate
             out.append(self._answer(not todo) if answer_now else self._step(todo))
         return out
 
