@@ -116,6 +116,8 @@ def run(cfg: MCTSJobConfig) -> dict:
     from data_gen.rows import PROMPTS_FILE, read_rows
 
     official_defaults(cfg)
+    if cfg.teacher.kind not in ("scripted", "vllm"):
+        raise ValueError(f"teacher.kind must be scripted or vllm, got {cfg.teacher.kind!r}")
     if cfg.make_data and not (Path(cfg.data.path) / PROMPTS_FILE).is_file():
         from data_gen.synthetic import make_dataset
 

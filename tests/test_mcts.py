@@ -150,3 +150,21 @@ def test_scripted_teacher_search_beats_its_top1(tmp_path):
                 break
             steps.append(out.text)
     assert found > top1 and found >= 9, (found, top1)
+
+
+def test_a_question_past_its_time_budget_is_recorded_as_failed(tmp_path):
+    import dataclasses
+    import json
+
+    from cluster.config import MCTSJobConfig, official_defaults
+    from cluster.mcts_job import SearchWorker
+    from data_gen.synthetic import make_dataset
+
+    row = make_dataset("visual_search", 1, seed=0, out=tmp_path, progress=False)[0]
+    cfg = official_defaults(MCTSJobConfig())
+    cfg.data.path, cfg.question_timeout_s = str(tmp_path), 0.0
+    res = SearchWorker(cfg).search(json.dumps(dataclasses.asdict(row)))
+    assert res["question_id"] == row.prompt_id and res["failed"].startswith("TimeoutError: search ran past")
+    cfg.question_timeout_s = 600.0
+    res = SearchWorker(cfg).search(json.dumps(dataclasses.asdict(row)))
+    assert "line" in res and res["line"]["image_size"] == [1008, 756] and res["teacher_calls"] > 0
