@@ -182,7 +182,8 @@ def run(cfg: MCTSJobConfig) -> dict:
 def _metrics(t: dict) -> dict[str, float]:
     n = max(1, t["done"])
     return {"mcts/questions_done": float(t["done"]), "mcts/questions_failed": float(t["failed"]),
-            "mcts/correct_path_frac": t["correct_path"] / n, "mcts/correct_chains_per_question": t["correct_rollouts"] / n,
+            "mcts/correct_path_frac": t["correct_path"] / n,
+            "mcts/correct_chains_per_question": t["correct_rollouts"] / n,
             "mcts/seconds_per_question": t["seconds"] / n, "mcts/teacher_calls": float(t["teacher_calls"])}
 
 

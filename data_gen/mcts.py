@@ -106,6 +106,17 @@ class Tree:
         return [n.to_json() for n in self.nodes]
 
 
+def ask(teacher: Teacher, question: str, image, steps: list[str], n: int, force_final: bool) -> list[TeacherOutput]:
+    """The teacher's n outputs, checked: anything else (garbage) raises, naming what came back, and the job
+    records the question as failed."""
+    outs = teacher.generate(question, image, list(steps), n, force_final)
+    well_formed = isinstance(outs, list) and len(outs) == n and all(
+        isinstance(o, TeacherOutput) and isinstance(o.text, str) for o in outs)
+    if not well_formed:
+        raise ValueError(f"teacher returned {type(outs).__name__} {str(outs)[:200]!r}, not {n} TeacherOutput(s)")
+    return outs
+
+
 def uct(value: float, visits: int, parent_visits: int, c: float) -> float:
     """value + c·sqrt(ln(N_parent + 1) / (n + 1)) (the released `_ucb_score`; +1 keeps it finite)."""
     return value + c * math.sqrt(math.log(parent_visits + 1) / (visits + 1))
@@ -154,7 +165,7 @@ def rollout(tree: Tree, child: int, teacher: Teacher, judge: Judge, question: st
     depth, k = node.depth, 0
     while answer is None and k < cfg.rollout_steps and depth < cfg.max_depth:
         force = k == cfg.rollout_steps - 1 or depth == cfg.max_depth - 1
-        out = teacher.generate(question, image, steps, 1, force)[0]
+        out = ask(teacher, question, image, steps, 1, force)[0]
         if out.text:
             steps.append(out.text)
         answer = out.answer
@@ -177,7 +188,7 @@ def search(question: str, image, teacher: Teacher, judge: Judge, cfg: MCTSConfig
                 leaf.visits, leaf.value = 1, float(judge(leaf.answer or ""))
             backup(tree, path, leaf.value)
             continue
-        outputs = teacher.generate(question, image, tree.steps(leaf.id), cfg.children, leaf.depth >= cfg.max_depth)
+        outputs = ask(teacher, question, image, tree.steps(leaf.id), cfg.children, leaf.depth >= cfg.max_depth)
         for child in expand(tree, leaf.id, outputs, cfg.avoid_repeat_coords):
             for _ in range(cfg.rollouts_per_child):
                 backup(tree, path + [child], rollout(tree, child, teacher, judge, question, image, cfg))

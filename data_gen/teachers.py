@@ -152,7 +152,8 @@ MCTS_SYSTEM_PROMPTS = {
     "web_action": "You choose the next web-browser action for an objective. " + _STEP_RULES.replace(
         "{ANSWER}", "one action: click [id], type [id] [text], scroll [down|up], go_back or stop [answer]"),
 }
-FORCE_FINAL = "\nYour turn! Max thoughts reached. You should now provide the final answer in the format <answer> ... </answer>"
+FORCE_FINAL = ("\nYour turn! Max thoughts reached. You should now provide the final answer in the format "
+               "<answer> ... </answer>")
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
 
 

@@ -168,3 +168,12 @@ def test_a_question_past_its_time_budget_is_recorded_as_failed(tmp_path):
     cfg.question_timeout_s = 600.0
     res = SearchWorker(cfg).search(json.dumps(dataclasses.asdict(row)))
     assert "line" in res and res["line"]["image_size"] == [1008, 756] and res["teacher_calls"] > 0
+
+
+def test_a_teacher_returning_garbage_raises_naming_it():
+    class Garbage:
+        def generate(self, *args):
+            return ["not an output"]
+
+    with pytest.raises(ValueError, match="teacher returned list .*not 3 TeacherOutput"):
+        search("q?", None, Garbage(), lambda a: 0.0, MCTSConfig(simulations=1))

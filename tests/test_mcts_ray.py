@@ -67,7 +67,8 @@ def test_trees_failures_and_metrics(tmp_path, data):
     run = client.search_runs([client.get_experiment_by_name("vigorl-mcts").experiment_id])[0]
     m = run.data.metrics
     assert m["mcts/questions_done"] == 7 and m["mcts/questions_failed"] == 1 and m["mcts/correct_path_frac"] == 1.0
-    assert m["mcts/teacher_calls"] > 7 and m["mcts/seconds_per_question"] > 0 and "mcts/correct_chains_per_question" in m
+    assert m["mcts/teacher_calls"] > 7 and m["mcts/seconds_per_question"] > 0
+    assert "mcts/correct_chains_per_question" in m
 
 
 def test_resume_after_a_killed_job(tmp_path, data):

@@ -80,8 +80,8 @@ def test_dialogue_turns_hand_worked():
     turns, points = dialogue(chain, (100, 100), (200, 50), cfg, random.Random(0))  # x * 2, y / 2
     assert points == [(20, 10), (60, 20)]
     call = lambda x, y: json.dumps({"name": "search_coordinate", "arguments": {"coordinate": [x, y]}})  # noqa: E731
-    assert turns[0] == {"role": "assistant",
-                        "content": f"<think> First I see a box (20, 10). </think>\n<tool_call>\n{call(20, 10)}\n</tool_call>"}
+    assert turns[0] == {"role": "assistant", "content": f"<think> First I see a box (20, 10). </think>\n"
+                                                        f"<tool_call>\n{call(20, 10)}\n</tool_call>"}
     assert turns[1] == {"role": "user", "content": "<observation>\nHere is the crop of the image centered on the "
                                                    "coordinate:\n<image>\n</observation>"}
     assert turns[2]["content"].startswith("<think> It is grey. Then the cup (60, 20) is red! </think>")
