@@ -37,20 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--config", default=None, help="YAML recipe (cluster.config.DemoConfig)")
     e.add_argument("overrides", nargs="*", help="key=value overrides, e.g. zoom.dot=true")
 
-    t = sub.add_parser("train", help="run the actor-learner GRPO loop (Ray, vLLM, DeepSpeed, MLflow)")
-    t.add_argument("--config", default=None, help="YAML recipe (cluster.config.TrainConfig)")
-    t.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loop.steps=2 loop.mode=async")
-
-    s = sub.add_parser("mcts", help="teacher-guided MCTS trace generation (a Ray job; resumes where it stopped)")
-    s.add_argument("--config", default=None, help="YAML recipe (cluster.config.MCTSJobConfig)")
-    s.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. search.simulations=20 limit=100")
-
-    f = sub.add_parser("sft", help="supervised fine-tuning on sharegpt rows (the RL learner's DeepSpeed code)")
-    f.add_argument("--config", default=None, help="YAML recipe (cluster.config.SFTConfig)")
-    f.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    f.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=3 learner.lr=1e-5")
+    for name, help_, schema, example in (
+            ("train", "run the actor-learner GRPO loop (Ray, vLLM, DeepSpeed, MLflow)", "TrainConfig",
+             "loop.steps=2 loop.mode=async"),
+            ("mcts", "teacher-guided MCTS trace generation (a Ray job; resumes where it stopped)", "MCTSJobConfig",
+             "search.simulations=20 limit=100"),
+            ("sft", "supervised fine-tuning on sharegpt rows (the RL learner's DeepSpeed code)", "SFTConfig",
+             "epochs=3 learner.lr=1e-5")):
+        j = sub.add_parser(name, help=help_)
+        j.add_argument("--config", default=None, help=f"YAML recipe (cluster.config.{schema})")
+        j.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+        j.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
 
     lin = sub.add_parser("linearize", help="MCTS trees -> single-turn SFT chains (train.jsonl, val.jsonl)")
     lin.add_argument("trees")
