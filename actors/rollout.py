@@ -82,8 +82,8 @@ class Rollout:
                  max_tokens_per_turn: int = 1024, response_budget: int = 2048, max_model_len: int = 8192,
                  guided: bool = False, min_zooms: int = 0, train_forced_prefix: bool = True,
                  system_prompt: str | None = None):
-        if group_size < 2:
-            raise ValueError(f"group_size must be >= 2 (group advantages need a spread), got {group_size}")
+        if group_size < 1:  # 1: evaluation (advantages 0); training needs >= 2 (cluster.train checks)
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
         self.llm, self.processor, self.tok = llm, processor, processor.tokenizer
         self.settings, self.group_size, self.prompt, self.mode = settings, group_size, get_prompt(prompt), mode
         self.multi_turn = rewards.is_multi_turn(mode)
@@ -231,7 +231,8 @@ class Rollout:
         scores = [self._score(ep) for ep in episodes]
         rw = torch.tensor([s.overall for s in scores], dtype=torch.float64)
         gids = {g: i for i, g in enumerate(dict.fromkeys(ep.group_id for ep in episodes))}
-        adv = group_advantages(rw, torch.tensor([gids[ep.group_id] for ep in episodes])).tolist()
+        adv = (group_advantages(rw, torch.tensor([gids[ep.group_id] for ep in episodes])).tolist()
+               if self.group_size > 1 else [0.0] * len(episodes))
         out = []
         for ep, s, a in zip(episodes, scores, adv):
             n = len(ep.expanded)

@@ -170,6 +170,9 @@ def run(cfg: TrainConfig) -> dict:
     official_defaults(cfg)  # null fields -> the released recipe's values for data.task / data.mode
     if cfg.loop.mode not in ("sync", "async"):
         raise ValueError(f"loop.mode must be 'sync' or 'async', got {cfg.loop.mode!r}")
+    if cfg.rollout.group_size < 2:
+        raise ValueError(f"rollout.group_size must be >= 2 (group advantages need a spread), got "
+                         f"{cfg.rollout.group_size}")
     prepare(cfg)
     ledger = Ledger([r.prompt_id for r in read_rows(cfg.data.path)], seed=cfg.loop.seed)
     c = cfg.cluster

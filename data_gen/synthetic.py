@@ -116,30 +116,73 @@ _RELATIONS = {"left of": lambda a, b: a[0] < b[0], "right of": lambda a, b: a[0]
               "above": lambda a, b: a[1] < b[1], "below": lambda a, b: a[1] > b[1]}
 
 
-@register("spatial")
-def spatial(rng: random.Random, pid: str) -> tuple[Image.Image, dict]:
-    w, h = 672, 504
+def object_scene(rng: random.Random, size: tuple[int, int], n: int, radius: tuple[int, int],
+                 apart: tuple[int, int]) -> tuple[Image.Image, list[tuple[str, tuple[int, int], int]]]:
+    """`n` distinct (colour, shape) objects on a wall-and-floor background, centres at least `apart` =
+    (dx, dy) apart on both axes, so relations between them are unambiguous. Returns the image and
+    [(name "colour shape", centre (x, y), radius)] in drawing order. Also the scenes of `vigorl learn`'s
+    base-model captions (bench/learn.py)."""
+    w, h = size
+    while True:  # a placement that leaves no room for the next object starts the scene over
+        objects: list[tuple[str, tuple[int, int], int]] = []
+        for c, s in rng.sample([(c, s) for c in COLORS for s in SHAPES], n):
+            r = rng.randint(*radius)
+            for _ in range(100):
+                cx, cy = rng.randint(r + 4, w - r - 5), rng.randint(r + 4, h - r - 5)
+                if all(abs(cx - a) > apart[0] and abs(cy - b) > apart[1] for _, (a, b), _ in objects):
+                    objects.append((f"{c} {s}", (cx, cy), r))
+                    break
+            else:
+                break
+        if len(objects) == n:
+            break
     img = Image.new("RGB", (w, h), (235, 232, 225))
     draw = ImageDraw.Draw(img)
     draw.rectangle((0, h * 2 // 3, w, h), fill=(200, 190, 170))  # a floor
-    names = rng.sample([(c, s) for c in COLORS for s in SHAPES], 3)
-    centres = []
-    for c, s in names:
-        while True:  # keep objects apart so relations are unambiguous
-            cx, cy = rng.randint(60, w - 60), rng.randint(60, h - 60)
-            if all(abs(cx - a) > 80 and abs(cy - b) > 60 for a, b in centres):
-                break
-        centres.append((cx, cy))
-        r = rng.randint(22, 36)
+    for name, (cx, cy), r in objects:
+        c, s = name.split()
         _shape(draw, s, (cx - r, cy - r, cx + r, cy + r), COLORS[c])
-    (ca, sa), (cb, sb) = names[0], names[1]
+    return img, objects
+
+
+@register("spatial")
+def spatial(rng: random.Random, pid: str) -> tuple[Image.Image, dict]:
+    img, objs = object_scene(rng, (672, 504), 3, (22, 36), (80, 60))
+    (a, ca, _), (b, cb, _) = objs[0], objs[1]
     axis = rng.choice([("left of", "right of"), ("above", "below")])
-    gold = axis[0] if _RELATIONS[axis[0]](centres[0], centres[1]) else axis[1]
+    gold = axis[0] if _RELATIONS[axis[0]](ca, cb) else axis[1]
     options = list(axis)
     rng.shuffle(options)
-    q = f"Is the {ca} {sa} {axis[0]} or {axis[1]} the {cb} {sb}?"
+    q = f"Is the {a} {axis[0]} or {axis[1]} the {b}?"
     return img, dict(task="spatial", gold=gold, options=options, question=_mc_question(q, options),
-                     meta={"objects": [f"{c} {s}" for c, s in names], "centres": centres})
+                     meta={"objects": [o[0] for o in objs], "centres": [o[1] for o in objs]})
+
+
+# Scenes of `object_colour` and of the learning proof's base-model captions (bench/learn.py): 112x112 px,
+# 16 image tokens, so that a small VLM pretrained on this CPU sees them at all.
+SMALL_SCENE = dict(size=(112, 112), radius=(8, 12), apart=(22, 22))
+
+
+@register("object_colour")
+def object_colour(rng: random.Random, pid: str) -> tuple[Image.Image, dict]:
+    """What colour is the {shape}? Two or three objects of different shapes and colours in a small scene;
+    the other objects' colours are among the four options, so "a colour I can see" is not enough."""
+    while True:
+        img, objs = object_scene(rng, SMALL_SCENE["size"], rng.choice((2, 3)), SMALL_SCENE["radius"],
+                                 SMALL_SCENE["apart"])
+        shapes = [name.split()[1] for name, _, _ in objs]
+        if len(set(shapes)) == len(shapes) and len({name.split()[0] for name, _, _ in objs}) == len(objs):
+            break
+    (name, (cx, cy), r) = objs[0]
+    colour, shape = name.split()
+    present = [n.split()[0] for n, _, _ in objs[1:]]
+    pool = [c for c in COLORS if c != colour and c not in present]
+    options = [colour, *present, *rng.sample(pool, 3 - len(present))]
+    rng.shuffle(options)
+    return img, dict(task="visual_search", gold=colour, options=options,
+                     question=_mc_question(f"What is the color of the {shape}?", options),
+                     meta={"target": shape, "box": [cx - r, cy - r, cx + r, cy + r],
+                           "objects": [o[0] for o in objs], "centres": [o[1] for o in objs]})
 
 
 @register("web_action")

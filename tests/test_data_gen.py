@@ -11,7 +11,7 @@ from PIL import Image
 from data_gen.images import ImageError, load_rgb, resolve_under
 from data_gen.rows import PromptRow, gold_for_model, read_rows, scale_box_gold, write_rows
 from data_gen.synthetic import COLORS, GENERATORS, make_dataset
-from rewards.tasks import parse_box
+from rewards.tasks import TASKS, parse_box
 
 
 @pytest.mark.parametrize("task", sorted(GENERATORS))
@@ -26,7 +26,7 @@ def test_generators_are_deterministic_and_valid(task, tmp_path):
     rows = read_rows(tmp_path / "a")
     assert rows == a
     for r in rows:
-        assert r.task == task
+        assert r.source == f"synthetic/{task}" and r.task in TASKS
         assert r.width % 28 == 0 and r.height % 28 == 0  # the model sees them unresized
 
 
@@ -55,6 +55,17 @@ def test_spatial_gold_matches_geometry(tmp_path):
         (ax, ay), (bx, by) = json.loads(r.meta)["centres"][:2]
         truth = {"left of": ax < bx, "right of": ax > bx, "above": ay < by, "below": ay > by}
         assert truth[r.gold] and sorted(r.options) in (["left of", "right of"], ["above", "below"])
+
+
+def test_object_colour_gold_is_the_named_shapes_colour(tmp_path):
+    for r in make_dataset("object_colour", 12, seed=3, out=tmp_path, progress=False):
+        meta = json.loads(r.meta)
+        x0, y0, x1, y1 = meta["box"]
+        img = Image.open(tmp_path / r.image).convert("RGB")
+        assert img.getpixel(((x0 + x1) // 2, (y0 + y1 * 3) // 4)) == COLORS[r.gold]  # low centre: in every shape
+        assert f"the {meta['target']}?" in r.question and (r.width, r.height) == (112, 112)
+        others = [o.split()[0] for o in meta["objects"][1:]]  # distractors' colours are options too
+        assert len(r.options) == 4 and r.gold in r.options and set(others) <= set(r.options) - {r.gold}
 
 
 def test_web_action_gold_targets_an_element(tmp_path):

@@ -197,3 +197,15 @@ def test_single_turn_trains_eos_and_length_cut_responses(setup):
                  mode="single_turn", response_budget=16)
     for t in ro.play(setup.batch, weight_version=0):
         assert len(t.token_ids) - t.prompt_len <= 16 and sum(t.loss_mask) == len(t.token_ids) - t.prompt_len
+
+
+def test_one_sample_per_prompt_for_evaluation(setup):
+    """group_size 1 (evaluation: no group, advantage 0); a training run refuses it (cluster.train)."""
+    from actors.rollout import Rollout
+
+    ro = Rollout(setup.llm, setup.processor, ZoomSettings(), group_size=1, prompt="vigorl_single_turn",
+                 mode="single_turn", guided=True, response_budget=256)
+    trajs = ro.play(setup.batch, weight_version=0)
+    assert len(trajs) == len(setup.batch) and all(t.advantage == 0.0 and t.reward_format == 1.0 for t in trajs)
+    with pytest.raises(ValueError, match="group_size must be >= 1"):
+        Rollout(setup.llm, setup.processor, ZoomSettings(), group_size=0)

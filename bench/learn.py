@@ -1,0 +1,292 @@
+"""`make learn`: the learning proof. MCTS (scripted teacher) -> linearise -> SFT -> GRPO on a small VLM,
+then base, SFT and GRPO model scored on a held-out synthetic set without structured outputs. A benchmark,
+never part of the tests.
+
+    python -m bench.learn base            build (once) and cache the pretrained base VLM; prints its cost
+    python -m bench.learn [--out DIR]     the pipeline from the cached base; writes DIR/results.json
+    python -m bench.learn eval MODEL DATA OUT.json    score one model dir on one dataset
+
+The task is `object_colour` (data_gen.synthetic): what colour is the {shape} in a 112x112 scene of two or
+three objects, four options that include the other objects' colours (chance 25 %). The base is the
+`small` tiny Qwen2.5-VL pretrained on generic captions of the same kind of scenes ("The red circle is at
+(61, 50). ..."): what and where objects are, not the task, its format or its questions — as the paper
+starts from a pretrained Qwen2.5-VL. Seeds: captions 100 (+1 per base stage), MCTS questions 1, RL
+prompts 2, held-out 3 (never used for any training data).
+
+Every stage is the real command (`vigorl mcts`, `linearize`, `sft`, `train`) from a recipe in configs/
+(learn_*.yaml); evaluation plays episodes with the training rollout code (`actors.actor.RolloutActor`,
+vLLM, no structured outputs) at SPEC §5's evaluation temperature 0.5, one sample per item.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TASK = "object_colour"
+BASE_VERSION = "v2"  # the cache dir; bump when the base recipe (captions, configs/learn_base.yaml) changes
+SEEDS = {"captions": 100, "mcts": 1, "rl": 2, "heldout": 3}
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("VIGORL_CACHE", Path.home() / ".cache" / "vigorl")).expanduser()
+    return root / f"learn-base-{BASE_VERSION}"
+
+
+# ---- the base model: captions pretraining ---------------------------------------------------------------
+
+def caption_rows(n: int, seed: int, out: Path) -> int:
+    """`n` generic captions of object scenes as sharegpt rows in OUT/{train,val}.jsonl (val: 2 %), images
+    in OUT/images. What and where every object is, in random order; nothing of the task's questions."""
+    from data_gen.synthetic import SMALL_SCENE, object_scene
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    files = {s: open(out / f"{s}.jsonl", "w") for s in ("train", "val")}
+    for i in range(n):
+        rng = random.Random(f"captions/{seed}/{i}")
+        img, objs = object_scene(rng, SMALL_SCENE["size"], rng.randint(1, 3), SMALL_SCENE["radius"],
+                                 SMALL_SCENE["apart"])
+        rng.shuffle(objs)
+        rel = f"images/{i:06d}.png"
+        img.save(out / rel)
+        text = " ".join(f"The {name} is at ({x}, {y})." for name, (x, y), _ in objs)
+        row = {"messages": [{"role": "user", "content": "<image>Describe the objects in the image and where they are."},
+                            {"role": "assistant", "content": text}],
+               "images": [rel], "image_size": list(img.size), "question_id": f"caption-{seed}-{i}"}
+        files["val" if i % 50 == 0 else "train"].write(json.dumps(row) + "\n")
+    for f in files.values():
+        f.close()
+    return n
+
+
+def build_base(n_captions: int, stages: int) -> Path:
+    """The cached base model dir. Stage 0 is the random `small` model; stage k >= 1 is `vigorl sft` on
+    `n_captions` fresh captions (seed 99 + k, one epoch, cosine schedule) from stage k - 1. Each finished
+    stage is cached, so a longer pretraining resumes from the last one built."""
+    root = cache_dir()
+    final = root / f"stage-{stages}"
+    if (final / "info.json").is_file():
+        return final / "model"
+    from data_gen.tiny_model import make_tiny_model
+
+    prev = root / "stage-0"
+    if not (prev / "model" / "config.json").is_file():
+        make_tiny_model(prev / "model", vocab="small", size="small", seed=0)
+    for k in range(1, stages + 1):
+        stage = root / f"stage-{k}"
+        if (stage / "info.json").is_file():
+            prev = stage
+            continue
+        work = stage.with_name(stage.name + ".partial")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        t0 = time.perf_counter()
+        caption_rows(n_captions, SEEDS["captions"] + k - 1, work / "captions")
+        t1 = time.perf_counter()
+        log = vigorl("sft", "--config", ROOT / "configs/learn_base.yaml", f"out={work / 'sft'}",
+                     f"model.path={prev / 'model'}", f"data={work / 'captions'}", log=work / "sft.log")
+        shutil.move(work / "sft" / "model", work / "model")
+        shutil.rmtree(work / "captions")  # regenerated exactly from the seed when needed
+        info = {"stage": k, "captions": n_captions, "data_s": round(t1 - t0, 1),
+                "sft_s": round(time.perf_counter() - t1, 1), "sft_run_id": run_id(log),
+                "tracking_uri": f"sqlite:///{stage / 'sft' / 'mlflow.db'}"}
+        (work / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+        shutil.rmtree(stage, ignore_errors=True)
+        work.rename(stage)
+        print(f"[learn] base stage {k}/{stages} built in {info['data_s'] + info['sft_s']:.0f} s (cached): {stage}",
+              flush=True)
+        prev = stage
+    return final / "model"
+
+
+def base_info(stages: int) -> list[dict]:
+    return [json.loads((cache_dir() / f"stage-{k}" / "info.json").read_text()) for k in range(1, stages + 1)]
+
+
+# ---- running the real commands --------------------------------------------------------------------------
+
+def vigorl(*args, log: Path) -> str:
+    """Run `vigorl ARGS`, its output to `log`; the driver's own lines ("[...]") echo to the console."""
+    cmd = [sys.executable, "-m", "cluster.cli", *map(str, args)]
+    lines = []
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as f, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                               text=True, bufsize=1, env=env) as p:
+        for line in p.stdout:
+            f.write(line)
+            lines.append(line)
+            if line.startswith("[") and not line.startswith("[rank"):
+                print(line, end="", flush=True)
+    if p.returncode:
+        raise RuntimeError(f"`vigorl {' '.join(map(str, args))}` failed ({p.returncode}); last lines of {log}:\n"
+                           + "".join(lines[-30:]))
+    return "".join(lines)
+
+
+def chain_counts(output: str) -> dict:
+    """The counts `vigorl linearize` printed ("[linearize] {...} -> OUT")."""
+    line = next(x for x in output.splitlines() if x.startswith("[linearize] {"))
+    return json.loads(line.split("] ", 1)[1].rsplit(" -> ", 1)[0])
+
+
+def run_id(output: str) -> str:
+    """The MLflow run id a vigorl job printed ("MLflow run <id>")."""
+    import re
+
+    found = re.findall(r"MLflow run ([0-9a-f]{32})", output)
+    return found[-1] if found else ""
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------
+
+def evaluate(model: str, data: str, out: Path, n_max: int = 0) -> dict:
+    """Score `model` on the rows at `data` with the training rollout code (no structured outputs), one
+    sample per item at temperature 0.5 (SPEC §5 validation). Writes the per-item lines and returns
+    {accuracy, format_rate, reward, points_in_target, n}."""
+    from actors.actor import RolloutActor
+    from actors.trajectory import from_batch
+    from cluster.config import TrainConfig, load, official_defaults
+    from data_gen.rows import read_rows
+    from data_gen.teachers import scene_of
+
+    cfg = load(TrainConfig, ROOT / "configs/learn_grpo.yaml",
+               [f"model.path={model}", f"data.path={data}", "rollout.group_size=1", "sampling.temperature=0.5"])
+    official_defaults(cfg)
+    rows = read_rows(data)[: n_max or None]
+    actor = RolloutActor(cfg)
+    tok = actor.rollout.tok
+    items = []
+    for k in range(0, len(rows), 64):
+        batch, _ = actor.rollout_batch([r.prompt_id for r in rows[k:k + 64]])
+        for t in from_batch(batch):
+            row = actor.rows[t.prompt_id]
+            targets = scene_of(row, (row.width, row.height)).targets
+            inside = [any(x1 <= x <= x2 and y1 <= y <= y2 for _, (x1, y1, x2, y2) in targets) for x, y in t.points]
+            items.append({"id": t.prompt_id, "gold": row.gold, "accuracy": t.reward_accuracy,
+                          "format": t.reward_format, "reward": t.reward, "points": [list(p) for p in t.points],
+                          "points_in_target": inside,
+                          "response": tok.decode(t.token_ids[t.prompt_len:], skip_special_tokens=True)})
+        print(f"[learn] eval {Path(model).name}: {len(items)}/{len(rows)}", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".items.jsonl"), "w") as f:
+        f.writelines(json.dumps(i) + "\n" for i in items)
+    n = len(items)
+    points = [ok for i in items for ok in i["points_in_target"]]
+    summary = {"accuracy": sum(i["accuracy"] for i in items) / n, "format_rate": sum(i["format"] for i in items) / n,
+               "reward": sum(i["reward"] for i in items) / n,
+               "points_in_target": sum(points) / len(points) if points else 0.0, "points": len(points), "n": n}
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def eval_in_subprocess(model: Path, data: Path, out: Path) -> dict:
+    """One vLLM engine per process: each model is scored in a fresh interpreter."""
+    p = subprocess.run([sys.executable, "-m", "bench.learn", "eval", str(model), str(data), str(out)], cwd=ROOT,
+                       capture_output=True, text=True)
+    if p.returncode:
+        raise RuntimeError(f"evaluating {model} failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
+    return json.loads(out.read_text())
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion p over n trials."""
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / d
+    return round(c - h, 4), round(c + h, 4)
+
+
+# ---- the pipeline ---------------------------------------------------------------------------------------
+
+def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int, captions: int,
+             base_stages: int) -> dict:
+    from data_gen.synthetic import make_dataset
+
+    out = out.resolve()
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    base = build_base(captions, base_stages)
+    stages = base_info(base_stages)
+    data = {}
+    for name, n in (("mcts", n_mcts), ("rl", n_rl), ("heldout", n_heldout)):
+        data[name] = out / "data" / name
+        if not (data[name] / "prompts.parquet").is_file():
+            make_dataset(TASK, n, seed=SEEDS[name], out=data[name], progress=False)
+    times, runs = {}, {}
+    t0 = time.perf_counter()
+    shutil.rmtree(out / "mcts", ignore_errors=True)
+    log = vigorl("mcts", "--config", ROOT / "configs/learn_mcts.yaml", f"out={out / 'mcts'}",
+                 f"data.path={data['mcts']}", log=logs / "mcts.log")
+    runs["mcts"], times["mcts_s"] = run_id(log), time.perf_counter() - t0
+    t0 = time.perf_counter()
+    shutil.rmtree(out / "sft_data", ignore_errors=True)
+    lin = vigorl("linearize", out / "mcts" / "trees.jsonl", out / "sft_data", "max_per_question=8",
+                 log=logs / "linearize.log")
+    times["linearize_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    shutil.rmtree(out / "sft", ignore_errors=True)
+    log = vigorl("sft", "--config", ROOT / "configs/learn_sft.yaml", f"out={out / 'sft'}", f"model.path={base}",
+                 f"data={out / 'sft_data'}", log=logs / "sft.log")
+    runs["sft"], times["sft_s"] = run_id(log), time.perf_counter() - t0
+    t0 = time.perf_counter()
+    shutil.rmtree(out / "grpo", ignore_errors=True)
+    log = vigorl("train", "--config", ROOT / "configs/learn_grpo.yaml", f"out={out / 'grpo'}",
+                 f"model.path={out / 'sft' / 'model'}", f"data.path={data['rl']}", f"loop.steps={grpo_steps}",
+                 log=logs / "grpo.log")
+    runs["grpo"], times["grpo_s"] = run_id(log), time.perf_counter() - t0
+    times["mcts_to_grpo_s"] = sum(times.values())
+    models = {"base": base, "sft": out / "sft" / "model",
+              "grpo": out / "grpo" / "checkpoints" / f"step_{grpo_steps:05d}"}
+    results: dict = {}
+    for name, model in models.items():
+        r = eval_in_subprocess(model, data["heldout"], out / "eval" / f"{name}.json")
+        r["accuracy_ci95_wilson"] = wilson(r["accuracy"], r["n"])
+        results[name] = r | {"model": str(model)}
+        print(f"[learn] {name}: accuracy {r['accuracy']:.3f} {r['accuracy_ci95_wilson']} format {r['format_rate']:.3f} "
+              f"reward {r['reward']:.3f} points in target {r['points_in_target']:.3f} (n={r['n']})", flush=True)
+    results["runs"] = {k: {"run_id": v, "tracking_uri": f"sqlite:///{out / k / 'mlflow.db'}"} for k, v in runs.items()}
+    results["runs"]["base_pretraining"] = [{"run_id": i["sft_run_id"], "tracking_uri": i["tracking_uri"]}
+                                           for i in stages]
+    results["seconds"] = {k: round(v, 1) for k, v in times.items()} | {
+        "base_one_time_s": round(sum(i["data_s"] + i["sft_s"] for i in stages), 1),
+        "total_s": round(time.perf_counter() - t, 1)}
+    results["setup"] = {"task": TASK, "seeds": SEEDS, "n_mcts": n_mcts, "n_rl": n_rl, "n_heldout": n_heldout,
+                        "grpo_steps": grpo_steps, "captions_per_base_stage": captions, "base_stages": base_stages,
+                        "linearize": chain_counts(lin)}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    gain = results["grpo"]["accuracy"] - results["sft"]["accuracy"]
+    print(f"[learn] MCTS -> SFT -> GRPO in {times['mcts_to_grpo_s'] / 60:.1f} min; SFT format rate "
+          f"{results['sft']['format_rate']:.1%} (target >= 90 %); GRPO - SFT held-out accuracy {100 * gain:+.1f} "
+          f"points (target >= +10); {out / 'results.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(prog="python -m bench.learn", description=__doc__.split("\n")[0])
+    p.add_argument("cmd", nargs="?", default="all", choices=["all", "base", "eval"])
+    p.add_argument("args", nargs="*")
+    p.add_argument("--captions", type=int, default=12800, help="base model: caption images per stage")
+    p.add_argument("--base-stages", type=int, default=2, help="base model: caption SFT stages")
+    p.add_argument("--out", default="runs/learn", help="pipeline output dir (results.json, logs/, stages)")
+    p.add_argument("--mcts-questions", type=int, default=400)
+    p.add_argument("--rl-prompts", type=int, default=2000)
+    p.add_argument("--heldout", type=int, default=400)
+    p.add_argument("--grpo-steps", type=int, default=40)
+    a = p.parse_args()
+    if a.cmd == "base":
+        print(build_base(a.captions, a.base_stages))
+    elif a.cmd == "eval":
+        if len(a.args) != 3:
+            p.error("eval takes MODEL DATA OUT.json")
+        print(json.dumps(evaluate(a.args[0], a.args[1], Path(a.args[2]))))
+    else:
+        pipeline(Path(a.out), a.mcts_questions, a.rl_prompts, a.heldout, a.grpo_steps, a.captions, a.base_stages)

@@ -1,0 +1,36 @@
+"""The learning proof's own pieces (bench/learn.py): base-model captions and the accuracy interval.
+`make learn` itself is a benchmark, never a test."""
+
+import json
+
+from bench.learn import caption_rows, wilson
+from data_gen.tiny_model import build_tokenizer
+from learner.sft import encode_row
+
+
+def test_captions_say_what_and_where_each_object_is(tmp_path):
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    caption_rows(60, seed=5, out=tmp_path)
+    rows = [json.loads(x) for s in ("train", "val") for x in (tmp_path / f"{s}.jsonl").read_text().splitlines()]
+    assert len(rows) == 60 and len((tmp_path / "val.jsonl").read_text().splitlines()) == 2
+    tok, _ = build_tokenizer("small")
+    for row in rows[:10]:
+        text = row["messages"][1]["content"]
+        img = Image.open(tmp_path / row["images"][0]).convert("RGB")
+        for sentence in text.rstrip(".").split(". "):  # "The red circle is at (61, 150)"
+            colour = sentence.split()[1]
+            x, y = (int(v) for v in sentence.split("(")[1].rstrip(")").split(", "))
+            assert img.getpixel((x, y + 4)) != (235, 232, 225) and colour in sentence  # an object, not the wall
+        assert "answer" not in text and "think" not in text  # nothing of the task's format
+        ex = encode_row(row, tmp_path, tok, Qwen2VLImageProcessorPil(), where="caption")
+        assert sum(ex.loss_mask) > 0 and ex.token_ids.count(tok.convert_tokens_to_ids("<|image_pad|>")) == 16
+
+
+def test_wilson_interval_hand_worked():
+    # 50/100: centre (0.5 + 1.96^2/200) / (1 + 1.96^2/100) = 0.5; half-width 1.96 sqrt(0.0025 + 0.00009604)
+    # / 1.0384 = 0.0962
+    assert wilson(0.5, 100) == (0.4038, 0.5962)
+    lo, hi = wilson(0.0, 10)
+    assert lo == 0.0 and hi == 0.2775  # z^2/n / (1 + z^2/n) = 0.38416 / 1.38416
