@@ -5,6 +5,8 @@
     gui_grounding  a rendered screen of labelled widgets; an instruction; the gold box
     spatial        objects in a scene; a relation question with options
     web_action     a rendered page with numbered elements; an objective; the gold action
+    object_colour  (visual_search task, small) what colour is the {shape} in a 112x112 scene of two or three
+                   objects; the learning proof's task (bench/learn.py)
 
 Generators register by name (`GENERATORS`). Image sizes are multiples of 28 inside the default pixel
 bounds, so the model sees them unresized and golds need no scaling. `make_dataset` writes
@@ -120,7 +122,7 @@ def object_scene(rng: random.Random, size: tuple[int, int], n: int, radius: tupl
                  apart: tuple[int, int]) -> tuple[Image.Image, list[tuple[str, tuple[int, int], int]]]:
     """`n` distinct (colour, shape) objects on a wall-and-floor background, centres at least `apart` =
     (dx, dy) apart on both axes, so relations between them are unambiguous. Returns the image and
-    [(name "colour shape", centre (x, y), radius)] in drawing order. Also the scenes of `vigorl learn`'s
+    [(name "colour shape", centre (x, y), radius)] in drawing order. Also the scenes of `make learn`'s
     base-model captions (bench/learn.py)."""
     w, h = size
     while True:  # a placement that leaves no room for the next object starts the scene over
