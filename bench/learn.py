@@ -221,28 +221,23 @@ def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int,
         data[name] = out / "data" / name
         if not (data[name] / "prompts.parquet").is_file():
             make_dataset(TASK, n, seed=SEEDS[name], out=data[name], progress=False)
-    times, runs = {}, {}
-    t0 = time.perf_counter()
-    shutil.rmtree(out / "mcts", ignore_errors=True)
-    log = vigorl("mcts", "--config", ROOT / "configs/learn_mcts.yaml", f"out={out / 'mcts'}",
-                 f"data.path={data['mcts']}", log=logs / "mcts.log")
-    runs["mcts"], times["mcts_s"] = run_id(log), time.perf_counter() - t0
-    t0 = time.perf_counter()
-    shutil.rmtree(out / "sft_data", ignore_errors=True)
-    lin = vigorl("linearize", out / "mcts" / "trees.jsonl", out / "sft_data", "max_per_question=8",
-                 log=logs / "linearize.log")
-    times["linearize_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    shutil.rmtree(out / "sft", ignore_errors=True)
-    log = vigorl("sft", "--config", ROOT / "configs/learn_sft.yaml", f"out={out / 'sft'}", f"model.path={base}",
-                 f"data={out / 'sft_data'}", log=logs / "sft.log")
-    runs["sft"], times["sft_s"] = run_id(log), time.perf_counter() - t0
-    t0 = time.perf_counter()
-    shutil.rmtree(out / "grpo", ignore_errors=True)
-    log = vigorl("train", "--config", ROOT / "configs/learn_grpo.yaml", f"out={out / 'grpo'}",
-                 f"model.path={out / 'sft' / 'model'}", f"data.path={data['rl']}", f"loop.steps={grpo_steps}",
-                 log=logs / "grpo.log")
-    runs["grpo"], times["grpo_s"] = run_id(log), time.perf_counter() - t0
+    times, runs, outputs = {}, {}, {}
+
+    def stage(name: str, *args) -> None:
+        """`vigorl ARGS` writing into out/NAME (cleared first): its output, MLflow run id and seconds."""
+        shutil.rmtree(out / name, ignore_errors=True)
+        t0 = time.perf_counter()
+        outputs[name] = vigorl(*args, log=logs / f"{name}.log")
+        runs[name], times[f"{name}_s"] = run_id(outputs[name]), time.perf_counter() - t0
+
+    stage("mcts", "mcts", "--config", ROOT / "configs/learn_mcts.yaml", f"out={out / 'mcts'}",
+          f"data.path={data['mcts']}")
+    stage("sft_data", "linearize", out / "mcts" / "trees.jsonl", out / "sft_data", "max_per_question=8")
+    stage("sft", "sft", "--config", ROOT / "configs/learn_sft.yaml", f"out={out / 'sft'}", f"model.path={base}",
+          f"data={out / 'sft_data'}")
+    stage("grpo", "train", "--config", ROOT / "configs/learn_grpo.yaml", f"out={out / 'grpo'}",
+          f"model.path={out / 'sft' / 'model'}", f"data.path={data['rl']}", f"loop.steps={grpo_steps}")
+    runs.pop("sft_data")  # linearize is no MLflow run
     times["mcts_to_grpo_s"] = sum(times.values())
     models = {"base": base, "sft": out / "sft" / "model",
               "grpo": out / "grpo" / "checkpoints" / f"step_{grpo_steps:05d}"}
@@ -261,7 +256,7 @@ def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int,
         "total_s": round(time.perf_counter() - t, 1)}
     results["setup"] = {"task": TASK, "seeds": SEEDS, "n_mcts": n_mcts, "n_rl": n_rl, "n_heldout": n_heldout,
                         "grpo_steps": grpo_steps, "captions_per_base_stage": captions, "base_stages": base_stages,
-                        "linearize": chain_counts(lin)}
+                        "linearize": chain_counts(outputs["sft_data"])}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     gain = results["grpo"]["accuracy"] - results["sft"]["accuracy"]
     print(f"[learn] MCTS -> SFT -> GRPO in {times['mcts_to_grpo_s'] / 60:.1f} min; SFT format rate "
