@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from cluster.config import TrainConfig
+from cluster.config import EvalConfig, TrainConfig
 
 
 def nccl_sync(cfg: TrainConfig) -> bool:
@@ -35,7 +35,11 @@ def read_system_prompt(path: str) -> str | None:
 
 
 class RolloutActor:
-    def __init__(self, cfg: TrainConfig, index: int = 0):
+    """`cfg`'s model, sampling, zoom, data, rollout and cluster parts configure it (a training or an
+    evaluation recipe); `rows` (default: data.path's prompts.parquet) are the items it may be handed, their
+    images resolved under data.path."""
+
+    def __init__(self, cfg: TrainConfig | EvalConfig, index: int = 0, rows: list | None = None):
         from transformers import AutoProcessor
 
         from actors.engine import make_llm
@@ -44,7 +48,7 @@ class RolloutActor:
         from data_gen.rows import read_rows
 
         self.cfg, self.index, self.version = cfg, index, 0
-        self.rows = {r.prompt_id: r for r in read_rows(cfg.data.path)}
+        self.rows = {r.prompt_id: r for r in (read_rows(cfg.data.path) if rows is None else rows)}
         self.llm = make_llm(cfg.model.path, dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len,
                             max_images=cfg.zoom.max_images, seed=cfg.sampling.seed + index,
                             tensor_parallel_size=cfg.cluster.tensor_parallel_size,

@@ -1,5 +1,5 @@
-"""vLLM engine wrapper: one place that knows how to start vLLM on this CPU machine or on a GPU, and how
-to play a zoom episode turn by turn against it.
+"""vLLM engine wrapper: one place that knows how to start vLLM on this CPU machine or on a GPU, and the
+turn grammar for constrained decoding. Episodes are played by `actors.rollout.Rollout`, the one loop.
 
 CPU facts (ARCHITECTURE.md): bind no cores (`VLLM_CPU_OMP_THREADS_BIND=nobind`), 1 GiB KV cache, the
 in-process engine (~3 s init instead of ~20 s); the torchvision-free processor (cluster.compat).
@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
-
-from PIL import Image
-
-from actors.zoom import STOP_STRINGS, ZoomEpisode, ZoomSettings, observation_message
+from dataclasses import dataclass
 
 CPU_ENV = {
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
@@ -87,51 +83,3 @@ def turn_grammar(task: str, options: list[str], max_coord: int, multi_turn: bool
     if not multi_turn:
         return TurnGrammar(turn=think + final, zoom=think + final, forced=f" {answer} </answer>")
     return TurnGrammar(turn=f"{think}({call}|{final})", zoom=think + call, forced=f" {answer} </answer>")
-
-
-@dataclass
-class EpisodeLog:
-    """What one played episode produced, for printing, pictures and scoring."""
-
-    turns: list[str] = field(default_factory=list)
-    crops: list[Image.Image] = field(default_factory=list)
-    episode: ZoomEpisode | None = None
-
-
-def play_episode(llm, processor, image: Image.Image, question: str, settings: ZoomSettings, *,
-                 temperature: float = 1.0, top_p: float = 0.99, max_tokens: int = 1024,
-                 grammar: TurnGrammar | None = None, min_zooms: int = 0) -> EpisodeLog:
-    """Play one multi-turn zoom episode at the text level (chat template re-applied each turn).
-
-    This is the reference loop for the demo and evaluation; the training actor keeps token ids as
-    generated instead of re-rendering text."""
-    from vllm import SamplingParams
-
-    from vllm.sampling_params import StructuredOutputsParams
-
-    def params(regex: str | None) -> SamplingParams:
-        so = StructuredOutputsParams(regex=regex) if regex is not None else None
-        return SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=list(STOP_STRINGS),
-                              include_stop_str_in_output=True, structured_outputs=so)
-
-    ep = ZoomEpisode(image=image, settings=settings)
-    log = EpisodeLog(episode=ep)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    images = [image]
-    prefix = ""
-    while not ep.done:
-        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefix
-        regex = None if grammar is None else (
-            grammar.forced if prefix else grammar.zoom if len(ep.boxes) < min_zooms else grammar.turn)
-        out = llm.generate([{"prompt": prompt, "multi_modal_data": {"image": list(images)}}], params(regex),
-                           use_tqdm=False)[0].outputs[0]
-        turn = prefix + out.text
-        step = ep.step(turn)
-        log.turns.append(turn)
-        messages.append({"role": "assistant", "content": turn})
-        if not step.done:
-            log.crops.append(step.crop)
-            images.append(step.crop)
-            messages.append(observation_message(settings.dot))
-            prefix = step.force_prefix
-    return log

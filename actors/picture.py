@@ -1,5 +1,6 @@
 """A picture of one grounded episode: the full image with its numbered points and crop boxes, the crops
-beside it, and the turns' text underneath. For the demo's output and MLflow image artifacts."""
+beside it, and the turns' text underneath. For the demo's output, MLflow image artifacts and the
+evaluation gallery."""
 
 from __future__ import annotations
 
@@ -7,14 +8,19 @@ import textwrap
 
 from PIL import Image, ImageDraw, ImageFont
 
+GOLD = (0, 200, 0)
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
 
 
 def episode_picture(image: Image.Image, points: list[tuple[int, int]], boxes: list[tuple[int, int, int, int]],
-                    crops: list[Image.Image], lines: list[str], thumb: int = 224, width_chars: int = 110) -> Image.Image:
+                    crops: list[Image.Image], lines: list[str], thumb: int = 224, width_chars: int = 110,
+                    gold_box: tuple[int, int, int, int] | None = None) -> Image.Image:
+    """points, boxes and gold_box (drawn green) in `image`'s pixels; crops in the order they were taken."""
     font = ImageFont.load_default(size=14)
     full = image.convert("RGB").copy()
     draw = ImageDraw.Draw(full)
+    if gold_box is not None:
+        draw.rectangle(gold_box, outline=GOLD, width=max(3, max(full.size) // 200))
     for i, box in enumerate(boxes):
         draw.rectangle(box, outline=PALETTE[i % len(PALETTE)], width=3)
     for i, (x, y) in enumerate(points):

@@ -1,7 +1,8 @@
 """Prompt templates, by name: a prompt row -> the chat messages of an episode's first turn.
 
-`plain` sends the image and the question (a released ViGoRL checkpoint carries its training system
-prompt in its chat template, SPEC §2). `vigorl_multi_turn` / `vigorl_single_turn` spell the output
+`plain` (alias `from_chat_template`) sends the image and the question with no system message, so the
+checkpoint's chat template supplies its own (a released ViGoRL checkpoint carries its training system
+prompt there, SPEC §2). `vigorl_multi_turn` / `vigorl_single_turn` spell the output
 format out in a per-task system prompt (`system_prompt`, also the system message of the SFT data vigorl
 builds), for base models. Register more with `register_prompt`.
 """
@@ -59,6 +60,9 @@ def _user(row: PromptRow) -> dict:
 
 
 register_prompt("plain", lambda row: [_user(row)])
+# The same, named for what it does: no system message, so the checkpoint's chat template supplies its own
+# (the released ViGoRL checkpoints carry their training system prompt there, SPEC §2).
+register_prompt("from_chat_template", PROMPTS["plain"])
 register_prompt("vigorl_multi_turn", lambda row: [{"role": "system", "content": system_prompt(row.task, True)},
                                                   _user(row)])
 register_prompt("vigorl_single_turn", lambda row: [{"role": "system", "content": system_prompt(row.task, False)},

@@ -23,6 +23,8 @@ Behaviour log-probs are vLLM's for sampled tokens and NaN for tokens the environ
 from __future__ import annotations
 
 import math
+import re
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -43,6 +45,34 @@ from learner.grpo import group_advantages
 # vLLM's raw ones over the full vocabulary, which is what the learner computes.
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 END_OF_TURN = "<|im_end|>"
+
+
+def response_text(tok, token_ids: list[int], prompt_len: int, truncated: bool) -> str:
+    """What the rewards read: the released trainer decodes the response up to its last trained token with
+    special tokens skipped; an episode with no trained token (cut by a token limit) is the empty response."""
+    return "" if truncated else tok.decode(token_ids[prompt_len:], skip_special_tokens=True)
+
+
+def transcript(tok, token_ids: list[int], prompt_len: int) -> str:
+    """The response as text with its chat markup (observation turns included), each image's run of
+    `<|image_pad|>` tokens shown as one."""
+    return re.sub(r"(<\|image_pad\|>)+", "<|image_pad|>", tok.decode(token_ids[prompt_len:], skip_special_tokens=False))
+
+
+def split_turns(transcript_text: str) -> list[str]:
+    """The assistant turns of a `transcript`, in order (the first prompt ends with the first turn's header)."""
+    return [c.split(END_OF_TURN)[0] for c in transcript_text.split("<|im_start|>assistant\n")]
+
+
+def assistant_turns(tok, token_ids: list[int], prompt_len: int) -> list[str]:
+    return split_turns(transcript(tok, token_ids, prompt_len))
+
+
+def score_response(tok, token_ids: list[int], prompt_len: int, truncated: bool, row: PromptRow,
+                   size: tuple[int, int], mode: str) -> rewards.Score:
+    """The episode's score against the row's gold in the frame of the image the model saw (`size`)."""
+    return rewards.score(response_text(tok, token_ids, prompt_len, truncated), gold_for_model(row, size),
+                         task=row.task, mode=mode, image_size=size)
 
 
 def image_tokens(image: Image.Image, factor: int = 28) -> int:
@@ -67,6 +97,7 @@ class _Episode:
     finish: str = ""  # vLLM finish reason of the last turn
     truncated: bool = False  # cut by a token limit: no gradient
     end: str = ""  # how the episode ended
+    seconds: float = 0.0  # from the start of `Rollout.play` to the episode's end
 
     @property
     def used(self) -> int:
@@ -139,6 +170,7 @@ class Rollout:
         # Continuous scheduling: an episode's next turn is queued the moment its last turn finishes, so
         # the engine's batch stays full (no lock-step barrier between turns of different episodes).
         pending: dict[str, _Episode] = {}
+        t0 = time.perf_counter()
         self._enqueue(episodes, pending)
         engine = self.llm.llm_engine
         while pending:
@@ -150,6 +182,8 @@ class Rollout:
                 ep = pending.pop(out.request_id)
                 if self._advance(ep, out):
                     self._enqueue([ep], pending)
+                else:
+                    ep.seconds = time.perf_counter() - t0
         return self._trajectories(episodes, batch, weight_version)
 
     def _max_tokens(self, ep: _Episode) -> int:
@@ -220,11 +254,8 @@ class Rollout:
         return True
 
     def _score(self, ep: _Episode) -> rewards.Score:
-        """The released trainer decodes the response up to its last trained token with special tokens
-        skipped; an episode with no trained token scores as the empty response."""
-        size = ep.env.image.size
-        text = "" if ep.truncated else self.tok.decode(ep.expanded[ep.prompt_len:], skip_special_tokens=True)
-        return rewards.score(text, gold_for_model(ep.row, size), task=ep.row.task, mode=self.mode, image_size=size)
+        return score_response(self.tok, ep.expanded, ep.prompt_len, ep.truncated, ep.row, ep.env.image.size,
+                              self.mode)
 
     def _trajectories(self, episodes: list[_Episode], batch, version: int) -> list[Trajectory]:
         sources = {row.prompt_id: src for row, _, src in batch}
@@ -260,5 +291,5 @@ class Rollout:
                 reward_coordinate=s.coordinate, reward_diversity=s.diversity, advantage=a,
                 num_turns=sum(1 for _, _, sampled in ep.trained if sampled),
                 points=list(ep.zooms) if self.multi_turn else s.points, images=refs,
-                end=ep.end))
+                end=ep.end, seconds=ep.seconds))
         return out

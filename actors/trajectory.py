@@ -58,6 +58,7 @@ class Trajectory:
     points: list[tuple[int, int]] = field(default_factory=list)  # tool-call / think-step points, in order
     images: list[ImageRef] = field(default_factory=list)  # full image first, then crops in order
     end: str = ""  # how the episode ended (actors.zoom.End value)
+    seconds: float = 0.0  # wall time from the start of the actor's batch to this episode's end
 
     def __post_init__(self) -> None:
         n = len(self.token_ids)

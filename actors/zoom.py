@@ -107,13 +107,6 @@ def observation_text(dot: bool) -> tuple[str, str]:
     return head + ":\n", "\n</observation>"
 
 
-def observation_message(dot: bool) -> dict:
-    """The observation as a chat message (the crop is the message's one image)."""
-    before, after = observation_text(dot)
-    return {"role": "user", "content": [{"type": "text", "text": before}, {"type": "image"},
-                                        {"type": "text", "text": after}]}
-
-
 @dataclass(frozen=True)
 class ZoomSettings:
     """Crop settings per recipe (SPEC §3 table)."""

@@ -8,6 +8,7 @@
     vigorl linearize TREES.jsonl OUT_DIR [key=value ...]
     vigorl to-multiturn IN_DIR OUT_DIR [key=value ...]
     vigorl sft --config configs/sft_local.yaml [--address ADDR] [key=value ...]
+    vigorl eval --config configs/eval_local.yaml [--address ADDR] [key=value ...]
 """
 
 from __future__ import annotations
@@ -43,9 +44,12 @@ def main(argv: list[str] | None = None) -> int:
             ("mcts", "teacher-guided MCTS trace generation (a Ray job; resumes where it stopped)", "MCTSJobConfig",
              "search.simulations=20 limit=100"),
             ("sft", "supervised fine-tuning on sharegpt rows (the RL learner's DeepSpeed code)", "SFTConfig",
-             "epochs=3 learner.lr=1e-5")):
+             "epochs=3 learner.lr=1e-5"),
+            ("eval", "score a model on a benchmark or synthetic set (rollout actors only; resumes)", "EvalConfig",
+             "benchmark=screenspot_v2 data.path=DIR rollout.group_size=4")):
         j = sub.add_parser(name, help=help_)
-        j.add_argument("--config", default=None, help=f"YAML recipe (cluster.config.{schema})")
+        j.add_argument("--config", action="append", default=None,
+                       help=f"YAML recipe (cluster.config.{schema}); repeat to layer, e.g. a configs/layouts/ file")
         j.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
         j.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
 
@@ -85,11 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             counts = traces.to_multiturn(args.inp, args.out, cfg)
         print(f"[{args.cmd}] {json.dumps(counts)} -> {args.out}")
-    elif args.cmd in ("demo", "train", "mcts", "sft"):
+    elif args.cmd in ("demo", "train", "mcts", "sft", "eval"):
         from cluster import config
 
         schema = {"demo": config.DemoConfig, "train": config.TrainConfig, "mcts": config.MCTSJobConfig,
-                  "sft": config.SFTConfig}[args.cmd]
+                  "sft": config.SFTConfig, "eval": config.EvalConfig}[args.cmd]
         key = "cluster.address" if args.cmd == "train" else "address"
         overrides = list(args.overrides) + ([f"{key}={args.address}"] if getattr(args, "address", None) else [])
         try:
@@ -109,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             from cluster import sft_job
 
             sft_job.run(cfg)
+        elif args.cmd == "eval":
+            from cluster import eval_job
+
+            eval_job.run(cfg)
         else:
             from cluster import train
 

@@ -48,14 +48,15 @@ def _error(schema: type, e: OmegaConfBaseException, source: str) -> ConfigError:
     return ConfigError(f"{source}: bad value for config key {key!r}: {msg}")
 
 
-def load(schema: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults from `schema`, then the YAML file, then `key=value` overrides; returns a `schema` object."""
+def load(schema: type[T], path: str | Path | list | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults from `schema`, then the YAML file(s) in order (a recipe, then e.g. a resource layout from
+    configs/layouts/), then `key=value` overrides; returns a `schema` object."""
     cfg = OmegaConf.structured(schema)
-    try:
-        if path is not None:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-    except OmegaConfBaseException as e:
-        raise _error(schema, e, str(path)) from None
+    for p in ([] if path is None else path if isinstance(path, list) else [path]):
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
+        except OmegaConfBaseException as e:
+            raise _error(schema, e, str(p)) from None
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
@@ -271,20 +272,62 @@ class SFTConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow
 
 
+def _demo_rollout() -> RolloutConfig:
+    # one episode; a random model cannot write the format by itself, so its turns are constrained
+    return RolloutConfig(group_size=1, prompt="plain", guided=True, min_zooms=2)
+
+
 @dataclass
 class DemoConfig:
-    """`vigorl demo`: build the tiny model and data if missing, play and score one zoom episode."""
+    """`vigorl demo`: build the tiny model and data if missing, play and score one zoom episode (the training
+    actor's episode code, `actors.rollout.Rollout`)."""
 
     out: str = "runs/demo"  # where the episode's crops, picture and JSON go
     model: ModelConfig = field(default_factory=ModelConfig)  # the policy model and image bounds
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # vLLM sampling per turn
     zoom: ZoomConfig = field(default_factory=ZoomConfig)  # crop geometry and image budget
     data: DataConfig = field(default_factory=DataConfig)  # dataset, task and reward mode
+    # guided (default true) constrains turns to the ViGoRL grammar; min_zooms (default 2): zooms before an answer
+    rollout: RolloutConfig = field(default_factory=_demo_rollout)  # prompt, budget, guided decoding (1 episode)
     n_prompts: int = 4  # synthetic prompts to generate when the dataset is missing
     row: int = 0  # which dataset row to play
     vocab: str = "small"  # tiny model vocabulary when it must be built: small | qwen
-    guided: bool = True  # constrain turns to the ViGoRL grammar (a random model writes noise otherwise)
-    min_zooms: int = 2  # with guided decoding: zooms required before an answer may be given
+
+
+def _eval_sampling() -> SamplingConfig:
+    return SamplingConfig(temperature=0.5)  # SPEC §5: validation at temperature 0.5
+
+
+def _eval_rollout() -> RolloutConfig:
+    return RolloutConfig(group_size=1)
+
+
+@dataclass
+class EvalConfig:
+    """`vigorl eval`: score a model on a benchmark or a synthetic set with rollout actors only (no learner)."""
+
+    out: str = "runs/eval"  # output dir: items.jsonl (one line per item and sample), summary.json, mlflow.db;
+    # a rerun with the same out skips the items already in items.jsonl
+    address: str = ""  # Ray address; "" starts a local Ray on 127.0.0.1 (RAY_ADDRESS also works)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the model to score and its image bounds
+    sampling: SamplingConfig = field(default_factory=_eval_sampling)  # vLLM sampling (0.5: SPEC §5)
+    zoom: ZoomConfig = field(default_factory=ZoomConfig)  # crop geometry of multi-turn episodes
+    # data.path: the benchmark folder (with `benchmark`) or a dataset dir with prompts.parquet (without);
+    # data.mode: single_turn | single_turn_vanilla | multi_turn; data.task: only picks official defaults
+    # (each item is scored by its own row's task)
+    data: DataConfig = field(default_factory=DataConfig)  # items, reward mode
+    benchmark: str = ""  # a data_gen.benchmarks.LOADERS name (vstar, screenspot_v2, blink, ...); "": prompts.parquet
+    benchmark_file: str = ""  # the loader's annotation file under data.path ("": the loader's default name)
+    # prompt, response budget, system prompt file; group_size = samples per item (k > 1 adds pass@k)
+    rollout: RolloutConfig = field(default_factory=_eval_rollout)  # episodes per item and their prompt
+    # rollout_actors / rollout_cpus / rollout_gpus / tensor_parallel_size place the actors (learner_* unused)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # rollout actors and their resources
+    batch: int = 32  # items per actor call (one vLLM batch)
+    limit: int = 0  # score only the first this many items (0: all)
+    on_bad_item: str = "skip"  # a row with a missing/corrupt image or bad gold: skip (counted by reason) | raise
+    gallery: int = 24  # items drawn into out/gallery/index.html (failures first; 0: no gallery)
+    crash_after: int = 0  # fault injection for tests: hard-exit after writing this many batches (0: never)
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="vigorl-eval"))  # MLflow
 
 
 # ---- official per-recipe values for the fields left null ------------------------------------------

@@ -111,6 +111,30 @@ def rollout_metrics(batches: list[pa.RecordBatch]) -> dict[str, float]:
             "episode/answered": np.mean([e == "answer" for e in ends]), "episode/count": float(t.num_rows)}
 
 
+LINEAGE_COLUMNS = ("episode_id", "group_id", "prompt_id", "weight_version", "reward", "reward_format",
+                   "reward_accuracy", "reward_coordinate", "reward_diversity", "advantage", "end")
+
+
+def lineage_table(batches: list[pa.RecordBatch], step: int, cfg: TrainConfig) -> pa.Table:
+    """Per trained sample of a step: which episode and prompt, the weight version it was generated under, its
+    reward parts, and its staleness (the learner trains step `step` at version step - 1) and whether the
+    learner used it (not dropped as too stale), so any sample can be traced to the weights that made it."""
+    t = pa.Table.from_batches(batches).select(list(LINEAGE_COLUMNS))
+    staleness = pc.subtract(pa.scalar(step - 1, pa.int64()), t.column("weight_version"))
+    used = pc.or_(pc.less_equal(staleness, cfg.loop.max_staleness), pa.scalar(cfg.loop.staleness_mode == "tis"))
+    return (t.append_column("staleness", staleness).append_column("used", used)
+            .append_column("step", pa.array([step] * t.num_rows, pa.int64())))
+
+
+def log_lineage(tracker, batches: list[pa.RecordBatch], step: int, cfg: TrainConfig) -> None:
+    import pyarrow.parquet as pq
+
+    path = Path(cfg.out) / "lineage" / f"step_{step:05d}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(lineage_table(batches, step, cfg), path)
+    tracker.mlflow.log_artifact(str(path), artifact_path="lineage")
+
+
 def episode_text(t, tokenizer) -> str:
     """The episode after its first prompt, as text (image placeholders dropped)."""
     return tokenizer.decode(t.token_ids[t.prompt_len:], skip_special_tokens=False).replace("<|image_pad|>", "")
@@ -220,6 +244,7 @@ def run(cfg: TrainConfig) -> dict:
                 "train_tokens_per_s": m.get("tokens", 0.0) / max(m.get("time/train_s", 0.0), 1e-9),
                 "rollout_version_lag": m.get("staleness_max", 0.0)}
             tracker.metrics(m, step)
+            log_lineage(tracker, batches, step, cfg)
             if step == 1:
                 show_first_episode(batches[0], tokenizer, cfg)
             if cfg.tracking.picture_every and (step == 1 or step % cfg.tracking.picture_every == 0):

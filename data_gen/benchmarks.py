@@ -113,11 +113,14 @@ def _screenspot(root: Path, file: str, on_error: str, xywh: bool, source: str, i
             box = [box[0], box[1], box[0] + box[2], box[1] + box[3]]
         _check_box(box, size, where, "xyxy")
         instr = _field(it, "instruction", where)
+        meta = {k: it[k] for k in ("platform", "ui_type", "group", "data_type", "data_source") if k in it}
+        # the breakdown ScreenSpot results are reported in: mobile / desktop / web x text / icon
+        kind = meta.get("ui_type") or meta.get("data_type")
+        if meta.get("group") or kind:
+            meta["subgroup"] = f"{meta.get('group', '?')}/{kind or '?'}"
         return PromptRow(prompt_id=f"{source}-{i}", task="gui_grounding", image=rel, width=size[0],
                          height=size[1], question=f"{instr}\nAnswer with the point (x, y) to click.",
-                         gold="({}, {}, {}, {})".format(*box), source=source,
-                         meta=json.dumps({k: it[k] for k in ("platform", "ui_type", "group", "data_type",
-                                                             "data_source") if k in it}))
+                         gold="({}, {}, {}, {})".format(*box), source=source, meta=json.dumps(meta))
 
     return _collect(items, build, on_error, file)
 
@@ -187,17 +190,25 @@ def extract_choice(text: str, n_choices: int = 4) -> str | None:
     return None
 
 
+def _jsonl_items(path: Path) -> list:
+    """The objects of a JSON-lines export, blank lines left out; a line that is not JSON becomes a string
+    naming it (so `_collect` reports or skips it like any bad row)."""
+    items = []
+    for n, line in enumerate(path.read_text().splitlines()):
+        if line.strip():
+            try:
+                items.append(json.loads(line))
+            except ValueError:
+                items.append(f"line {n + 1} is not JSON")
+    return items
+
+
 @register_loader("blink")
 def blink(root, file: str = "blink.jsonl", on_error: str = "raise") -> Loaded:
-    """BLINK exported as JSON lines {idx, question, choices, answer "(B)", image}: gold = the option text."""
+    """BLINK exported as JSON lines {idx, question, choices, answer "(B)", image, [sub_task]}: gold = the option
+    text; the subtask (when present) is the item's subgroup."""
     root = Path(root)
-    lines = (root / file).read_text().splitlines()
-    items = []
-    for n, line in enumerate(lines):
-        try:
-            items.append(json.loads(line) if line.strip() else None)
-        except ValueError:
-            items.append(f"line {n + 1} is not JSON")
+    items = _jsonl_items(root / file)
 
     def build(i: int, it: dict) -> PromptRow | None:
         where = f"{file} line {i + 1}"
@@ -211,9 +222,36 @@ def blink(root, file: str = "blink.jsonl", on_error: str = "raise") -> Loaded:
             f"({chr(65 + k)}) {c}" for k, c in enumerate(choices))
         return PromptRow(prompt_id=str(_field(it, "idx", where)), task="spatial", image=rel, width=size[0],
                          height=size[1], question=text + "\nAnswer with the option's text.",
-                         gold=choices[ord(m.group(1)) - 65], options=choices, source="blink")
+                         gold=choices[ord(m.group(1)) - 65], options=choices, source="blink",
+                         meta=json.dumps({"subgroup": it["sub_task"]} if it.get("sub_task") else {}))
 
-    return _collect([it for it in items if it is not None], build, on_error, file)
+    return _collect(items, build, on_error, file)
+
+
+@register_loader("sat")
+def sat(root, file: str = "sat.jsonl", on_error: str = "raise") -> Loaded:
+    """SAT-style multiple choice (SAT / SAT-2, exported as JSON lines {id, image, question, answers: [...],
+    correct_answer, [question_type]}): gold = the correct option's text (ViGoRL answers with the text, not the
+    letter); the question type (when present) is the item's subgroup."""
+    root = Path(root)
+
+    def build(i: int, it: dict) -> PromptRow:
+        where = f"{file} line {i + 1}"
+        options = _field(it, "answers", where, list)
+        if len(options) < 2 or not all(isinstance(o, str) and o.strip() for o in options):
+            raise RowError(f"{where}: field 'answers' must list >= 2 non-empty strings")
+        gold = _field(it, "correct_answer", where)
+        if gold not in options:
+            raise RowError(f"{where}: field 'correct_answer' {gold!r} is not one of the answers {options}")
+        rel = _field(it, "image", where)
+        size = _image_size(root, rel, where, None)
+        text = _field(it, "question", where) + "\n" + "\n".join(f"({chr(65 + k)}) {o}" for k, o in enumerate(options))
+        qtype = it.get("question_type")
+        return PromptRow(prompt_id=f"sat-{it.get('id', i)}", task="spatial", image=rel, width=size[0],
+                         height=size[1], question=text + "\nAnswer with the option's text.", gold=gold,
+                         options=options, source="sat", meta=json.dumps({"subgroup": qtype} if qtype else {}))
+
+    return _collect(_jsonl_items(root / file), build, on_error, file)
 
 
 # ---- VisualWebArena ----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Typed records <-> Arrow. A record is a dataclass; its Arrow schema is derived from its type hints,
-never written by hand, so the Python type and the wire format cannot drift apart.
+never written by hand, so the Python type and the wire format cannot drift apart. Also the reader of the
+append-only JSON-lines files that resumable jobs write one record at a time (`read_jsonl`).
 
 Type map: int -> int64, float -> float64, str -> string, bool -> bool, `X | None` -> nullable X,
 list[T] -> list<T>, tuple[T, ...] of fixed length n -> fixed_size_list<T, n>, nested dataclass -> struct,
@@ -9,9 +10,12 @@ list[T] -> list<T>, tuple[T, ...] of fixed length n -> fixed_size_list<T, n>, ne
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
+import warnings
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 
 import numpy as np
@@ -141,3 +145,40 @@ def from_batch(batch: pa.RecordBatch | pa.Table, cls: type[T]) -> list[T]:
         else:
             cols[f.name] = [_from_python(hints[f.name], v) for v in col.to_pylist()]
     return [cls(**{k: cols[k][i] for k in expected.names}) for i in range(batch.num_rows)]
+
+
+def read_jsonl(path: str | Path, check=None, what: str = "a record", truncate_partial: bool = False) -> list:
+    """The lines of an append-only JSON-lines file that a job writes one flushed line at a time (MCTS trees,
+    eval items). `check(obj)` raises ValueError on a line that parses but is not `what`. A bad last line is
+    what a job killed mid-write leaves: dropped with a warning, and cut off the file with `truncate_partial`
+    (which also ends a complete last line with its newline, so appending goes on cleanly). A bad line
+    anywhere else raises ValueError naming the file and line. A missing file has no lines."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    entries, pos = [], 0
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        if line.strip():
+            entries.append((number, pos, line))
+        pos += len(line) + 1
+    out = []
+    for k, (number, start, line) in enumerate(entries):
+        try:
+            obj = json.loads(line)
+            if check is not None:
+                check(obj)
+        except ValueError as e:
+            if k < len(entries) - 1:
+                raise ValueError(f"{path} line {number}: not {what} ({e}); fix or remove the line, then "
+                                 "rerun") from None
+            warnings.warn(f"{path} line {number}: dropping a half-written last line ({e})", stacklevel=3)
+            if truncate_partial:
+                with open(path, "r+b") as f:
+                    f.truncate(start)
+            return out
+        out.append(obj)
+    if truncate_partial and raw and not raw.endswith(b"\n"):
+        with open(path, "ab") as f:
+            f.write(b"\n")
+    return out

@@ -17,49 +17,24 @@ import hashlib
 import json
 import random
 import re
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from actors.zoom import FORCED_ANSWER_PREFIX, crop, observation_text, resize_for_model, smart_resize
+from actors.zoom import FORCED_ANSWER_PREFIX, crop, observation_text, resize_for_model
+from data_gen.records import read_jsonl
 
 BACKTRACK = "Wait, this seems off. Let's try something else."
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
 def read_trees(path: Path, truncate_partial: bool = False) -> list[dict]:
-    """The tree lines of a trees.jsonl. A half-written last line (a job killed while writing it) is dropped
-    with a warning — and cut off the file with `truncate_partial`; any other bad line raises, naming file
-    and line."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    raw = path.read_bytes()
-    entries, pos = [], 0
-    for number, line in enumerate(raw.split(b"\n"), 1):
-        if line.strip():
-            entries.append((number, pos, line))
-        pos += len(line) + 1
-    trees = []
-    for k, (number, start, line) in enumerate(entries):
-        try:
-            tree = json.loads(line)
-            if not isinstance(tree, dict) or "question_id" not in tree or not isinstance(tree.get("nodes"), list):
-                raise ValueError("no question_id / nodes")
-        except ValueError as e:
-            if k < len(entries) - 1:
-                raise ValueError(f"{path} line {number}: not a tree line ({e}); fix or remove the line, then "
-                                 "rerun") from None
-            warnings.warn(f"{path} line {number}: dropping a half-written last line ({e})", stacklevel=2)
-            if truncate_partial:
-                with open(path, "r+b") as f:
-                    f.truncate(start)
-            return trees
-        trees.append(tree)
-    if truncate_partial and raw and not raw.endswith(b"\n"):  # end a complete last line before appending
-        with open(path, "ab") as f:
-            f.write(b"\n")
-    return trees
+    """The tree lines of a trees.jsonl (`records.read_jsonl`: a half-written last line is dropped with a
+    warning, any other bad line raises naming file and line)."""
+    def check(tree) -> None:
+        if not isinstance(tree, dict) or "question_id" not in tree or not isinstance(tree.get("nodes"), list):
+            raise ValueError("no question_id / nodes")
+
+    return read_jsonl(path, check, "a tree line", truncate_partial)
 
 
 def clean_step(text: str) -> str:

@@ -32,3 +32,40 @@ def build_stack(tmp_path_factory, name: str, n_prompts: int = 2) -> Stack:
     batch = [(r, resize_for_model(load_rgb(resolve_under(root / "data", r.image))), r.image)
              for r in read_rows(root / "data")]
     return Stack(root, model_dir, llm, AutoProcessor.from_pretrained(model_dir), batch)
+
+
+def chromium_dom(page: Path, fragment: str = "") -> str:
+    """The DOM of a local page after its scripts ran, from headless Chromium (Debian's `chromium`; `.ci/run`
+    installs it). Skips the calling test, saying why, where there is none."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("headless Chromium not installed (apt-get install chromium; .ci/run does)")
+    url = page.resolve().as_uri() + (f"#{fragment}" if fragment else "")
+    p = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return p.stdout
+
+
+def vigorl(*args, check: bool = True, timeout: int = 600):
+    """`python -m cluster.cli ARGS` from the repo root, as a user runs it; asserts success unless told not."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, "-m", "cluster.cli", *map(str, args)], cwd=root, capture_output=True,
+                       text=True, timeout=timeout)
+    if check:
+        assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-5000:])
+    return p
+
+
+def jsonl(path: Path) -> list:
+    import json
+
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]

@@ -111,6 +111,24 @@ def test_blink_loader(tmp_path):
     assert [(r.gold, r.task) for r in rows] == [("2", "spatial")] and sum(skipped.values()) == 2
     with pytest.raises(RowError, match="line 2: field 'answer'"):
         LOADERS["blink"](tmp_path)
+    lines[0]["sub_task"] = "Counting"
+    (tmp_path / "blink.jsonl").write_text(json.dumps(lines[0]) + "\n")
+    assert json.loads(LOADERS["blink"](tmp_path)[0][0].meta) == {"subgroup": "Counting"}
+
+
+def test_sat_loader(tmp_path):
+    Image.new("RGB", (64, 48)).save(tmp_path / "i.png")
+    lines = [{"id": 7, "image": "i.png", "question": "Is the cup left of the plate?", "answers": ["yes", "no"],
+              "correct_answer": "no", "question_type": "obj_rel"},
+             {"id": 8, "image": "i.png", "question": "?", "answers": ["a", "b"], "correct_answer": "c"},
+             {"id": 9, "image": "missing.png", "question": "?", "answers": ["a", "b"], "correct_answer": "a"}]
+    (tmp_path / "sat.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    rows, skipped = LOADERS["sat"](tmp_path, on_error="skip")
+    assert [(r.prompt_id, r.gold, r.options, r.task) for r in rows] == [("sat-7", "no", ["yes", "no"], "spatial")]
+    assert "(A) yes\n(B) no" in rows[0].question and json.loads(rows[0].meta) == {"subgroup": "obj_rel"}
+    assert sum(skipped.values()) == 2
+    with pytest.raises(RowError, match="line 2: field 'correct_answer' 'c' is not one of the answers"):
+        LOADERS["sat"](tmp_path)
 
 
 def test_vstar_loader(tmp_path):

@@ -23,7 +23,7 @@ def test_recipe_and_overrides():
     ("nope=1", "unknown config key 'nope'"),
     ("zoom.half_size=big", "bad value for config key 'zoom.half_size'"),
     ("sampling.seed=1.5", "bad value for config key 'sampling.seed'"),
-    ("guided=maybe", "bad value for config key 'guided'"),
+    ("rollout.guided=maybe", "bad value for config key 'rollout.guided'"),
     ("zoom.half_size", "is not key=value"),
 ])
 def test_bad_overrides_name_the_key(override, needle):
@@ -47,7 +47,8 @@ def test_every_field_is_documented():
     import cluster.config as c
 
     for cls in (c.ModelConfig, c.SamplingConfig, c.ZoomConfig, c.DataConfig, c.DemoConfig, c.RolloutConfig,
-                c.LearnerConfig, c.ClusterConfig, c.LoopConfig, c.TrackingConfig, c.TrainConfig):
+                c.LearnerConfig, c.ClusterConfig, c.LoopConfig, c.TrackingConfig, c.TrainConfig, c.TeacherConfig,
+                c.MCTSJobConfig, c.SFTConfig, c.EvalConfig):
         src = inspect.getsource(cls)
         for f in dataclasses.fields(cls):
             line = next(ln for ln in src.splitlines() if ln.strip().startswith(f"{f.name}:"))
@@ -104,3 +105,35 @@ def test_system_prompt_file(tmp_path):
     (tmp_path / "empty.txt").write_text(" \n")
     with pytest.raises(ValueError, match="empty"):
         read_system_prompt(str(tmp_path / "empty.txt"))
+
+
+# Which schema a recipe in configs/ is, by its file name: <kind>_*.yaml or learn_<kind>.yaml.
+RECIPE_KINDS = {"demo": "DemoConfig", "local_cpu": "TrainConfig", "grpo": "TrainConfig", "train": "TrainConfig",
+                "mcts": "MCTSJobConfig", "sft": "SFTConfig", "base": "SFTConfig", "eval": "EvalConfig"}
+
+
+def recipe_schema(path: Path) -> type:
+    import cluster.config as config
+
+    stem = path.stem.removeprefix("learn_")
+    kinds = [k for k in RECIPE_KINDS if stem == k or stem.startswith(k + "_")]
+    assert len(kinds) == 1, f"{path.name}: name it <kind>_*.yaml with kind one of {sorted(RECIPE_KINDS)}"
+    return getattr(config, RECIPE_KINDS[kinds[0]])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_validates_against_its_schema(path):
+    """A renamed or mistyped key can never leave a shipped recipe broken."""
+    from cluster.config import official_defaults
+
+    cfg = official_defaults(load(recipe_schema(path), path))
+    assert cfg.model.max_pixels is None or cfg.model.max_pixels > 0
+
+
+@pytest.mark.parametrize("layout", sorted((ROOT / "configs" / "layouts").glob("*.yaml")), ids=lambda p: p.name)
+def test_resource_layouts_layer_on_a_recipe(layout):
+    from cluster.config import TrainConfig
+
+    cfg = load(TrainConfig, [ROOT / "configs/grpo_mt_visual_search.yaml", layout])
+    assert cfg.cluster.rollout_gpus >= 1 and cfg.cluster.learner_gpus >= 1  # actors and learner on their own GPUs
+    assert cfg.zoom.half_size == 182 and cfg.data.mode == "multi_turn"  # the recipe's own keys survive

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_demo_end_to_end(tmp_path):
     cmd = [sys.executable, "-m", "cluster.cli", "demo", "--config", str(ROOT / "configs/demo.yaml"),
            f"out={tmp_path}/out", f"model.path={tmp_path}/model", f"data.path={tmp_path}/data",
-           "n_prompts=2", "row=1", "min_zooms=2", "sampling.max_tokens_per_turn=160"]
+           "n_prompts=2", "row=1", "rollout.min_zooms=2", "sampling.max_tokens_per_turn=160"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
     assert "=== zoom episode" in p.stdout and "score: overall=" in p.stdout

@@ -2,12 +2,10 @@
 trees written line by line in the documented format, a question whose teacher raises recorded as failed,
 MLflow metrics, and resume after a killed job (a half-written last line dropped, nothing searched twice)."""
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import jsonl, vigorl
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 8  # questions; the last one's scene is broken, so its teacher raises
@@ -26,24 +24,16 @@ def data(tmp_path_factory):
 
 
 def mcts(out, data_dir, *overrides, check=True):
-    cmd = [sys.executable, "-m", "cluster.cli", "mcts", "--config", str(ROOT / "configs" / "mcts_local.yaml"),
-           f"out={out}", f"data.path={data_dir}", "workers=2", *overrides]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if check:
-        assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-5000:])
-    return p
-
-
-def lines(path):
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return vigorl("mcts", "--config", ROOT / "configs" / "mcts_local.yaml", f"out={out}", f"data.path={data_dir}",
+                  "workers=2", *overrides, check=check)
 
 
 def test_trees_failures_and_metrics(tmp_path, data):
     data_dir, ids = data
     p = mcts(tmp_path, data_dir)
-    trees = lines(tmp_path / "trees.jsonl")
+    trees = jsonl(tmp_path / "trees.jsonl")
     assert sorted(t["question_id"] for t in trees) == sorted(ids[:-1])
-    failed = lines(tmp_path / "failed.jsonl")
+    failed = jsonl(tmp_path / "failed.jsonl")
     assert [f["question_id"] for f in failed] == [ids[-1]] and "meta" in failed[0]["reason"]
     for t in trees:
         assert {"question_id", "task", "image", "question", "gold", "nodes"} <= set(t)
@@ -75,12 +65,12 @@ def test_resume_after_a_killed_job(tmp_path, data):
     data_dir, ids = data
     killed = mcts(tmp_path, data_dir, "crash_after=3", check=False)
     assert killed.returncode == 17  # died mid-run, no cleanup
-    assert len(lines(tmp_path / "trees.jsonl")) == 3
+    assert len(jsonl(tmp_path / "trees.jsonl")) == 3
     with open(tmp_path / "trees.jsonl", "a") as f:
         f.write('{"question_id": "' + ids[4] + '", "nodes": [{"id": 0, "par')  # the line being written
     p = mcts(tmp_path, data_dir)
     assert "half-written last line" in p.stderr and "3 already in" in p.stdout
-    trees = lines(tmp_path / "trees.jsonl")  # every line parses: the partial one was cut off
+    trees = jsonl(tmp_path / "trees.jsonl")  # every line parses: the partial one was cut off
     assert sorted(t["question_id"] for t in trees) == sorted(ids[:-1])  # each once
 
 

@@ -30,6 +30,12 @@ def runs(out):
     return client, client.search_runs([exp.experiment_id])
 
 
+def lineage_of(client, run, step: int):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(client.download_artifacts(run.info.run_id, f"lineage/step_{step:05d}.parquet"))
+
+
 @pytest.fixture(scope="module")
 def sync_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sync")
@@ -59,6 +65,14 @@ def test_sync_run_logs_everything(sync_run):
     assert run.data.metrics["ledger/done"] == 6 and run.data.metrics["ledger/in_flight"] == 0
     arts = [a.path for a in client.list_artifacts(run.info.run_id, "episodes")]
     assert arts == ["episodes/step_00001.png", "episodes/step_00002.png"]
+    # lineage: every trained sample of every step, traceable to the weight version that generated it
+    lineage = [a.path for a in client.list_artifacts(run.info.run_id, "lineage")]
+    assert lineage == [f"lineage/step_{k:05d}.parquet" for k in (1, 2, 3)]
+    t = lineage_of(client, run, 2)
+    assert t.num_rows == 4 and set(t.column("step").to_pylist()) == {2}
+    assert len(set(t.column("episode_id").to_pylist())) == 4
+    assert t.column("weight_version").to_pylist() == [1] * 4 and t.column("staleness").to_pylist() == [0] * 4
+    assert {"prompt_id", "reward", "reward_accuracy", "reward_format", "advantage", "used"} <= set(t.column_names)
 
 
 def test_checkpoint_loads_in_transformers(sync_run):
@@ -99,6 +113,8 @@ def test_async_run_respects_the_staleness_bound(tmp_path):
     stale = [m.value for m in client.get_metric_history(rid, "staleness_max")]
     assert len(stale) == 4 and max(stale) <= 1 and max(stale) == 1  # actors ran ahead, within the bound
     assert sum(m.value for m in client.get_metric_history(rid, "dropped_stale")) == 0
+    staleness = [v for k in range(1, 5) for v in lineage_of(client, found[0], k).column("staleness").to_pylist()]
+    assert len(staleness) == 4 * 2 * 2 and max(staleness) == 1 and min(staleness) == 0  # per sample, as trained
     m = found[0].data.metrics
     assert m["ledger/handed_out"] == m["ledger/done"] + m["ledger/in_flight"] + m["ledger/requeued"]
     # backpressure: never more than max_queue steps' worth of prompts dispatched and not yet trained on

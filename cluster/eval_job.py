@@ -1,0 +1,256 @@
+"""`vigorl eval`: score a model on a benchmark or a synthetic set, as a Ray job with rollout actors only.
+
+The episodes are the training actor's (`actors.actor.RolloutActor`, token level, the recipe's single- or
+multi-turn mode), scored by `rewards` against each item's own task; there is no learner. Items come from a
+benchmark loader (`data_gen.benchmarks.LOADERS`, `benchmark=` and its folder in `data.path`) or from a
+dataset's prompts.parquet (`vigorl make-data`). `rollout.group_size` samples per item (default 1 at
+temperature 0.5, SPEC §5); with k > 1 the summary adds pass@k.
+
+Outputs under `out`:
+  items.jsonl   one line per (item, sample), written as each actor batch comes back: item id, subgroup,
+                response, points / tool calls / crop boxes in original-image pixels, answer, correct,
+                reward parts, end, seconds. A rerun with the same `out` skips the items already there.
+  summary.json  n, accuracy with a 95 % Wilson score interval, format rate, mean reward, mean zooms,
+                overall and per subgroup; items skipped, counted by reason.
+  gallery/      index.html + items/*.png: where the model looked, failures first (cluster.gallery).
+and an MLflow run: the summary as metrics, items.jsonl, summary.json and the gallery as artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from cluster.config import EvalConfig
+
+ITEMS, SUMMARY = "items.jsonl", "summary.json"
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion p observed over n trials (Wilson 1927); (0, 0) for n = 0.
+    Unlike the normal interval it stays inside [0, 1] and is not degenerate at p = 0 or 1."""
+    if n == 0:
+        return 0.0, 0.0
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return round(max(0.0, c - h), 4), round(min(1.0, c + h), 4)
+
+
+def subgroup(row) -> str:
+    """The summary's breakdown of an item: what its loader named (ScreenSpot platform/element type, V*
+    category, BLINK subtask), else its source."""
+    meta = json.loads(row.meta) if row.meta else {}
+    return str(meta.get("subgroup") or row.source or row.task)
+
+
+# ---- items ------------------------------------------------------------------------------------------------
+
+def load_items(cfg: EvalConfig) -> tuple[list, Counter]:
+    """The rows to score and the rows skipped, by reason. Every image is opened here, before any actor
+    starts: a missing or corrupt one is skipped (counted) or, with on_bad_item=raise, an error naming it."""
+    from data_gen.benchmarks import LOADERS
+    from data_gen.images import ImageError, load_rgb, resolve_under
+    from data_gen.rows import read_rows
+
+    if cfg.on_bad_item not in ("skip", "raise"):
+        raise ValueError(f"on_bad_item must be skip or raise, got {cfg.on_bad_item!r}")
+    root = Path(cfg.data.path)
+    if not root.exists():
+        raise FileNotFoundError(f"data.path: {root} does not exist")
+    if cfg.benchmark:
+        if cfg.benchmark not in LOADERS:
+            raise ValueError(f"benchmark must be one of {sorted(LOADERS)}, got {cfg.benchmark!r}")
+        kwargs = {"file": cfg.benchmark_file} if cfg.benchmark_file else {}
+        rows, skipped = LOADERS[cfg.benchmark](root, on_error=cfg.on_bad_item, **kwargs)
+    else:
+        rows, skipped = read_rows(root), Counter()
+    rows = rows[: cfg.limit] if cfg.limit else rows
+    good = []
+    for row in rows:
+        try:
+            load_rgb(resolve_under(root, row.image))
+        except ImageError as e:
+            if cfg.on_bad_item == "raise":
+                raise ImageError(f"item {row.prompt_id}: {e}") from None
+            skipped[f"image: {str(e).split(': ')[-1][:80]}"] += 1
+            continue
+        good.append(row)
+    return good, skipped
+
+
+def item_lines(trajs: list, rows: dict, tok, mode: str) -> list[dict]:
+    """One items.jsonl line per trajectory; points and boxes mapped from the frame the model saw back to
+    original-image pixels (per-axis scale, rounded)."""
+    from actors.rollout import score_response, transcript
+    from actors.zoom import crop_box
+
+    samples: Counter = Counter()
+    out = []
+    for t in trajs:
+        row, full = rows[t.prompt_id], t.images[0]
+        size = (full.width, full.height)
+        sx, sy = row.width / full.width, row.height / full.height
+
+        def orig(p):
+            return [round(p[0] * sx), round(p[1] * sy)]
+
+        s = score_response(tok, t.token_ids, t.prompt_len, t.end == "truncated", row, size, mode)
+        zooms = [ref.point for ref in t.images[1:]]
+        boxes = [crop_box(p, size, ref.half_size) for p, ref in zip(zooms, t.images[1:])]
+        out.append({
+            "item_id": t.prompt_id, "sample": samples[t.prompt_id], "subgroup": subgroup(row), "task": row.task,
+            "image": row.image, "image_size": [row.width, row.height], "model_image_size": list(size),
+            "question": row.question, "gold": row.gold,
+            "response": transcript(tok, t.token_ids, t.prompt_len),
+            "answer": s.answer, "correct": s.accuracy >= 1.0,
+            "points": [orig(p) for p in t.points], "tool_calls": [orig(p) for p in zooms],
+            "crop_boxes": [orig(b[:2]) + orig(b[2:]) for b in boxes],
+            "reward": {"overall": s.overall, "format": s.format, "accuracy": s.accuracy,
+                       "coordinate": s.coordinate, "diversity": s.diversity},
+            "error": s.error, "end": t.end, "seconds": round(t.seconds, 3), "weight_version": t.weight_version})
+        samples[t.prompt_id] += 1
+    return out
+
+
+def read_items(path: Path, k: int) -> list[dict]:
+    """items.jsonl as written so far (a half-written last line cut off with a warning). Lines of an item
+    with fewer than k samples (its batch was cut mid-write) are removed, so that item is scored again."""
+    from data_gen.records import read_jsonl
+
+    def check(line) -> None:
+        if not isinstance(line, dict) or "item_id" not in line or "correct" not in line:
+            raise ValueError("no item_id / correct")
+
+    lines = read_jsonl(path, check, "an item line", truncate_partial=True)
+    count = Counter(x["item_id"] for x in lines)
+    whole = [x for x in lines if count[x["item_id"]] >= k]
+    if len(whole) < len(lines):
+        path.write_text("".join(json.dumps(x) + "\n" for x in whole))
+    return whole
+
+
+# ---- summary ----------------------------------------------------------------------------------------------
+
+def _stats(lines: list[dict], k: int) -> dict:
+    n_samples = len(lines)
+    acc = sum(x["correct"] for x in lines) / max(1, n_samples)
+    by_item: dict[str, bool] = defaultdict(bool)
+    for x in lines:
+        by_item[x["item_id"]] |= x["correct"]
+    out = {"n": len(by_item), "samples": n_samples, "accuracy": round(acc, 4),
+           "accuracy_ci95": wilson(acc, n_samples),
+           "format_rate": round(sum(x["reward"]["format"] > 0 for x in lines) / max(1, n_samples), 4),
+           "reward": round(sum(x["reward"]["overall"] for x in lines) / max(1, n_samples), 4),
+           "zooms": round(sum(len(x["tool_calls"]) for x in lines) / max(1, n_samples), 4),
+           "unparsed": sum(1 for x in lines if x["answer"] is None)}
+    if k > 1:
+        p = sum(by_item.values()) / max(1, len(by_item))
+        out |= {f"pass@{k}": round(p, 4), f"pass@{k}_ci95": wilson(p, len(by_item))}
+    return out
+
+
+def summarize(lines: list[dict], k: int, skipped: Counter) -> dict:
+    """Overall and per-subgroup figures. The interval is Wilson's over the samples scored (with k = 1, the
+    items); `unparsed` counts samples whose answer could not be read (scored 0)."""
+    groups: dict[str, list] = defaultdict(list)
+    for x in lines:
+        groups[x["subgroup"]].append(x)
+    return {"overall": _stats(lines, k), "subgroups": {g: _stats(v, k) for g, v in sorted(groups.items())},
+            "skipped": dict(skipped), "ci": "Wilson score interval, 95 %"}
+
+
+def _metrics(summary: dict) -> dict[str, float]:
+    out = {}
+    for scope, stats in [("eval", summary["overall"])] + [
+            (f"eval/{''.join(c if c.isalnum() or c in '_-./' else '_' for c in g)}", s)
+            for g, s in summary["subgroups"].items()]:
+        out |= {f"{scope}/{k}": float(v) for k, v in stats.items() if isinstance(v, (int, float))}
+    out["eval/skipped"] = float(sum(summary["skipped"].values()))
+    return out
+
+
+# ---- the job ----------------------------------------------------------------------------------------------
+
+def run(cfg: EvalConfig) -> dict:
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from actors.actor import RolloutActor
+    from actors.trajectory import from_batch
+    from cluster.config import official_defaults
+    from cluster.gallery import write_gallery
+    from cluster.tracking import Tracker, job
+    from cluster.train import init_ray
+
+    official_defaults(cfg)
+    k = cfg.rollout.group_size
+    if k is None or k < 1:
+        raise ValueError(f"rollout.group_size (samples per item) must be >= 1, got {k}")
+    if not (Path(cfg.model.path) / "config.json").is_file():
+        raise FileNotFoundError(f"model.path: {cfg.model.path} is not a model dir (no config.json)")
+    rows, skipped = load_items(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    done = read_items(out / ITEMS, k)
+    seen = {x["item_id"] for x in done}
+    todo = [r for r in rows if r.prompt_id not in seen]
+    print(f"[eval] {len(rows)} items ({cfg.benchmark or 'prompts.parquet'} at {cfg.data.path}), {len(seen)} already "
+          f"in {out / ITEMS}, {len(todo)} to score; {k} sample(s) each, {cfg.data.mode}, temperature "
+          f"{cfg.sampling.temperature}" + (f"; skipped {dict(skipped)}" if skipped else ""))
+    tok = AutoTokenizer.from_pretrained(cfg.model.path)
+    by_id = {r.prompt_id: r for r in rows}
+    c = cfg.cluster
+    ray = init_ray(cfg.address, c.rollout_actors * c.rollout_cpus)
+    tracker = Tracker(cfg)
+    with job(tracker, ray):
+        n_actors = max(1, min(c.rollout_actors, math.ceil(len(todo) / max(1, cfg.batch)))) if todo else 0
+        actors = [ray.remote(RolloutActor).options(num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus).remote(
+            cfg, i, todo) for i in range(n_actors)]
+        queue = [[r.prompt_id for r in todo[i:i + cfg.batch]] for i in range(0, len(todo), cfg.batch)]
+        in_flight: dict = {}
+        batches = 0
+        bar = tqdm(total=len(todo), desc="eval items", unit="item", file=sys.stdout)
+        with open(out / ITEMS, "a") as f:
+            for a in actors:
+                if queue:
+                    in_flight[a.rollout_batch.options(num_returns=2).remote(queue.pop(0))[0]] = a
+            while in_flight:
+                [ref], _ = ray.wait(list(in_flight), num_returns=1)
+                a = in_flight.pop(ref)
+                if queue:
+                    in_flight[a.rollout_batch.options(num_returns=2).remote(queue.pop(0))[0]] = a
+                lines = item_lines(from_batch(ray.get(ref)), by_id, tok, cfg.data.mode)
+                f.write("".join(json.dumps(x) + "\n" for x in lines))  # an item's k samples in one write
+                f.flush()
+                os.fsync(f.fileno())
+                done.extend(lines)
+                batches += 1
+                if cfg.crash_after and batches >= cfg.crash_after:
+                    os._exit(17)  # fault injection: die like a killed job, mid-run, no cleanup
+                bar.update(len(lines) // k)
+                tracker.metrics({"eval/items_done": float(len({x["item_id"] for x in done}))}, len(done) // k)
+        bar.close()
+        summary = summarize(done, k, skipped) | {
+            "model": cfg.model.path, "benchmark": cfg.benchmark or "prompts.parquet", "data": cfg.data.path,
+            "mode": cfg.data.mode, "temperature": cfg.sampling.temperature, "samples_per_item": k,
+            "run_id": tracker.run_id}
+        (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+        tracker.metrics(_metrics(summary), len(done) // k)
+        tracker.mlflow.log_artifact(str(out / ITEMS))
+        tracker.mlflow.log_artifact(str(out / SUMMARY))
+        if cfg.gallery:
+            page = write_gallery(done, cfg.data.path, out / "gallery", cfg.gallery, summary=summary,
+                                 title=f"vigorl eval: {Path(cfg.model.path).name} on {summary['benchmark']}")
+            tracker.artifacts(page.parent, "gallery")
+            print(f"[eval] gallery: {page}")
+    o = summary["overall"]
+    print(f"[eval] {o['n']} items: accuracy {o['accuracy']:.3f} {tuple(o['accuracy_ci95'])} format "
+          f"{o['format_rate']:.3f} reward {o['reward']:.3f} zooms {o['zooms']:.2f}; {out / SUMMARY}; "
+          f"MLflow run {tracker.run_id}")
+    return summary
+

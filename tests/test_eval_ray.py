@@ -1,0 +1,100 @@
+"""`vigorl eval` end to end as a Ray job on this machine (rollout actors with the tiny model, vLLM, MLflow):
+a killed eval resumes without scoring an item twice, items and summary in the documented form, pass@k, the
+gallery rendered in headless Chromium, the real ScreenSpot-v2 samples with points mapped back to original
+pixels, bad input."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import chromium_dom, jsonl, vigorl
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+N = 6
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from data_gen.synthetic import make_dataset
+    from data_gen.tiny_model import make_tiny_model
+
+    root = tmp_path_factory.mktemp("eval")
+    make_tiny_model(root / "model", vocab="small")
+    rows = make_dataset("visual_search", N, seed=4, out=root / "data", progress=False)
+    return root, [r.prompt_id for r in rows]
+
+
+def run_eval(out, model, *overrides, check=True):
+    # guided turns: the random tiny model then writes points, zooms and answers that can be checked
+    return vigorl("eval", "--config", ROOT / "configs" / "eval_local.yaml", f"out={out}", f"model.path={model}",
+                  "rollout.guided=true", "rollout.min_zooms=1", "sampling.max_tokens_per_turn=200", *overrides,
+                  check=check)
+
+
+def test_killed_eval_resumes_then_writes_items_summary_mlflow_gallery(tmp_path, stack):
+    root, ids = stack
+    args = (f"data.path={root / 'data'}", "rollout.group_size=2", "batch=2")
+    killed = run_eval(tmp_path, root / "model", *args, "crash_after=1", check=False)
+    assert killed.returncode == 17  # died after its first batch, no cleanup
+    assert len(jsonl(tmp_path / "items.jsonl")) == 2 * 2  # 2 items x 2 samples
+    with open(tmp_path / "items.jsonl", "a") as f:
+        f.write('{"item_id": "' + ids[5] + '", "sam')  # the line being written when it died
+    p = run_eval(tmp_path, root / "model", *args)
+    assert "half-written last line" in p.stderr and "2 already in" in p.stdout and f"{N - 2} to score" in p.stdout
+
+    items = jsonl(tmp_path / "items.jsonl")  # every line parses: the partial one was cut off
+    assert sorted((x["item_id"], x["sample"]) for x in items) == sorted((i, s) for i in ids for s in (0, 1))
+    for x in items:
+        w, h = x["image_size"]
+        assert x["subgroup"] and x["response"] and x["end"] in ("answer", "forced", "truncated")
+        assert 1 <= len(x["tool_calls"]) <= 4 and len(x["crop_boxes"]) == len(x["tool_calls"])  # min_zooms=1
+        for x1, y1, x2, y2 in x["crop_boxes"]:
+            assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h  # original-image pixels
+        assert set(x["reward"]) == {"overall", "format", "accuracy", "coordinate", "diversity"}
+        assert x["correct"] == (x["reward"]["accuracy"] >= 1.0) and x["seconds"] > 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    o = s["overall"]
+    assert (o["n"], o["samples"]) == (N, 2 * N) and "pass@2" in o and o["format_rate"] > 0 and o["zooms"] >= 1
+    assert o["accuracy"] == round(sum(x["correct"] for x in items) / (2 * N), 4)
+    assert sum(g["n"] for g in s["subgroups"].values()) == N
+    assert f"[eval] {N} items: accuracy" in p.stdout
+    dom = chromium_dom(tmp_path / "gallery" / "index.html")  # the gallery renders every item drawn
+    assert len(re.findall(r'class="item (wrong|correct)"', dom)) == N and f'<span id="shown">{N}</span>' in dom
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("vigorl-eval").experiment_id],
+                             order_by=["attributes.start_time DESC"])[0]  # the resumed run
+    assert run.data.metrics["eval/accuracy"] == o["accuracy"] and run.data.metrics["eval/n"] == N
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"items.jsonl", "summary.json", "gallery"}
+
+
+@pytest.mark.skipif(not (SHARED / "screenspot_v2").is_dir(), reason=f"benchmark samples not found at {SHARED}")
+def test_screenspot_points_in_original_pixels(tmp_path, stack):
+    from rewards.parse import think_points
+
+    root, _ = stack
+    run_eval(tmp_path, root / "model", "benchmark=screenspot_v2", f"data.path={SHARED / 'screenspot_v2'}",
+             "data.task=gui_grounding", "data.mode=single_turn", "rollout.prompt=vigorl_single_turn", "limit=3")
+    items = jsonl(tmp_path / "items.jsonl")
+    assert len(items) == 3
+    for x in items:
+        (w, h), (mw, mh) = x["image_size"], x["model_image_size"]
+        assert (w, h) == (2560, 1440) and mw * mh <= 1003520 and x["task"] == "gui_grounding"
+        assert x["subgroup"] in {f"{g}/{t}" for g in ("web", "mobile", "desktop") for t in ("text", "icon")}
+        model_points = think_points(x["response"])  # in the frame the model saw
+        assert model_points, x["response"]  # guided single-turn: the think step names a point
+        assert x["points"] == [[round(u * w / mw), round(v * h / mh)] for u, v in model_points]
+
+
+def test_bad_input_named_before_any_actor_starts(tmp_path, stack):
+    root, _ = stack
+    p = run_eval(tmp_path, root / "model", f"data.path={tmp_path / 'nope'}", check=False)
+    assert p.returncode != 0 and f"data.path: {tmp_path / 'nope'} does not exist" in p.stderr
+    assert "Started a local Ray" not in p.stdout + p.stderr
+    p = run_eval(tmp_path, tmp_path / "no-model", f"data.path={root / 'data'}", check=False)
+    assert p.returncode != 0 and "is not a model dir" in p.stderr
