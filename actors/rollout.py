@@ -35,7 +35,8 @@ import rewards
 from actors.engine import turn_grammar
 from actors.prompts import get_prompt
 from actors.trajectory import ImageRef, Trajectory
-from actors.zoom import FORCED_ANSWER_PREFIX, STOP_STRINGS, ZoomEpisode, ZoomSettings, observation_text
+from actors.zoom import (FORCED_ANSWER_PREFIX, STOP_STRINGS, ZoomEpisode, ZoomSettings, crop_point,
+                         observation_text)
 from data_gen.rows import PromptRow, gold_for_model
 from learner.grpo import group_advantages
 
@@ -73,6 +74,16 @@ def score_response(tok, token_ids: list[int], prompt_len: int, truncated: bool, 
     """The episode's score against the row's gold in the frame of the image the model saw (`size`)."""
     return rewards.score(response_text(tok, token_ids, prompt_len, truncated), gold_for_model(row, size),
                          task=row.task, mode=mode, image_size=size)
+
+
+INT32 = (-2**31, 2**31 - 1)
+
+
+def storable(point: tuple[int, int]) -> tuple[int, int]:
+    """A point the model wrote, fit for the trajectory record (int64 in Arrow): a policy may write any
+    integer (the rewards read it as written); beyond the int32 range it is saturated. Seen in a real run:
+    a 25-digit think-step coordinate crashed the record."""
+    return min(max(point[0], INT32[0]), INT32[1]), min(max(point[1], INT32[0]), INT32[1])
 
 
 def image_tokens(image: Image.Image, factor: int = 28) -> int:
@@ -281,8 +292,11 @@ class Rollout:
             src = sources[ep.row.prompt_id]
             # exactly the images vLLM was sent (`zooms` grows only when a crop is sent, never for one the
             # budget cut), so the learner rebuilds as many images as the tokens hold
+            # a crop's point as `crop` takes it (`crop_point`: the written point unless its box is empty, then
+            # clamped): the same pixels, and a number the record can hold however large the written one was
+            o = self.settings.half_size
             refs = [ImageRef(src, w, h)] + [
-                ImageRef(src, w, h, point=p, half_size=self.settings.half_size, out_size=self.settings.out_size,
+                ImageRef(src, w, h, point=crop_point(p, (w, h), o), half_size=o, out_size=self.settings.out_size,
                          dot=self.settings.dot) for p in ep.zooms]
             out.append(Trajectory(
                 episode_id=uuid.uuid4().hex, group_id=ep.group_id, prompt_id=ep.row.prompt_id,
@@ -290,6 +304,6 @@ class Rollout:
                 prompt_len=ep.prompt_len, reward=s.overall, reward_format=s.format, reward_accuracy=s.accuracy,
                 reward_coordinate=s.coordinate, reward_diversity=s.diversity, advantage=a,
                 num_turns=sum(1 for _, _, sampled in ep.trained if sampled),
-                points=list(ep.zooms) if self.multi_turn else s.points, images=refs,
+                points=[storable(p) for p in (ep.zooms if self.multi_turn else s.points)], images=refs,
                 end=ep.end, seconds=ep.seconds))
         return out

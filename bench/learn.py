@@ -4,7 +4,7 @@ never part of the tests.
 
     python -m bench.learn base            build (once) and cache the pretrained base VLM; prints its cost
     python -m bench.learn [--out DIR]     the pipeline from the cached base; writes DIR/results.json
-    python -m bench.learn eval MODEL DATA OUT.json    score one model dir on one dataset
+    python -m bench.learn eval MODEL DATA OUT_DIR     score one model dir on one dataset (`vigorl eval`)
 
 The task is `object_colour` (data_gen.synthetic): what colour is the {shape} in a 112x112 scene of two or
 three objects, four options that include the other objects' colours (chance 25 %). The base is the
@@ -13,9 +13,9 @@ three objects, four options that include the other objects' colours (chance 25 %
 starts from a pretrained Qwen2.5-VL. Seeds: captions 100 (+1 per base stage), MCTS questions 1, RL
 prompts 2, held-out 3 (never used for any training data).
 
-Every stage is the real command (`vigorl mcts`, `linearize`, `sft`, `train`) from a recipe in configs/
-(learn_*.yaml); evaluation plays episodes with the training rollout code (`actors.actor.RolloutActor`,
-vLLM, no structured outputs) at SPEC §5's evaluation temperature 0.5, one sample per item.
+Every stage is the real command (`vigorl mcts`, `linearize`, `sft`, `train`, `eval`) from a recipe in
+configs/ (learn_*.yaml); evaluation plays episodes with the training rollout code (vLLM, no structured
+outputs) at SPEC §5's evaluation temperature 0.5, one sample per item.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = "object_colour"
-BASE_VERSION = "v2"  # the cache dir; bump when the base recipe (captions, configs/learn_base.yaml) changes
+BASE_VERSION = "v3"  # the cache dir; bump when the base recipe (captions, configs/learn_base.yaml) changes
 SEEDS = {"captions": 100, "mcts": 1, "rl": 2, "heldout": 3}
 
 
@@ -147,61 +147,25 @@ def run_id(output: str) -> str:
 
 # ---- evaluation ----------------------------------------------------------------------------------------
 
-def evaluate(model: str, data: str, out: Path, n_max: int = 0) -> dict:
-    """Score `model` on the rows at `data` with the training rollout code (no structured outputs), one
-    sample per item at temperature 0.5 (SPEC §5 validation). Writes the per-item lines and returns
-    {accuracy, format_rate, reward, points_in_target, n}."""
-    from actors.actor import RolloutActor
-    from actors.trajectory import from_batch
-    from cluster.config import TrainConfig, load, official_defaults
+def evaluate(model: Path, data: Path, out: Path) -> dict:
+    """`vigorl eval` of `model` on the rows at `data` (configs/learn_eval.yaml: the training rollout code, no
+    structured outputs, one sample per item at temperature 0.5, SPEC §5) into `out`, plus how often the
+    think-step points fall inside the object the question names."""
     from data_gen.rows import read_rows
     from data_gen.teachers import scene_of
 
-    cfg = load(TrainConfig, ROOT / "configs/learn_grpo.yaml",
-               [f"model.path={model}", f"data.path={data}", "rollout.group_size=1", "sampling.temperature=0.5"])
-    official_defaults(cfg)
-    rows = read_rows(data)[: n_max or None]
-    actor = RolloutActor(cfg)
-    tok = actor.rollout.tok
-    items = []
-    for k in range(0, len(rows), 64):
-        batch, _ = actor.rollout_batch([r.prompt_id for r in rows[k:k + 64]])
-        for t in from_batch(batch):
-            row = actor.rows[t.prompt_id]
-            targets = scene_of(row, (row.width, row.height)).targets
-            inside = [any(x1 <= x <= x2 and y1 <= y <= y2 for _, (x1, y1, x2, y2) in targets) for x, y in t.points]
-            items.append({"id": t.prompt_id, "gold": row.gold, "accuracy": t.reward_accuracy,
-                          "format": t.reward_format, "reward": t.reward, "points": [list(p) for p in t.points],
-                          "points_in_target": inside,
-                          "response": tok.decode(t.token_ids[t.prompt_len:], skip_special_tokens=True)})
-        print(f"[learn] eval {Path(model).name}: {len(items)}/{len(rows)}", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".items.jsonl"), "w") as f:
-        f.writelines(json.dumps(i) + "\n" for i in items)
-    n = len(items)
-    points = [ok for i in items for ok in i["points_in_target"]]
-    summary = {"accuracy": sum(i["accuracy"] for i in items) / n, "format_rate": sum(i["format"] for i in items) / n,
-               "reward": sum(i["reward"] for i in items) / n,
-               "points_in_target": sum(points) / len(points) if points else 0.0, "points": len(points), "n": n}
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-def eval_in_subprocess(model: Path, data: Path, out: Path) -> dict:
-    """One vLLM engine per process: each model is scored in a fresh interpreter."""
-    p = subprocess.run([sys.executable, "-m", "bench.learn", "eval", str(model), str(data), str(out)], cwd=ROOT,
-                       capture_output=True, text=True)
-    if p.returncode:
-        raise RuntimeError(f"evaluating {model} failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
-    return json.loads(out.read_text())
-
-
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion p over n trials."""
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / d
-    return round(c - h, 4), round(c + h, 4)
+    shutil.rmtree(out, ignore_errors=True)  # `vigorl eval` resumes from what is there: start clean
+    out.mkdir(parents=True)
+    log = vigorl("eval", "--config", ROOT / "configs/learn_eval.yaml", f"out={out}", f"model.path={model}",
+                 f"data.path={data}", log=out / "eval.log")
+    s = json.loads((out / "summary.json").read_text())["overall"]
+    rows = {r.prompt_id: r for r in read_rows(data)}
+    items = [json.loads(x) for x in (out / "items.jsonl").read_text().splitlines() if x.strip()]
+    inside = [bool(scene_of(rows[i["item_id"]], (rows[i["item_id"]].width, rows[i["item_id"]].height)).hit(tuple(p)))
+              for i in items for p in i["points"]]
+    return {"accuracy": s["accuracy"], "accuracy_ci95_wilson": s["accuracy_ci95"], "format_rate": s["format_rate"],
+            "reward": s["reward"], "points_in_target": sum(inside) / len(inside) if inside else 0.0,
+            "points": len(inside), "n": s["n"], "eval_run_id": run_id(log)}
 
 
 # ---- the pipeline ---------------------------------------------------------------------------------------
@@ -243,8 +207,7 @@ def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int,
               "grpo": out / "grpo" / "checkpoints" / f"step_{grpo_steps:05d}"}
     results: dict = {}
     for name, model in models.items():
-        r = eval_in_subprocess(model, data["heldout"], out / "eval" / f"{name}.json")
-        r["accuracy_ci95_wilson"] = wilson(r["accuracy"], r["n"])
+        r = evaluate(model, data["heldout"], out / "eval" / name)
         results[name] = r | {"model": str(model)}
         print(f"[learn] {name}: accuracy {r['accuracy']:.3f} {r['accuracy_ci95_wilson']} format {r['format_rate']:.3f} "
               f"reward {r['reward']:.3f} points in target {r['points_in_target']:.3f} (n={r['n']})", flush=True)
@@ -281,7 +244,7 @@ if __name__ == "__main__":
         print(build_base(a.captions, a.base_stages))
     elif a.cmd == "eval":
         if len(a.args) != 3:
-            p.error("eval takes MODEL DATA OUT.json")
-        print(json.dumps(evaluate(a.args[0], a.args[1], Path(a.args[2]))))
+            p.error("eval takes MODEL DATA OUT_DIR")
+        print(json.dumps(evaluate(Path(a.args[0]), Path(a.args[1]), Path(a.args[2]))))
     else:
         pipeline(Path(a.out), a.mcts_questions, a.rl_prompts, a.heldout, a.grpo_steps, a.captions, a.base_stages)

@@ -212,6 +212,10 @@ class TeacherConfig:
     kind: str = "scripted"  # scripted (synthetic families; knows each scene's truth) | vllm (a local VLM dir)
     error_rate: float = 0.3  # scripted: chance a step points somewhere wrong, and an answer is wrong
     answer_rate: float = 0.6  # scripted: chance of answering once every target has been looked at
+    # scripted: a step says what the scene shows at its point ("The red circle is at (x, y)." / "There is
+    # nothing at (x, y).") where the scene knows (object_colour), as the MCTS prompt asks a VLM teacher to;
+    # off: "The small circle should be here: (x, y)." / "Let me check this region (x, y)."
+    describe: bool = False  # scripted: steps describe what is at their point (see above)
     model_path: str = ""  # vllm: local model dir of the teacher VLM (paper: Qwen2.5-VL-72B-Instruct)
     tensor_parallel_size: int = 1  # vllm: tensor parallelism of the teacher engine
     gpus: float = 0.0  # vllm: GPUs of the teacher server actor (its own resources)

@@ -74,7 +74,8 @@ class SearchWorker:
         gold = gold_for_model(row, image.size)
         rng = random.Random(f"{cfg.seed}/{row.prompt_id}")
         if t.kind == "scripted":
-            teacher = ScriptedTeacher(scene_of(row, image.size), t.error_rate, t.answer_rate, seed=rng.random())
+            teacher = ScriptedTeacher(scene_of(row, image.size), t.error_rate, t.answer_rate, seed=rng.random(),
+                                      describe=t.describe)
         elif t.kind == "vllm":
             teacher = RemoteTeacher(self.server, row.task, image, self.system,
                                     rng.randint(t.min_thoughts_low, t.min_thoughts_high))

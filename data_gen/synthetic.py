@@ -161,8 +161,10 @@ def spatial(rng: random.Random, pid: str) -> tuple[Image.Image, dict]:
 
 
 # Scenes of `object_colour` and of the learning proof's base-model captions (bench/learn.py): 112x112 px,
-# 16 image tokens, so that a small VLM pretrained on this CPU sees them at all.
-SMALL_SCENE = dict(size=(112, 112), radius=(8, 12), apart=(22, 22))
+# 16 image tokens, so that a small VLM pretrained on this CPU sees them at all. Objects 24-34 px across
+# (one or two image tokens each): with 16-24 px objects a tiny VLM on a frozen random vision tower began to
+# use the image only after ~100 caption steps, at this size within ~50 (measured; README, make learn).
+SMALL_SCENE = dict(size=(112, 112), radius=(12, 17), apart=(28, 28))
 
 
 @register("object_colour")
@@ -184,7 +186,8 @@ def object_colour(rng: random.Random, pid: str) -> tuple[Image.Image, dict]:
     return img, dict(task="visual_search", gold=colour, options=options,
                      question=_mc_question(f"What is the color of the {shape}?", options),
                      meta={"target": shape, "box": [cx - r, cy - r, cx + r, cy + r],
-                           "objects": [o[0] for o in objs], "centres": [o[1] for o in objs]})
+                           "objects": [o[0] for o in objs], "centres": [o[1] for o in objs],
+                           "boxes": [[x - q, y - q, x + q, y + q] for _, (x, y), q in objs]})
 
 
 @register("web_action")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from data_gen.mcts import COORD_RE, TeacherOutput
@@ -30,6 +30,23 @@ class Scene:
     targets: list[tuple[str, Box]]  # what must be looked at (name, box) before the answer is known
     gold: str  # the correct answer text
     wrong: Callable[[random.Random], str]  # a wrong (or random) answer
+    # what is visible where, (description, box), when the scene says (object_colour: every object, named by
+    # colour and shape): a step then says what it sees at its point, as the MCTS prompt asks a VLM teacher
+    visible: list[tuple[str, Box]] = field(default_factory=list)
+
+    def hit(self, point: tuple[int, int]) -> set[int]:
+        """Indices of the targets whose box (edges included) holds `point`."""
+        return _inside(point, self.targets)
+
+    def seen_at(self, point: tuple[int, int]) -> str | None:
+        """The description of what is visible at `point`, if anything."""
+        inside = _inside(point, self.visible)
+        return self.visible[min(inside)][0] if inside else None
+
+
+def _inside(point: tuple[int, int], boxes: list[tuple[str, Box]]) -> set[int]:
+    x, y = point
+    return {i for i, (_, (x1, y1, x2, y2)) in enumerate(boxes) if x1 <= x <= x2 and y1 <= y <= y2}
 
 
 def _inflate(box, pad: int, size) -> Box:
@@ -43,8 +60,9 @@ def _other(options: list[str], gold: str) -> Callable[[random.Random], str]:
 
 
 def _visual_search(row: PromptRow, meta: dict, size) -> Scene:
+    visible = [(name, tuple(box)) for name, box in zip(meta.get("objects", []), meta.get("boxes", []))]
     return Scene(size, [(f"small {meta['target']}", _inflate(meta["box"], 4, size))], row.gold,
-                 _other(row.options, row.gold))
+                 _other(row.options, row.gold), visible)
 
 
 def _spatial(row: PromptRow, meta: dict, size) -> Scene:
@@ -87,10 +105,11 @@ def scene_of(row: PromptRow, size: tuple[int, int]) -> Scene:
 class ScriptedTeacher:
     """A fallible teacher over a known scene; deterministic given its seed."""
 
-    def __init__(self, scene: Scene, error_rate: float = 0.3, answer_rate: float = 0.6, seed: int = 0):
+    def __init__(self, scene: Scene, error_rate: float = 0.3, answer_rate: float = 0.6, seed: int = 0,
+                 describe: bool = False):
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
-        self.scene, self.error_rate, self.answer_rate = scene, error_rate, answer_rate
+        self.scene, self.error_rate, self.answer_rate, self.describe = scene, error_rate, answer_rate, describe
         self.rng = random.Random(seed)
         self.calls = 0
 
@@ -99,8 +118,7 @@ class ScriptedTeacher:
         for s in steps:
             for cs in COORD_RE.findall(s):
                 x, y = (int(v) for v in re.findall(r"\d+", cs))
-                seen |= {i for i, (_, (x1, y1, x2, y2)) in enumerate(self.scene.targets)
-                         if x1 <= x <= x2 and y1 <= y <= y2}
+                seen |= self.scene.hit((x, y))
         return seen
 
     def _step(self, todo: list[int]) -> TeacherOutput:
@@ -108,9 +126,14 @@ class ScriptedTeacher:
         if todo and rng.random() >= self.error_rate:
             name, (x1, y1, x2, y2) = self.scene.targets[rng.choice(todo)]
             x, y = rng.randint(x1, x2), rng.randint(y1, y2)
-            return TeacherOutput(f"The {name} should be here: ({x}, {y}).")
-        x, y = rng.randrange(w), rng.randrange(h)
-        return TeacherOutput(f"Let me check this region ({x}, {y}).")
+            text = f"The {name} should be here: ({x}, {y})."
+        else:
+            x, y = rng.randrange(w), rng.randrange(h)
+            text = f"Let me check this region ({x}, {y})."
+        if self.describe and self.scene.visible:  # say what is there (the truth at that point, right or wrong)
+            seen = self.scene.seen_at((x, y))
+            text = f"The {seen} is at ({x}, {y})." if seen else f"There is nothing at ({x}, {y})."
+        return TeacherOutput(text)
 
     def _answer(self, found: bool) -> TeacherOutput:
         right = found and self.rng.random() >= self.error_rate

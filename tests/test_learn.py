@@ -1,9 +1,9 @@
-"""The learning proof's own pieces (bench/learn.py): base-model captions and the accuracy interval.
+"""The learning proof's own piece (bench/learn.py): base-model captions.
 `make learn` itself is a benchmark, never a test."""
 
 import json
 
-from bench.learn import caption_rows, wilson
+from bench.learn import caption_rows
 from data_gen.tiny_model import build_tokenizer
 from learner.sft import encode_row
 
@@ -27,10 +27,3 @@ def test_captions_say_what_and_where_each_object_is(tmp_path):
         ex = encode_row(row, tmp_path, tok, Qwen2VLImageProcessorPil(), where="caption")
         assert sum(ex.loss_mask) > 0 and ex.token_ids.count(tok.convert_tokens_to_ids("<|image_pad|>")) == 16
 
-
-def test_wilson_interval_hand_worked():
-    # 50/100: centre (0.5 + 1.96^2/200) / (1 + 1.96^2/100) = 0.5; half-width 1.96 sqrt(0.0025 + 0.00009604)
-    # / 1.0384 = 0.0962
-    assert wilson(0.5, 100) == (0.4038, 0.5962)
-    lo, hi = wilson(0.0, 10)
-    assert lo == 0.0 and hi == 0.2775  # z^2/n / (1 + z^2/n) = 0.38416 / 1.38416

@@ -177,3 +177,31 @@ def test_a_teacher_returning_garbage_raises_naming_it():
 
     with pytest.raises(ValueError, match="teacher returned list .*not 3 TeacherOutput"):
         search("q?", None, Garbage(), lambda a: 0.0, MCTSConfig(simulations=1))
+
+
+def test_scripted_teacher_can_describe_what_is_at_its_points():
+    """teacher.describe: steps say what the scene shows at their point (object_colour knows every object)."""
+    import json
+    import random
+    import re
+
+    from data_gen.rows import PromptRow
+    from data_gen.synthetic import object_colour
+    from data_gen.teachers import ScriptedTeacher, scene_of
+
+    _, m = object_colour(random.Random(5), "q")
+    row = PromptRow("q", m["task"], "a.png", 112, 112, m["question"], m["gold"], m["options"], meta=json.dumps(m["meta"]))
+    boxes = dict(zip(m["meta"]["objects"], m["meta"]["boxes"]))
+    texts = [o.text for k in range(20) for o in ScriptedTeacher(scene_of(row, (112, 112)), 0.5, seed=k, describe=True)
+             .generate(row.question, None, [], 3, False)]
+    assert any(t.startswith("There is nothing at") for t in texts)
+    for t in texts:
+        x, y = (int(v) for v in re.search(r"\((\d+), (\d+)\)", t).groups())
+        named = re.match(r"The (\w+ \w+) is at", t)
+        if named:  # the named object is there
+            x1, y1, x2, y2 = boxes[named.group(1)]
+            assert x1 <= x <= x2 and y1 <= y <= y2
+        else:
+            assert not any(a <= x <= c and b <= y <= d for a, b, c, d in boxes.values())
+    plain = ScriptedTeacher(scene_of(row, (112, 112)), 0.5, seed=0).generate(row.question, None, [], 3, False)
+    assert all("should be here" in o.text or "check this region" in o.text for o in plain)

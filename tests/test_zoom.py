@@ -158,3 +158,26 @@ def test_episode_text_scores_as_multi_turn():
     ep.step("<think> red </think>\n<answer> red </answer><|im_end|>")
     s = rewards.score(ep.text(), "red", task="visual_search", mode="multi_turn", image_size=ep.image.size)
     assert s.error == "" and s.format == pytest.approx(1.2) and s.overall == pytest.approx(0.6 + 0.48)
+
+
+def test_points_a_policy_writes_fit_the_record_however_large():
+    """A policy may write any integer (a 25-digit think-step coordinate crashed a real GRPO run): the record
+    saturates such points to int32, and a crop is stored at the point `crop` takes, which gives the same
+    pixels as the written one and always fits."""
+    from PIL import Image
+
+    from actors.rollout import storable
+    from actors.trajectory import ImageRef, Trajectory, from_batch, to_batch
+    from actors.zoom import crop, crop_point
+
+    huge = (10**25, -(10**30))
+    assert storable(huge) == (2**31 - 1, -(2**31)) and storable((5, -3)) == (5, -3)
+    full = Image.effect_noise((200, 120), 50).convert("RGB")
+    at = crop_point(huge, full.size, 50)
+    assert at == (199, 0) and list(crop(full, at, 50, 112).getdata()) == list(crop(full, huge, 50, 112).getdata())
+    assert crop_point((210, 60), full.size, 50) == (210, 60)  # outside but its box is not empty: kept as written
+    t = Trajectory(episode_id="e", group_id="g", prompt_id="p", weight_version=0, token_ids=[1, 2], loss_mask=[0, 1],
+                   logprobs=[0.0, -1.0], prompt_len=1, reward=0.0, reward_format=0.0, reward_accuracy=0.0,
+                   reward_coordinate=0.0, reward_diversity=0.0, advantage=0.0, num_turns=1,
+                   points=[storable(huge)], images=[ImageRef("a.png", 200, 120, point=at, half_size=50, out_size=112)])
+    assert from_batch(to_batch([t]))[0].points == [(2**31 - 1, -(2**31))]
