@@ -161,8 +161,8 @@ def evaluate(model: Path, data: Path, out: Path) -> dict:
     s = json.loads((out / "summary.json").read_text())["overall"]
     rows = {r.prompt_id: r for r in read_rows(data)}
     items = [json.loads(x) for x in (out / "items.jsonl").read_text().splitlines() if x.strip()]
-    inside = [bool(scene_of(rows[i["item_id"]], (rows[i["item_id"]].width, rows[i["item_id"]].height)).hit(tuple(p)))
-              for i in items for p in i["points"]]
+    scenes = {k: scene_of(r, (r.width, r.height)) for k, r in rows.items()}  # original-pixel objects
+    inside = [bool(scenes[i["item_id"]].hit(tuple(p))) for i in items for p in i["points"]]
     return {"accuracy": s["accuracy"], "accuracy_ci95_wilson": s["accuracy_ci95"], "format_rate": s["format_rate"],
             "reward": s["reward"], "points_in_target": sum(inside) / len(inside) if inside else 0.0,
             "points": len(inside), "n": s["n"], "eval_run_id": run_id(log)}

@@ -306,6 +306,10 @@ def _eval_rollout() -> RolloutConfig:
     return RolloutConfig(group_size=1)
 
 
+def _eval_tracking() -> TrackingConfig:
+    return TrackingConfig(experiment="vigorl-eval")
+
+
 @dataclass
 class EvalConfig:
     """`vigorl eval`: score a model on a benchmark or a synthetic set with rollout actors only (no learner)."""
@@ -331,7 +335,7 @@ class EvalConfig:
     on_bad_item: str = "skip"  # a row with a missing/corrupt image or bad gold: skip (counted by reason) | raise
     gallery: int = 24  # items drawn into out/gallery/index.html (failures first; 0: no gallery)
     crash_after: int = 0  # fault injection for tests: hard-exit after writing this many batches (0: never)
-    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="vigorl-eval"))  # MLflow
+    tracking: TrackingConfig = field(default_factory=_eval_tracking)  # MLflow
 
 
 # ---- official per-recipe values for the fields left null ------------------------------------------

@@ -79,6 +79,11 @@ def item_picture(item: dict, data_root: str | Path):
                            gold_box=_gold_box(item["gold"]))
 
 
+def _e(v) -> str:
+    """Model and dataset text is never markup: escaped for an HTML text node or attribute."""
+    return html.escape(str(v), quote=True)
+
+
 def write_gallery(items: list[dict], data_root: str | Path, out_dir: str | Path, n: int,
                   title: str = "vigorl eval", summary: dict | None = None) -> Path:
     """Draw up to `n` items (sample 0 of each, failures first, then in file order) into out_dir/items/ and
@@ -91,11 +96,10 @@ def write_gallery(items: list[dict], data_root: str | Path, out_dir: str | Path,
     for k, item in enumerate(chosen):
         src = f"items/{k:04d}.png"
         item_picture(item, data_root).save(out / src)
-        e = lambda v: html.escape(str(v), quote=True)  # noqa: E731 - model and dataset text is never markup
-        cards.append(CARD.format(result="correct" if item["correct"] else "wrong", subgroup=e(item["subgroup"]),
-                                 anchor=f"item-{k}", src=src, item_id=e(item["item_id"]), answer=e(item["answer"]),
-                                 gold=e(item["gold"]), reward=item["reward"]["overall"], zooms=len(item["tool_calls"]),
-                                 end=e(item["end"])))
+        cards.append(CARD.format(result="correct" if item["correct"] else "wrong", subgroup=_e(item["subgroup"]),
+                                 anchor=f"item-{k}", src=src, item_id=_e(item["item_id"]), answer=_e(item["answer"]),
+                                 gold=_e(item["gold"]), reward=item["reward"]["overall"], zooms=len(item["tool_calls"]),
+                                 end=_e(item["end"])))
     groups = sorted({x["subgroup"] for x in chosen})
     options = "".join(f'<option value="{html.escape(g, quote=True)}">{html.escape(g)}</option>' for g in groups)
     o = (summary or {}).get("overall", {})

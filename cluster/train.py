@@ -135,16 +135,12 @@ def log_lineage(tracker, batches: list[pa.RecordBatch], step: int, cfg: TrainCon
     tracker.mlflow.log_artifact(str(path), artifact_path="lineage")
 
 
-def episode_text(t, tokenizer) -> str:
-    """The episode after its first prompt, as text (image placeholders dropped)."""
-    return tokenizer.decode(t.token_ids[t.prompt_len:], skip_special_tokens=False).replace("<|image_pad|>", "")
-
-
 def episode_figure(batch: pa.RecordBatch, tokenizer, data_root: str, k: int = 1):
     """A picture of the batch's first `k` episodes, stacked: points and crops on each image, turns as text."""
     from PIL import Image
 
     from actors.picture import episode_picture
+    from actors.rollout import transcript
     from actors.trajectory import from_batch
     from actors.zoom import crop_box
     from learner.logprobs import rebuild_images
@@ -153,7 +149,7 @@ def episode_figure(batch: pa.RecordBatch, tokenizer, data_root: str, k: int = 1)
     for t in from_batch(batch.slice(0, k)):
         images = rebuild_images(t.images, data_root)
         boxes = [crop_box(r.point, (r.width, r.height), r.half_size) for r in t.images[1:]]
-        text = episode_text(t, tokenizer)
+        text = transcript(tokenizer, t.token_ids, t.prompt_len)
         lines = [f"prompt {t.prompt_id}  version {t.weight_version}  reward {t.reward:.2f} "
                  f"(acc {t.reward_accuracy:.2f}, format {t.reward_format:.2f})  end={t.end}"] + text.split("\n")[:60]
         panels.append(episode_picture(images[0], t.points, boxes, images[1:], lines))
@@ -167,6 +163,7 @@ def episode_figure(batch: pa.RecordBatch, tokenizer, data_root: str, k: int = 1)
 
 def show_first_episode(batch: pa.RecordBatch, tokenizer, cfg: TrainConfig) -> None:
     """Print the run's first scored episode in full and save its picture and crops under `out`."""
+    from actors.rollout import transcript
     from actors.trajectory import from_batch
     from learner.logprobs import rebuild_images
 
@@ -176,7 +173,7 @@ def show_first_episode(batch: pa.RecordBatch, tokenizer, cfg: TrainConfig) -> No
     for i, img in enumerate(rebuild_images(t.images, cfg.data.path)[1:]):
         img.save(out / f"crop_{i + 1}.png")
     episode_figure(batch, tokenizer, cfg.data.path).save(out / "episode.png")
-    text = episode_text(t, tokenizer)
+    text = transcript(tokenizer, t.token_ids, t.prompt_len)
     print(f"\n=== first episode: prompt {t.prompt_id}, weight version {t.weight_version} ===\n{text}\n"
           f"--- zoom points {t.points}; reward {t.reward:.3f} (accuracy {t.reward_accuracy:.2f}, format "
           f"{t.reward_format:.2f}, diversity {t.reward_diversity:.2f}); end={t.end}; advantage {t.advantage:+.3f}\n"

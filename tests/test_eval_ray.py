@@ -79,9 +79,9 @@ def test_screenspot_points_in_original_pixels(tmp_path, stack):
 
     root, _ = stack
     run_eval(tmp_path, root / "model", "benchmark=screenspot_v2", f"data.path={SHARED / 'screenspot_v2'}",
-             "data.task=gui_grounding", "data.mode=single_turn", "rollout.prompt=vigorl_single_turn", "limit=3")
+             "data.task=gui_grounding", "data.mode=single_turn", "rollout.prompt=vigorl_single_turn", "limit=2")
     items = jsonl(tmp_path / "items.jsonl")
-    assert len(items) == 3
+    assert len(items) == 2
     for x in items:
         (w, h), (mw, mh) = x["image_size"], x["model_image_size"]
         assert (w, h) == (2560, 1440) and mw * mh <= 1003520 and x["task"] == "gui_grounding"
@@ -91,10 +91,17 @@ def test_screenspot_points_in_original_pixels(tmp_path, stack):
         assert x["points"] == [[round(u * w / mw), round(v * h / mh)] for u, v in model_points]
 
 
-def test_bad_input_named_before_any_actor_starts(tmp_path, stack):
+def test_bad_input_named_before_any_actor_starts(tmp_path, stack, monkeypatch):
+    import cluster.train
+    from cluster.cli import main
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray was started before the bad input was named")
+
     root, _ = stack
-    p = run_eval(tmp_path, root / "model", f"data.path={tmp_path / 'nope'}", check=False)
-    assert p.returncode != 0 and f"data.path: {tmp_path / 'nope'} does not exist" in p.stderr
-    assert "Started a local Ray" not in p.stdout + p.stderr
-    p = run_eval(tmp_path, tmp_path / "no-model", f"data.path={root / 'data'}", check=False)
-    assert p.returncode != 0 and "is not a model dir" in p.stderr
+    monkeypatch.setattr(cluster.train, "init_ray", no_ray)  # in-process: the CLI as a user runs it, minus imports
+    args = ["eval", "--config", str(ROOT / "configs" / "eval_local.yaml"), f"out={tmp_path}"]
+    with pytest.raises(FileNotFoundError, match=f"data.path: {tmp_path / 'nope'} does not exist"):
+        main(args + [f"model.path={root / 'model'}", f"data.path={tmp_path / 'nope'}"])
+    with pytest.raises(FileNotFoundError, match="is not a model dir"):
+        main(args + [f"model.path={tmp_path / 'no-model'}", f"data.path={root / 'data'}"])

@@ -2,18 +2,15 @@
 `vigorl linearize` -> `vigorl to-multiturn` -> `vigorl sft` -> `vigorl train` from the SFT checkpoint."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+from conftest import vigorl as _vigorl
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def vigorl(*args):
-    p = subprocess.run([sys.executable, "-m", "cluster.cli", *map(str, args)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=900)
-    assert p.returncode == 0, (args, p.stdout[-3000:], p.stderr[-5000:])
-    return p.stdout
+    return _vigorl(*args, timeout=900).stdout
 
 
 def test_mcts_linearize_multiturn_sft_train(tmp_path):
@@ -27,7 +24,7 @@ def test_mcts_linearize_multiturn_sft_train(tmp_path):
                                                      if m["role"] == "assistant") for r in rows)
     vigorl("make-tiny-model", tmp_path / "model")
     out = vigorl("sft", "--config", ROOT / "configs/sft_local.yaml", f"out={sft}", f"model.path={tmp_path / 'model'}",
-                 f"data={mt}", "batch_size=8", "max_steps=2")
+                 f"data={mt}", "batch_size=4", "max_steps=1")
     assert "[sft] done" in out and (sft / "model" / "model.safetensors").is_file()
     out = vigorl("train", "--config", ROOT / "configs/local_cpu.yaml", f"out={tmp_path / 'rl'}",
                  f"model.path={sft / 'model'}", f"data.path={data}", "loop.steps=1", "loop.prompts_per_step=2",
