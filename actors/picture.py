@@ -1,10 +1,11 @@
 """A picture of one grounded episode: the full image with its numbered points and crop boxes, the crops
-beside it, and the turns' text underneath. For the demo's output, MLflow image artifacts and the
-evaluation gallery."""
+beside it, and the turns' text underneath. For the demo's output, the training run's first episode and
+MLflow images (`show_first_episode`, `episode_figure`), and the evaluation gallery."""
 
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -46,3 +47,43 @@ def episode_picture(image: Image.Image, points: list[tuple[int, int]], boxes: li
                 font=font)
     cd.multiline_text((8, height - text_h), text, fill=(0, 0, 0), font=font, spacing=4)
     return canvas
+
+
+def episode_figure(batch, tokenizer, data_root: str, k: int = 1) -> Image.Image:
+    """A picture of the first `k` episodes of `batch` (an Arrow record batch of trajectories), stacked: points
+    and crops on each image, turns as text (for the training run's MLflow images)."""
+    from actors.rollout import transcript
+    from actors.trajectory import from_batch, rebuild_images
+    from actors.zoom import crop_box
+
+    panels = []
+    for t in from_batch(batch.slice(0, k)):
+        images = rebuild_images(t.images, data_root)
+        boxes = [crop_box(r.point, (r.width, r.height), r.half_size) for r in t.images[1:]]
+        text = transcript(tokenizer, t.token_ids, t.prompt_len)
+        lines = [f"prompt {t.prompt_id}  version {t.weight_version}  reward {t.reward:.2f} "
+                 f"(acc {t.reward_accuracy:.2f}, format {t.reward_format:.2f})  end={t.end}"] + text.split("\n")[:60]
+        panels.append(episode_picture(images[0], t.points, boxes, images[1:], lines))
+    canvas = Image.new("RGB", (max(p.width for p in panels), sum(p.height for p in panels)), (255, 255, 255))
+    y = 0
+    for p in panels:
+        canvas.paste(p, (0, y))
+        y += p.height
+    return canvas
+
+
+def show_first_episode(batch, tokenizer, data_root: str, out: Path) -> None:
+    """Print the batch's first episode in full and save its picture and crops in `out`."""
+    from actors.rollout import transcript
+    from actors.trajectory import from_batch, rebuild_images
+
+    t = from_batch(batch.slice(0, 1))[0]
+    out.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(rebuild_images(t.images, data_root)[1:]):
+        img.save(out / f"crop_{i + 1}.png")
+    episode_figure(batch, tokenizer, data_root).save(out / "episode.png")
+    text = transcript(tokenizer, t.token_ids, t.prompt_len)
+    print(f"\n=== first episode: prompt {t.prompt_id}, weight version {t.weight_version} ===\n{text}\n"
+          f"--- zoom points {t.points}; reward {t.reward:.3f} (accuracy {t.reward_accuracy:.2f}, format "
+          f"{t.reward_format:.2f}, diversity {t.reward_diversity:.2f}); end={t.end}; advantage {t.advantage:+.3f}\n"
+          f"--- picture and crops in {out}/\n", flush=True)

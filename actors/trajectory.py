@@ -8,6 +8,7 @@ is derived from this dataclass (data_gen.records); there is no second definition
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated
 
 import pyarrow as pa
@@ -78,3 +79,24 @@ def to_batch(trajectories: list[Trajectory]) -> pa.RecordBatch:
 
 def from_batch(batch: pa.RecordBatch | pa.Table) -> list[Trajectory]:
     return records.from_batch(batch, Trajectory)
+
+
+def rebuild_images(refs: list[ImageRef], root: str | Path) -> list:
+    """The images the model saw, in order: the full image (resized as the actor did), then its crops. Used
+    by the learner (its forward pass) and by the episode pictures."""
+    from PIL import Image
+
+    from actors.zoom import crop
+    from data_gen.images import load_rgb, resolve_under
+
+    out, full_cache = [], {}
+    for ref in refs:
+        key = (ref.source, ref.width, ref.height)
+        if key not in full_cache:
+            img = load_rgb(resolve_under(root, ref.source))
+            if img.size != (ref.width, ref.height):
+                img = img.resize((ref.width, ref.height), Image.Resampling.BICUBIC)
+            full_cache[key] = img
+        full = full_cache[key]
+        out.append(full if ref.point is None else crop(full, ref.point, ref.half_size, ref.out_size, ref.dot))
+    return out

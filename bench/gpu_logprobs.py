@@ -21,7 +21,8 @@ def main() -> int:
     from data_gen.rows import read_rows
     from data_gen.synthetic import make_dataset
     from data_gen.tiny_model import make_tiny_model
-    from learner.logprobs import batch_inputs, model_inputs, rebuild_images, token_logprobs
+    from actors.trajectory import rebuild_images
+    from learner.logprobs import batch_inputs, model_inputs, token_logprobs
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     root = Path(tempfile.mkdtemp())

@@ -171,7 +171,7 @@ def evaluate(model: Path, data: Path, out: Path) -> dict:
 # ---- the pipeline ---------------------------------------------------------------------------------------
 
 def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int, captions: int,
-             base_stages: int) -> dict:
+             base_stages: int, describe: bool = False) -> dict:
     from data_gen.synthetic import make_dataset
 
     out = out.resolve()
@@ -195,7 +195,7 @@ def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int,
         runs[name], times[f"{name}_s"] = run_id(outputs[name]), time.perf_counter() - t0
 
     stage("mcts", "mcts", "--config", ROOT / "configs/learn_mcts.yaml", f"out={out / 'mcts'}",
-          f"data.path={data['mcts']}")
+          f"data.path={data['mcts']}", f"teacher.describe={str(describe).lower()}")
     stage("sft_data", "linearize", out / "mcts" / "trees.jsonl", out / "sft_data", "max_per_question=8")
     stage("sft", "sft", "--config", ROOT / "configs/learn_sft.yaml", f"out={out / 'sft'}", f"model.path={base}",
           f"data={out / 'sft_data'}")
@@ -219,6 +219,7 @@ def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int,
         "total_s": round(time.perf_counter() - t, 1)}
     results["setup"] = {"task": TASK, "seeds": SEEDS, "n_mcts": n_mcts, "n_rl": n_rl, "n_heldout": n_heldout,
                         "grpo_steps": grpo_steps, "captions_per_base_stage": captions, "base_stages": base_stages,
+                        "teacher_describe": describe,
                         "linearize": chain_counts(outputs["sft_data"])}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     gain = results["grpo"]["accuracy"] - results["sft"]["accuracy"]
@@ -239,6 +240,8 @@ if __name__ == "__main__":
     p.add_argument("--rl-prompts", type=int, default=2000)
     p.add_argument("--heldout", type=int, default=400)
     p.add_argument("--grpo-steps", type=int, default=40)
+    p.add_argument("--describe", action="store_true",
+                   help="MCTS teacher steps say what is at their point (teacher.describe; off: the released kind)")
     a = p.parse_args()
     if a.cmd == "base":
         print(build_base(a.captions, a.base_stages))
@@ -247,4 +250,5 @@ if __name__ == "__main__":
             p.error("eval takes MODEL DATA OUT_DIR")
         print(json.dumps(evaluate(Path(a.args[0]), Path(a.args[1]), Path(a.args[2]))))
     else:
-        pipeline(Path(a.out), a.mcts_questions, a.rl_prompts, a.heldout, a.grpo_steps, a.captions, a.base_stages)
+        pipeline(Path(a.out), a.mcts_questions, a.rl_prompts, a.heldout, a.grpo_steps, a.captions, a.base_stages,
+                 a.describe)

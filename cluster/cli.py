@@ -9,6 +9,7 @@
     vigorl to-multiturn IN_DIR OUT_DIR [key=value ...]
     vigorl sft --config configs/sft_local.yaml [--address ADDR] [key=value ...]
     vigorl eval --config configs/eval_local.yaml [--address ADDR] [key=value ...]
+    vigorl scale OUT_DIR --rollout-actors K
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     mt.add_argument("out")
     mt.add_argument("overrides", nargs="*", help="key=value (data_gen.traces.MultiTurnConfig)")
 
+    sc = sub.add_parser("scale", help="add or remove rollout actors of a running `vigorl train` (at its next step)")
+    sc.add_argument("out", help="the run's out dir")
+    sc.add_argument("--rollout-actors", type=int, required=True)
+
     args = p.parse_args(argv)
     if args.cmd == "make-tiny-model":
         from data_gen.tiny_model import make_tiny_model
@@ -74,6 +79,15 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--task must be one of {sorted(GENERATORS)}, got {args.task!r}")
         rows = make_dataset(args.task, args.n, args.seed, args.out)
         print(f"wrote {len(rows)} rows to {args.out}/prompts.parquet")
+    elif args.cmd == "scale":
+        from cluster.pool import request_scale
+
+        try:
+            path = request_scale(args.out, args.rollout_actors)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"vigorl scale: {e}", file=sys.stderr)
+            return 2
+        print(f"[scale] asked for {args.rollout_actors} rollout actor(s) in {path}; the run applies it at its next step")
     elif args.cmd in ("linearize", "to-multiturn"):
         from cluster import config
         from data_gen import traces

@@ -166,6 +166,12 @@ class ClusterConfig:
     learner_gpus: float = 0.0  # GPUs per learner rank
     weight_sync: str = "auto"  # object_store | nccl | auto (nccl when the actors have GPUs)
     sync_timeout_s: float = 600.0  # a weight sync that takes longer is an error (NCCL has no timeout)
+    # faults (vigorl train): a dead rollout actor is replaced and its prompts requeued (README "Failures")
+    rollout_timeout_s: float = 3600.0  # a rollout call not back this long after the driver starts waiting for
+    # it is a hung engine: its actor is killed and replaced (0: wait forever)
+    start_timeout_s: float = 900.0  # a replacement actor whose engine is not up by then failed to start
+    restart_attempts: int = 3  # tries at starting a replacement before the run stops with an error
+    restart_backoff_s: float = 5.0  # wait before try k+1: restart_backoff_s * 2**(k-1)
 
 
 @dataclass

@@ -18,13 +18,13 @@ def run(cfg: DemoConfig) -> dict:
     from actors.engine import make_llm
     from actors.picture import episode_picture
     from actors.rollout import Rollout, assistant_turns, score_response
+    from actors.trajectory import rebuild_images
     from actors.zoom import ZoomSettings, crop_box, resize_for_model
     from cluster.config import official_defaults
     from data_gen.images import load_rgb, resolve_under
     from data_gen.rows import gold_for_model, read_rows
     from data_gen.synthetic import make_dataset
     from data_gen.tiny_model import make_tiny_model
-    from learner.logprobs import rebuild_images
 
     official_defaults(cfg)
     t0 = time.time()

@@ -185,7 +185,7 @@ def run(cfg: EvalConfig) -> dict:
     from cluster.config import official_defaults
     from cluster.gallery import write_gallery
     from cluster.tracking import Tracker, job
-    from cluster.train import init_ray
+    from cluster.raystart import init_ray
 
     official_defaults(cfg)
     k = cfg.rollout.group_size

@@ -1,10 +1,16 @@
 """The episode ledger: every prompt handed out is accounted for — done, in flight, or requeued — so a
-lost actor loses nothing and nothing is trained twice. Pure bookkeeping in the driver."""
+lost actor loses nothing and nothing is trained twice. Pure bookkeeping in the driver.
+
+Each hand-out is an (epoch, prompt id) pair: an epoch is one shuffled pass over the dataset, and a prompt
+requeued after a failure keeps its epoch, so "done exactly once per epoch" can be checked
+(`duplicated` counts the violations; it stays 0 unless the driver completes a ticket twice)."""
 
 from __future__ import annotations
 
 import random
 from collections import deque
+
+Entry = tuple[int, str]  # (epoch, prompt id)
 
 
 class Ledger:
@@ -13,23 +19,25 @@ class Ledger:
             raise ValueError("the dataset has no prompts")
         self._ids = list(prompt_ids)
         self._rng = random.Random(seed)
-        self._queue: deque[str] = deque()
-        self.in_flight: dict[int, list[str]] = {}  # ticket -> prompt ids
+        self._queue: deque[Entry] = deque()
+        self.in_flight: dict[int, list[Entry]] = {}  # ticket -> its (epoch, prompt id) entries
         self.done = 0  # prompts whose episodes reached the learner
         self.requeued = 0  # prompts handed back after a failure
         self.handed_out = 0
+        self.duplicated = 0  # prompts done a second time in the same epoch (a driver bug if ever > 0)
         self.epoch = 0
+        self._done_in: dict[int, set[str]] = {}  # epoch -> prompt ids done in it (one set per epoch)
         self._next_ticket = 0
 
     def _refill(self) -> None:
         order = list(self._ids)
         self._rng.shuffle(order)
-        self._queue.extend(order)
         self.epoch += 1
+        self._queue.extend((self.epoch, p) for p in order)
 
     def take(self, n: int) -> tuple[int, list[str]]:
-        """Hand out n prompts (epochs wrap, reshuffled); returns (ticket, prompt ids)."""
-        out = []
+        """Hand out n prompts (requeued ones first; epochs wrap, reshuffled); returns (ticket, prompt ids)."""
+        out: list[Entry] = []
         while len(out) < n:
             if not self._queue:
                 self._refill()
@@ -38,19 +46,27 @@ class Ledger:
         self._next_ticket += 1
         self.in_flight[ticket] = out
         self.handed_out += n
-        return ticket, out
+        return ticket, [p for _, p in out]
 
     def complete(self, ticket: int) -> None:
-        self.done += len(self.in_flight.pop(ticket))
+        for epoch, p in self.in_flight.pop(ticket):
+            seen = self._done_in.setdefault(epoch, set())
+            self.duplicated += p in seen
+            seen.add(p)
+            self.done += 1
 
     def requeue(self, ticket: int) -> None:
-        """The ticket's rollout was lost: its prompts go to the front of the queue."""
-        ids = self.in_flight.pop(ticket)
-        self._queue.extendleft(reversed(ids))
-        self.requeued += len(ids)
+        """The ticket's rollout was lost: its prompts go to the front of the queue, in their order."""
+        entries = self.in_flight.pop(ticket)
+        self._queue.extendleft(reversed(entries))
+        self.requeued += len(entries)
+
+    def done_in_epoch(self, epoch: int) -> int:
+        return len(self._done_in.get(epoch, ()))
 
     def counts(self) -> dict[str, float]:
         in_flight = sum(len(v) for v in self.in_flight.values())
         assert self.handed_out == self.done + in_flight + self.requeued, "ledger does not balance"
         return {"ledger/handed_out": self.handed_out, "ledger/done": self.done, "ledger/in_flight": in_flight,
-                "ledger/requeued": self.requeued, "ledger/epoch": self.epoch}
+                "ledger/requeued": self.requeued, "ledger/duplicated": self.duplicated, "ledger/epoch": self.epoch,
+                "ledger/epoch_done": self.done_in_epoch(self.epoch)}

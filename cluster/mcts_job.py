@@ -113,7 +113,7 @@ def run(cfg: MCTSJobConfig) -> dict:
 
     from cluster.config import official_defaults
     from cluster.tracking import Tracker, job
-    from cluster.train import init_ray
+    from cluster.raystart import init_ray
     from data_gen.rows import PROMPTS_FILE, read_rows
 
     official_defaults(cfg)

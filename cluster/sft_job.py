@@ -54,7 +54,7 @@ def run(cfg: SFTConfig) -> dict:
 
     from actors.trajectory import to_batch
     from cluster.tracking import Tracker, job
-    from cluster.train import init_ray
+    from cluster.raystart import init_ray
     from learner.actor import LearnerActor
 
     processor = AutoProcessor.from_pretrained(cfg.model.path)

@@ -10,10 +10,8 @@ nothing more is dispatched while the queue is full), so actors generate with wei
 
 from __future__ import annotations
 
-import os
 import time
-from collections import deque
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,40 +20,7 @@ import pyarrow.compute as pc
 
 from cluster.config import TrainConfig
 from cluster.ledger import Ledger
-
-
-@dataclass
-class Chunk:
-    """One dispatched rollout call."""
-
-    ticket: int
-    batch: object  # ObjectRef -> pa.RecordBatch
-    stats: object  # ObjectRef -> dict
-
-
-class RolloutQueue:
-    """Rollout calls in flight or done but not yet trained on, oldest first. `fill` dispatches prompt
-    chunks round-robin only into free slots (backpressure: a full queue stops generation, so memory
-    stays flat); `take` waits for the oldest chunks and marks their prompts done in the ledger."""
-
-    def __init__(self, actors: list, ledger: Ledger, chunk: int, capacity: int):
-        self.actors, self.ledger, self.chunk, self.capacity = actors, ledger, chunk, capacity
-        self.chunks: deque[Chunk] = deque()
-        self.next_actor = 0
-
-    def fill(self) -> None:
-        while len(self.chunks) < self.capacity:
-            ticket, ids = self.ledger.take(self.chunk)
-            batch, stats = self.actors[self.next_actor].rollout_batch.options(num_returns=2).remote(ids)
-            self.chunks.append(Chunk(ticket, batch, stats))
-            self.next_actor = (self.next_actor + 1) % len(self.actors)
-
-    def take(self, ray, n: int) -> tuple[list[Chunk], list[dict]]:
-        taken = [self.chunks.popleft() for _ in range(n)]
-        stats = ray.get([c.stats for c in taken])
-        for c in taken:
-            self.ledger.complete(c.ticket)
-        return taken, stats
+from cluster.pool import DRIVER_FILE, SCALE_FILE, RolloutPool, RolloutQueue, requested_scale
 
 
 def prepare(cfg: TrainConfig) -> None:
@@ -73,23 +38,6 @@ def prepare(cfg: TrainConfig) -> None:
 
         print(f"[train] generating {cfg.make_data} synthetic {cfg.data.task} prompts in {cfg.data.path}")
         make_dataset(cfg.data.task, cfg.make_data, seed=cfg.loop.seed, out=cfg.data.path)
-
-
-def init_ray(address: str, cpus: float):
-    """Connect to `address` (or RAY_ADDRESS), else start a local Ray on 127.0.0.1 with `cpus` CPUs. The
-    vLLM CPU settings of this process travel to every worker."""
-    import ray
-
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind 127.0.0.1
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    env = {k: os.environ[k] for k in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE",
-                                      "VLLM_ENABLE_V1_MULTIPROCESSING", "TOKENIZERS_PARALLELISM") if k in os.environ}
-    if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
-    else:
-        ray.init(num_cpus=max(1, int(np.ceil(cpus))), include_dashboard=False, runtime_env={"env_vars": env},
-                 log_to_driver=True)
-    return ray
 
 
 def rollout_metrics(batches: list[pa.RecordBatch]) -> dict[str, float]:
@@ -135,56 +83,13 @@ def log_lineage(tracker, batches: list[pa.RecordBatch], step: int, cfg: TrainCon
     tracker.mlflow.log_artifact(str(path), artifact_path="lineage")
 
 
-def episode_figure(batch: pa.RecordBatch, tokenizer, data_root: str, k: int = 1):
-    """A picture of the batch's first `k` episodes, stacked: points and crops on each image, turns as text."""
-    from PIL import Image
-
-    from actors.picture import episode_picture
-    from actors.rollout import transcript
-    from actors.trajectory import from_batch
-    from actors.zoom import crop_box
-    from learner.logprobs import rebuild_images
-
-    panels = []
-    for t in from_batch(batch.slice(0, k)):
-        images = rebuild_images(t.images, data_root)
-        boxes = [crop_box(r.point, (r.width, r.height), r.half_size) for r in t.images[1:]]
-        text = transcript(tokenizer, t.token_ids, t.prompt_len)
-        lines = [f"prompt {t.prompt_id}  version {t.weight_version}  reward {t.reward:.2f} "
-                 f"(acc {t.reward_accuracy:.2f}, format {t.reward_format:.2f})  end={t.end}"] + text.split("\n")[:60]
-        panels.append(episode_picture(images[0], t.points, boxes, images[1:], lines))
-    canvas = Image.new("RGB", (max(p.width for p in panels), sum(p.height for p in panels)), (255, 255, 255))
-    y = 0
-    for p in panels:
-        canvas.paste(p, (0, y))
-        y += p.height
-    return canvas
-
-
-def show_first_episode(batch: pa.RecordBatch, tokenizer, cfg: TrainConfig) -> None:
-    """Print the run's first scored episode in full and save its picture and crops under `out`."""
-    from actors.rollout import transcript
-    from actors.trajectory import from_batch
-    from learner.logprobs import rebuild_images
-
-    t = from_batch(batch.slice(0, 1))[0]
-    out = Path(cfg.out) / "first_episode"
-    out.mkdir(parents=True, exist_ok=True)
-    for i, img in enumerate(rebuild_images(t.images, cfg.data.path)[1:]):
-        img.save(out / f"crop_{i + 1}.png")
-    episode_figure(batch, tokenizer, cfg.data.path).save(out / "episode.png")
-    text = transcript(tokenizer, t.token_ids, t.prompt_len)
-    print(f"\n=== first episode: prompt {t.prompt_id}, weight version {t.weight_version} ===\n{text}\n"
-          f"--- zoom points {t.points}; reward {t.reward:.3f} (accuracy {t.reward_accuracy:.2f}, format "
-          f"{t.reward_format:.2f}, diversity {t.reward_diversity:.2f}); end={t.end}; advantage {t.advantage:+.3f}\n"
-          f"--- picture and crops in {out}/\n", flush=True)
-
-
 def run(cfg: TrainConfig) -> dict:
     from transformers import AutoTokenizer
 
-    from actors.actor import RolloutActor, nccl_sync
+    from actors.actor import nccl_sync
+    from actors.picture import episode_figure, show_first_episode
     from cluster.config import official_defaults
+    from cluster.raystart import init_ray
     from cluster.tracking import Tracker, job
     from data_gen.rows import read_rows
 
@@ -201,39 +106,42 @@ def run(cfg: TrainConfig) -> dict:
     tracker = Tracker(cfg)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     n_actors, per_step = cfg.cluster.rollout_actors, cfg.loop.prompts_per_step
-    actors = [ray.remote(RolloutActor).options(num_cpus=cfg.cluster.rollout_cpus, num_gpus=cfg.cluster.rollout_gpus)
-              .remote(cfg, i) for i in range(n_actors)]
+    pool = RolloutPool(ray, cfg, n_actors)
     learners = make_learner(ray, cfg)
     nccl = nccl_sync(cfg)
     if nccl:  # one NCCL group: learner rank 0 + every vLLM worker
         world = 1 + n_actors * cfg.cluster.tensor_parallel_size
         address, port = ray.get(learners[0].nccl_open.remote(world))
-        ray.get([a.nccl_join.remote(address, port, world) for a in actors], timeout=cfg.cluster.sync_timeout_s)
+        ray.get([a.nccl_join.remote(address, port, world) for a in pool.slots], timeout=cfg.cluster.sync_timeout_s)
     # split a step's prompts over the actors: chunks of ceil(per_step / n_actors)
     chunk = -(-per_step // n_actors)
     chunks_per_step = -(-per_step // chunk)
-    queue = RolloutQueue(actors, ledger, chunk,
+    queue = RolloutQueue(pool, ledger, chunk,
                          chunks_per_step * (1 if cfg.loop.mode == "sync" else max(1, cfg.loop.max_queue)))
     t_start, learner_busy, summary = time.perf_counter(), 0.0, {}
     print(f"[train] {cfg.loop.steps} steps, {per_step} prompts x {cfg.rollout.group_size} episodes, "
           f"{n_actors} rollout actor(s), mode={cfg.loop.mode}; MLflow run {tracker.run_id}")
-    with job(tracker, ray):
+    with job(tracker, ray), driver_file(cfg.out, tracker.run_id):
         for step in range(1, cfg.loop.steps + 1):
             t0 = time.perf_counter()
+            if (want := requested_scale(cfg.out)) and want != len(pool):  # `vigorl scale OUT --rollout-actors K`
+                queue.resize(want)
             queue.fill()
-            taken, stats = queue.take(ray, chunks_per_step)
+            taken, stats = queue.take(chunks_per_step)
             t1 = time.perf_counter()
             m = ray.get([r.train_step.remote([c.batch for c in taken], cfg.loop.max_staleness,
                                              cfg.loop.staleness_mode, cfg.loop.tis_cap) for r in learners])[0]
-            loads = publish(ray, learners, actors, nccl, cfg.learner.zero_stage)
+            loads, sends = publish(ray, learners, pool, nccl, cfg.learner.zero_stage)
             t2 = time.perf_counter()
             if cfg.loop.mode == "sync" or nccl:  # async: the loads queue behind the actors' running rollouts
-                m["weight_sync_actor_s"] = max(ray.get(loads, timeout=cfg.cluster.sync_timeout_s))
+                waited = pool.load_all(loads) + ray.get(sends, timeout=cfg.cluster.sync_timeout_s)
+                m["weight_sync_actor_s"] = max(waited, default=0.0)
             t3 = time.perf_counter()
             learner_busy += t2 - t1
             batches = ray.get([c.batch for c in taken])
             gen_s = sum(s["generate_s"] for s in stats)
             m |= rollout_metrics(batches) | ledger.counts() | {
+                "faults/actor_restarts": pool.restarts, "cluster/rollout_actors": len(pool),
                 "time/step_s": t3 - t0, "time/wait_rollouts_s": t1 - t0, "time/learner_s": t2 - t1,
                 "time/weight_sync_s": t3 - t2, "time/generate_s": gen_s,
                 "learner_idle_frac": 1.0 - learner_busy / (t3 - t_start),
@@ -243,7 +151,7 @@ def run(cfg: TrainConfig) -> dict:
             tracker.metrics(m, step)
             log_lineage(tracker, batches, step, cfg)
             if step == 1:
-                show_first_episode(batches[0], tokenizer, cfg)
+                show_first_episode(batches[0], tokenizer, cfg.data.path, Path(cfg.out) / "first_episode")
             if cfg.tracking.picture_every and (step == 1 or step % cfg.tracking.picture_every == 0):
                 figure = episode_figure(batches[0], tokenizer, cfg.data.path, k=3)
                 tracker.image(figure, f"episodes/step_{step:05d}.png")
@@ -258,6 +166,23 @@ def run(cfg: TrainConfig) -> dict:
             save_checkpoint(ray, learners, tracker, cfg, cfg.loop.steps)
     print(f"[train] done. MLflow run {tracker.run_id} in {tracker.uri}\n[train] open the UI: {tracker.ui_command()}")
     return {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "last": summary}
+
+
+@contextmanager
+def driver_file(out: str, run_id: str):
+    """out/driver.json while the run goes on: how `vigorl scale` knows a run is there. A scale request left
+    by an earlier run in the same dir is dropped: a run starts with cluster.rollout_actors."""
+    import json
+    import os
+    import socket
+
+    out = Path(out)
+    (out / SCALE_FILE).unlink(missing_ok=True)
+    (out / DRIVER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id}))
+    try:
+        yield
+    finally:
+        (out / DRIVER_FILE).unlink(missing_ok=True)
 
 
 def make_learner(ray, cfg: TrainConfig) -> list:
@@ -275,21 +200,21 @@ def make_learner(ray, cfg: TrainConfig) -> list:
     return ranks
 
 
-def publish(ray, learners: list, actors, nccl: bool, zero_stage: int) -> list:
-    """Fan the learner's new version out to every actor; returns the refs of the load calls.
-    Object store: one put by rank 0, a zero-copy get per actor, queued after running rollouts.
-    NCCL: rank 0 stages a gathered copy, then broadcasts while every engine receives.
-    Under ZeRO-3 the other ranks take part in the gather."""
+def publish(ray, learners: list, pool: RolloutPool, nccl: bool, zero_stage: int) -> tuple[list, list]:
+    """Fan the learner's new version out to every rollout actor; returns the refs of the load calls (one per
+    slot) and of the learner's side of the transfer (NCCL's send, else none). Object store: one put by rank 0 (kept as `pool.weights` for replacement actors), a zero-copy get
+    per actor, queued after running rollouts. NCCL: rank 0 stages a gathered copy, then broadcasts while
+    every engine receives. Under ZeRO-3 the other ranks take part in the gather."""
     learner = learners[0]
     gathers = [r.gather_only.remote() for r in learners[1:]] if zero_stage == 3 else []
     if nccl:
         version, meta = ray.get(learner.nccl_meta.remote())
         ray.get(gathers)
-        loads = [a.nccl_receive.remote(version, meta) for a in actors]
-        return loads + [learner.nccl_send.remote()]
-    version, packed = learner.publish.options(num_returns=2).remote()
+        loads = [a.nccl_receive.remote(version, meta) for a in pool.slots]
+        return loads, [learner.nccl_send.remote()]
+    pool.weights = tuple(learner.publish.options(num_returns=2).remote())
     ray.get(gathers)
-    return [a.load_weights.remote(version, packed) for a in actors]
+    return [a.load_weights.remote(*pool.weights) for a in pool.slots], []
 
 
 def save_checkpoint(ray, learners: list, tracker, cfg: TrainConfig, step: int) -> None:

@@ -1,5 +1,5 @@
-"""Training-side log-probabilities of trajectories: rebuild the episode's images from their references,
-run the policy on the exact token ids the actor generated, read off per-token log-probs.
+"""Training-side log-probabilities of trajectories: with the episode's images rebuilt from their references
+(`actors.trajectory.rebuild_images`), run the policy on the exact token ids the actor generated, read off per-token log-probs.
 
 Shapes: a micro-batch of B trajectories is right-padded to [B, T] (T = the longest); logprobs [B, T],
 position 0 is 0.0 (no prediction for the first token), padding positions are 0.0.
@@ -7,29 +7,10 @@ position 0 is 0.0 (no prediction for the first token), padding positions are 0.0
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from PIL import Image
 
-from actors.trajectory import ImageRef, Trajectory
-from actors.zoom import crop
-from data_gen.images import load_rgb, resolve_under
-
-
-def rebuild_images(refs: list[ImageRef], root: str | Path) -> list[Image.Image]:
-    """The images the model saw, in order: the full image (resized as the actor did), then its crops."""
-    out, full_cache = [], {}
-    for ref in refs:
-        key = (ref.source, ref.width, ref.height)
-        if key not in full_cache:
-            img = load_rgb(resolve_under(root, ref.source))
-            if img.size != (ref.width, ref.height):
-                img = img.resize((ref.width, ref.height), Image.Resampling.BICUBIC)
-            full_cache[key] = img
-        full = full_cache[key]
-        out.append(full if ref.point is None else crop(full, ref.point, ref.half_size, ref.out_size, ref.dot))
-    return out
+from actors.trajectory import Trajectory
 
 
 def model_inputs(traj: Trajectory, images: list[Image.Image], image_processor) -> dict[str, torch.Tensor]:

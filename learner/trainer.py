@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from actors.trajectory import Trajectory
+from actors.trajectory import Trajectory, rebuild_images
 from cluster.config import LearnerConfig
 from learner.grpo import kl_k3, masked_mean, policy_loss, truncated_is_weights
-from learner.logprobs import batch_inputs, pad_rows, rebuild_images, token_logprobs
+from learner.logprobs import batch_inputs, pad_rows, token_logprobs
 
 
 def free_port() -> int:

@@ -1,7 +1,17 @@
 """Shared builders for tests that need a live vLLM engine with the tiny model."""
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
 
 
 @dataclass
@@ -37,11 +47,6 @@ def build_stack(tmp_path_factory, name: str, n_prompts: int = 2) -> Stack:
 def chromium_dom(page: Path, fragment: str = "") -> str:
     """The DOM of a local page after its scripts ran, from headless Chromium (Debian's `chromium`; `.ci/run`
     installs it). Skips the calling test, saying why, where there is none."""
-    import shutil
-    import subprocess
-
-    import pytest
-
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         pytest.skip("headless Chromium not installed (apt-get install chromium; .ci/run does)")
@@ -54,9 +59,6 @@ def chromium_dom(page: Path, fragment: str = "") -> str:
 
 def vigorl(*args, check: bool = True, timeout: int = 600):
     """`python -m cluster.cli ARGS` from the repo root, as a user runs it; asserts success unless told not."""
-    import subprocess
-    import sys
-
     root = Path(__file__).resolve().parent.parent
     p = subprocess.run([sys.executable, "-m", "cluster.cli", *map(str, args)], cwd=root, capture_output=True,
                        text=True, timeout=timeout)
@@ -69,3 +71,48 @@ def jsonl(path: Path) -> list:
     import json
 
     return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayHead:
+    env: dict  # the environment the cluster's commands run with
+    gcs: str  # 127.0.0.1:PORT, for `--address` / cluster.address
+    dashboard: str  # http://127.0.0.1:PORT, for `ray job submit` and the state API
+
+
+@pytest.fixture
+def ray_head():
+    """A `ray start --head` on 127.0.0.1 with 3 logical CPUs (2 rollout actors + 1 learner at most), stopped after."""
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               RAY_USAGE_STATS_ENABLED="0")
+    gcs, dash = free_port(), free_port()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's unix socket paths must fit 107 chars
+    p = subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=3",
+                        f"--temp-dir={temp}"], env=env, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    try:
+        yield RayHead(env, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}")
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def runs(out):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("vigorl-demo")
+    return client, client.search_runs([exp.experiment_id])
+
+
+def lineage_of(client, run, step: int):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(client.download_artifacts(run.info.run_id, f"lineage/step_{step:05d}.parquet"))

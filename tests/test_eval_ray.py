@@ -92,14 +92,14 @@ def test_screenspot_points_in_original_pixels(tmp_path, stack):
 
 
 def test_bad_input_named_before_any_actor_starts(tmp_path, stack, monkeypatch):
-    import cluster.train
+    import cluster.raystart
     from cluster.cli import main
 
     def no_ray(*a, **k):
         raise AssertionError("Ray was started before the bad input was named")
 
     root, _ = stack
-    monkeypatch.setattr(cluster.train, "init_ray", no_ray)  # in-process: the CLI as a user runs it, minus imports
+    monkeypatch.setattr(cluster.raystart, "init_ray", no_ray)  # in-process: the CLI as a user runs it, minus imports
     args = ["eval", "--config", str(ROOT / "configs" / "eval_local.yaml"), f"out={tmp_path}"]
     with pytest.raises(FileNotFoundError, match=f"data.path: {tmp_path / 'nope'} does not exist"):
         main(args + [f"model.path={root / 'model'}", f"data.path={tmp_path / 'nope'}"])

@@ -70,7 +70,8 @@ def test_truncated_episodes_are_masked_whole(setup):
 def test_learner_logprobs_match_vllm_behaviour_logprobs(setup):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from learner.logprobs import model_inputs, rebuild_images, token_logprobs
+    from actors.trajectory import rebuild_images
+    from learner.logprobs import model_inputs, token_logprobs
 
     root, model_dir, proc = setup.root, setup.model_dir, setup.processor
     # unconstrained sampling: guided decoding would make the behaviour policy the grammar-masked one
@@ -129,7 +130,8 @@ def test_vstar_budget_cut_keeps_images_and_tokens_consistent(setup):
     the tokens hold (it raised "Image features and image tokens do not match" before)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from learner.logprobs import model_inputs, rebuild_images, token_logprobs
+    from actors.trajectory import rebuild_images
+    from learner.logprobs import model_inputs, token_logprobs
 
     _, trajs = vstar_play(setup)
     tok = setup.processor.tokenizer

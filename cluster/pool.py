@@ -1,0 +1,218 @@
+"""The rollout actors of a training run and the rollout calls in flight, with what happens when an actor
+fails: its calls' prompts go back to the ledger, a new actor takes its slot, loads the current weights
+before it is handed work, and the run goes on.
+
+Why a new actor rather than Ray's `max_restarts`: a restarted actor re-runs its constructor with the
+weights it was created with (version 0) and Ray would replay or fail its queued calls on its own terms;
+the driver would still have to notice, reload the current version and requeue. Starting the replacement
+itself keeps one path for all of it — including a bounded number of tries with backoff when the
+replacement cannot start (no memory, no node) — and each new actor gets a fresh index (own sampling seed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.config import TrainConfig
+from cluster.ledger import Ledger
+
+
+def faults(ray) -> tuple[type, ...]:
+    """Ray's errors that mean "this actor (or its node) is gone or hung" — not a bug in the actor's code, which
+    arrives as RayTaskError and stops the run."""
+    e = ray.exceptions
+    return e.RayActorError, e.GetTimeoutError, e.OutOfMemoryError, e.ObjectLostError
+
+
+class RolloutPool:
+    """`slots[i]`: the actor now serving slot i. `weights`: the refs (version, packed state dict) of the last
+    object-store publish, which a replacement loads before its first rollout (None: the model's own weights,
+    version 0, which the constructor loads)."""
+
+    def __init__(self, ray, cfg: TrainConfig, n: int):
+        from actors.actor import RolloutActor
+
+        self.ray, self.cfg = ray, cfg
+        c = cfg.cluster
+        self._cls = ray.remote(RolloutActor).options(num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus)
+        self.slots = [self._cls.remote(cfg, i) for i in range(n)]
+        self.next_index = n
+        self.weights: tuple | None = None
+        self.restarts = 0
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def _started(self, slot: int) -> None:
+        """Start a new actor for `slot` (appending a slot when slot == len) at the current weight version;
+        after `cluster.restart_attempts` failed starts, raise an error naming the slot."""
+        ray, c = self.ray, self.cfg.cluster
+        for attempt in range(1, c.restart_attempts + 1):
+            index, self.next_index = self.next_index, self.next_index + 1
+            actor = self._cls.remote(self.cfg, index)
+            try:
+                ray.get(actor.get_version.remote(), timeout=c.start_timeout_s)  # the engine is up
+                if self.weights is not None:
+                    ray.get(actor.load_weights.remote(*self.weights), timeout=c.sync_timeout_s)
+                version = ray.get(actor.get_version.remote())
+            except faults(ray) as e:
+                ray.kill(actor, no_restart=True)
+                if attempt == c.restart_attempts:
+                    raise RuntimeError(f"rollout slot {slot}: no new actor started in {attempt} tries "
+                                       f"(cluster.restart_attempts); last error: {e}") from e
+                wait = c.restart_backoff_s * 2 ** (attempt - 1)
+                print(f"[train] fault: a new actor for slot {slot} did not start (try {attempt}/"
+                      f"{c.restart_attempts}: {type(e).__name__}); again in {wait:.0f}s", flush=True)
+                time.sleep(wait)
+                continue
+            if slot == len(self.slots):
+                self.slots.append(actor)
+            else:
+                self.slots[slot] = actor
+            print(f"[train] slot {slot} has a new rollout actor (#{index}) at weight version {version}", flush=True)
+            return
+
+    def _refuse_nccl(self, what: str) -> None:
+        from actors.actor import nccl_sync
+
+        if nccl_sync(self.cfg):
+            raise RuntimeError(f"{what}: adding an actor to an NCCL weight-sync group is not supported yet "
+                               f"(cluster.weight_sync=object_store is)")
+
+    def replace(self, slot: int, why: str) -> None:
+        """Kill slot's actor (if it still runs) and start a new one at the current weight version."""
+        self._refuse_nccl(f"rollout actor in slot {slot} failed ({why})")
+        self.ray.kill(self.slots[slot], no_restart=True)
+        print(f"[train] fault: rollout actor in slot {slot} {why}; its prompts are requeued, starting a "
+              f"replacement", flush=True)
+        self._started(slot)
+        self.restarts += 1
+
+    def grow(self) -> None:
+        self._refuse_nccl(f"scaling to {len(self.slots) + 1} rollout actors")
+        self._started(len(self.slots))
+
+    def shrink(self) -> None:
+        self.ray.kill(self.slots.pop(), no_restart=True)
+
+    def load_all(self, loads: list) -> list[float]:
+        """Wait for one load call per slot (seconds each); a slot whose actor died meanwhile is replaced (the
+        replacement loads the same weights)."""
+        seconds = []
+        for slot, ref in enumerate(loads):
+            try:
+                seconds.append(self.ray.get(ref, timeout=self.cfg.cluster.sync_timeout_s))
+            except faults(self.ray) as e:
+                self.replace(slot, f"died during a weight load ({type(e).__name__})")
+        return seconds
+
+
+@dataclass
+class Chunk:
+    """One dispatched rollout call."""
+
+    ticket: int
+    slot: int
+    batch: object  # ObjectRef -> pa.RecordBatch
+    stats: object  # ObjectRef -> dict
+
+
+class RolloutQueue:
+    """Rollout calls in flight or done but not yet trained on, oldest first. `fill` dispatches prompt
+    chunks round-robin only into free slots (backpressure: a full queue stops generation, so memory
+    stays flat); `take` waits for the oldest chunks and marks their prompts done in the ledger. A call
+    whose actor died, or that is not back `cluster.rollout_timeout_s` after `take` starts waiting for it
+    (every earlier call on that actor is back by then, so the call itself has run at least that long),
+    costs the actor: all its calls in the queue are requeued in the ledger and the slot gets a new actor."""
+
+    def __init__(self, pool: RolloutPool, ledger: Ledger, chunk: int, capacity: int):
+        self.pool, self.ledger, self.chunk, self.capacity = pool, ledger, chunk, capacity
+        self.chunks: deque[Chunk] = deque()
+        self.next_slot = 0
+
+    def fill(self) -> None:
+        while len(self.chunks) < self.capacity:
+            ticket, ids = self.ledger.take(self.chunk)
+            slot = self.next_slot % len(self.pool)
+            batch, stats = self.pool.slots[slot].rollout_batch.options(num_returns=2).remote(ids)
+            self.chunks.append(Chunk(ticket, slot, batch, stats))
+            self.next_slot = slot + 1
+
+    def take(self, n: int) -> tuple[list[Chunk], list[dict]]:
+        ray = self.pool.ray
+        timeout = self.pool.cfg.cluster.rollout_timeout_s or None
+        taken, stats = [], []
+        while len(taken) < n:
+            c = self.chunks[0]
+            try:
+                s = ray.get(c.stats, timeout=timeout)
+            except faults(ray) as e:
+                self.lose(c.slot, "hung (no result in cluster.rollout_timeout_s)"
+                          if isinstance(e, ray.exceptions.GetTimeoutError) else f"died ({type(e).__name__})")
+                continue
+            self.chunks.popleft()
+            self.ledger.complete(c.ticket)
+            taken.append(c)
+            stats.append(s)
+        return taken, stats
+
+    def resize(self, k: int) -> None:
+        """Scale to k rollout actors at a step boundary: new ones start at the current weights; removed ones
+        (the last slots) hand their calls back to the ledger and exit."""
+        if k < 1:
+            raise ValueError(f"rollout actors: need at least 1, got {k}")
+        before = len(self.pool)
+        while len(self.pool) < k:
+            self.pool.grow()
+        while len(self.pool) > k:
+            self._hand_back(len(self.pool) - 1)
+            self.pool.shrink()
+        self.next_slot %= k
+        print(f"[train] rollout actors: {before} -> {k}", flush=True)
+
+    def _hand_back(self, slot: int) -> None:
+        """Requeue every call of `slot` (latest first, so the prompts keep their order at the queue's front)."""
+        lost = [c for c in self.chunks if c.slot == slot]
+        for c in reversed(lost):
+            self.ledger.requeue(c.ticket)
+        self.chunks = deque(c for c in self.chunks if c.slot != slot)
+
+    def lose(self, slot: int, why: str) -> None:
+        """Requeue every call of `slot`'s actor, replace the actor, and dispatch again."""
+        self._hand_back(slot)
+        self.pool.replace(slot, why)
+        self.fill()
+
+
+# ---- `vigorl scale`: a request file in the run's directory, applied by the driver at a step boundary ----
+
+SCALE_FILE = "control/rollout_actors.json"
+DRIVER_FILE = "driver.json"  # written by a running `vigorl train` (pid, MLflow run id); removed when it ends
+
+
+def request_scale(out: str | Path, k: int) -> Path:
+    """Ask the run writing to `out` for k rollout actors (atomic write; the newest request wins)."""
+    out = Path(out)
+    if k < 1:
+        raise ValueError(f"--rollout-actors must be >= 1, got {k}")
+    if not (out / DRIVER_FILE).is_file():
+        raise FileNotFoundError(f"{out}: no `vigorl train` run in progress there (no {DRIVER_FILE})")
+    path = out / SCALE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"rollout_actors": k, "requested_at": time.time()}))
+    os.replace(tmp, path)
+    return path
+
+
+def requested_scale(out: str | Path) -> int | None:
+    """The rollout-actor count last asked for with `vigorl scale`, if any."""
+    path = Path(out) / SCALE_FILE
+    if not path.is_file():
+        return None
+    return int(json.loads(path.read_text())["rollout_actors"])
