@@ -37,9 +37,14 @@ def read_system_prompt(path: str) -> str | None:
 class RolloutActor:
     """`cfg`'s model, sampling, zoom, data, rollout and cluster parts configure it (a training or an
     evaluation recipe); `rows` (default: data.path's prompts.parquet) are the items it may be handed, their
-    images resolved under data.path."""
+    images resolved under data.path; `log_file` (default: the console) takes the actor's and its engine's
+    output."""
 
-    def __init__(self, cfg: TrainConfig | EvalConfig, index: int = 0, rows: list | None = None):
+    def __init__(self, cfg: TrainConfig | EvalConfig, index: int = 0, rows: list | None = None,
+                 log_file: str = ""):
+        from cluster.raystart import redirect_output
+
+        redirect_output(log_file)  # first: the engine's start-up output follows it
         from transformers import AutoProcessor
 
         from actors.engine import make_llm

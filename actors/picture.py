@@ -72,8 +72,8 @@ def episode_figure(batch, tokenizer, data_root: str, k: int = 1) -> Image.Image:
     return canvas
 
 
-def show_first_episode(batch, tokenizer, data_root: str, out: Path) -> None:
-    """Print the batch's first episode in full and save its picture and crops in `out`."""
+def show_first_episode(batch, tokenizer, data_root: str, out: Path) -> str:
+    """Save the batch's first episode's picture and crops in `out`; returns the episode in full, as text."""
     from actors.rollout import transcript
     from actors.trajectory import from_batch, rebuild_images
 
@@ -83,7 +83,7 @@ def show_first_episode(batch, tokenizer, data_root: str, out: Path) -> None:
         img.save(out / f"crop_{i + 1}.png")
     episode_figure(batch, tokenizer, data_root).save(out / "episode.png")
     text = transcript(tokenizer, t.token_ids, t.prompt_len)
-    print(f"\n=== first episode: prompt {t.prompt_id}, weight version {t.weight_version} ===\n{text}\n"
-          f"--- zoom points {t.points}; reward {t.reward:.3f} (accuracy {t.reward_accuracy:.2f}, format "
-          f"{t.reward_format:.2f}, diversity {t.reward_diversity:.2f}); end={t.end}; advantage {t.advantage:+.3f}\n"
-          f"--- picture and crops in {out}/\n", flush=True)
+    return (f"\n=== first episode: prompt {t.prompt_id}, weight version {t.weight_version} ===\n{text}\n"
+            f"--- zoom points {t.points}; reward {t.reward:.3f} (accuracy {t.reward_accuracy:.2f}, format "
+            f"{t.reward_format:.2f}, diversity {t.reward_diversity:.2f}); end={t.end}; advantage {t.advantage:+.3f}\n"
+            f"--- picture and crops in {out}/\n")

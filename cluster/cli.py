@@ -3,12 +3,12 @@
     vigorl make-tiny-model OUT [--vocab small|qwen] [--size tiny|small] [--seed N]
     vigorl make-data --task T --n N --seed S OUT
     vigorl demo [--config configs/demo.yaml] [key=value ...]
-    vigorl train --config configs/local_cpu.yaml [--address ADDR] [key=value ...]
+    vigorl train --config configs/local_cpu.yaml [--address ADDR] [--verbose] [key=value ...]
     vigorl mcts --config configs/mcts_local.yaml [--address ADDR] [key=value ...]
     vigorl linearize TREES.jsonl OUT_DIR [key=value ...]
     vigorl to-multiturn IN_DIR OUT_DIR [key=value ...]
     vigorl sft --config configs/sft_local.yaml [--address ADDR] [key=value ...]
-    vigorl eval --config configs/eval_local.yaml [--address ADDR] [key=value ...]
+    vigorl eval --config configs/eval_local.yaml [--address ADDR] [--verbose] [key=value ...]
     vigorl scale OUT_DIR --rollout-actors K
 """
 
@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                        help=f"YAML recipe (cluster.config.{schema}); repeat to layer, e.g. a configs/layouts/ file")
         j.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
         j.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
+        if name in ("train", "eval"):
+            j.add_argument("--verbose", action="store_true",
+                           help="actor and engine output on the console too (default: only in OUT/logs/)")
 
     lin = sub.add_parser("linearize", help="MCTS trees -> single-turn SFT chains (train.jsonl, val.jsonl)")
     lin.add_argument("trees")
@@ -110,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                   "sft": config.SFTConfig, "eval": config.EvalConfig}[args.cmd]
         key = "cluster.address" if args.cmd == "train" else "address"
         overrides = list(args.overrides) + ([f"{key}={args.address}"] if getattr(args, "address", None) else [])
+        overrides += ["verbose=true"] if getattr(args, "verbose", False) else []
         try:
             cfg = config.official_defaults(config.load(schema, args.config, overrides))
         except (config.ConfigError, ValueError) as e:

@@ -211,6 +211,7 @@ class TrainConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow
     make_tiny: str = ""  # build a tiny random model at model.path if missing: "" (no) | small | qwen
     make_data: int = 0  # generate this many synthetic data.task prompts at data.path if missing
+    verbose: bool = False  # actor and engine output on the console too (default: out/logs/<actor>.log only)
 
 
 @dataclass
@@ -341,6 +342,7 @@ class EvalConfig:
     on_bad_item: str = "skip"  # a row with a missing/corrupt image or bad gold: skip (counted by reason) | raise
     gallery: int = 24  # items drawn into out/gallery/index.html (failures first; 0: no gallery)
     crash_after: int = 0  # fault injection for tests: hard-exit after writing this many batches (0: never)
+    verbose: bool = False  # rollout actors' and engines' output on the console too (default: out/logs/ only)
     tracking: TrackingConfig = field(default_factory=_eval_tracking)  # MLflow
 
 

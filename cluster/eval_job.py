@@ -185,7 +185,7 @@ def run(cfg: EvalConfig) -> dict:
     from cluster.config import official_defaults
     from cluster.gallery import write_gallery
     from cluster.tracking import Tracker, job
-    from cluster.raystart import init_ray
+    from cluster.raystart import init_ray, log_file
 
     official_defaults(cfg)
     k = cfg.rollout.group_size
@@ -205,12 +205,12 @@ def run(cfg: EvalConfig) -> dict:
     tok = AutoTokenizer.from_pretrained(cfg.model.path)
     by_id = {r.prompt_id: r for r in rows}
     c = cfg.cluster
-    ray = init_ray(cfg.address, c.rollout_actors * c.rollout_cpus)
+    ray = init_ray(cfg.address, c.rollout_actors * c.rollout_cpus, cfg.verbose)
     tracker = Tracker(cfg)
     with job(tracker, ray):
         n_actors = max(1, min(c.rollout_actors, math.ceil(len(todo) / max(1, cfg.batch)))) if todo else 0
         actors = [ray.remote(RolloutActor).options(num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus).remote(
-            cfg, i, todo) for i in range(n_actors)]
+            cfg, i, todo, log_file(cfg.out, f"rollout-{i}", cfg.verbose)) for i in range(n_actors)]
         queue = [[r.prompt_id for r in todo[i:i + cfg.batch]] for i in range(0, len(todo), cfg.batch)]
         in_flight: dict = {}
         batches = 0

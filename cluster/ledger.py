@@ -61,6 +61,25 @@ class Ledger:
         self._queue.extendleft(reversed(entries))
         self.requeued += len(entries)
 
+    def state_dict(self) -> dict:
+        """Everything needed to go on exactly where this ledger is (JSON-safe). Prompts in flight count as
+        requeued: a resumed run generates them again, at the front of the queue, in their epoch."""
+        queue = [e for t in sorted(self.in_flight, reverse=True) for e in reversed(self.in_flight[t])][::-1]
+        return {"ids": self._ids, "rng": _rng_state(self._rng), "queue": [list(e) for e in queue + list(self._queue)],
+                "done": self.done, "requeued": self.requeued + len(queue), "handed_out": self.handed_out,
+                "duplicated": self.duplicated, "epoch": self.epoch, "next_ticket": self._next_ticket,
+                "done_in": {str(k): sorted(v) for k, v in self._done_in.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Ledger":
+        led = cls(state["ids"])
+        led._rng.setstate(_rng_from(state["rng"]))
+        led._queue = deque((int(e), str(p)) for e, p in state["queue"])
+        led.done, led.requeued, led.handed_out = state["done"], state["requeued"], state["handed_out"]
+        led.duplicated, led.epoch, led._next_ticket = state["duplicated"], state["epoch"], state["next_ticket"]
+        led._done_in = {int(k): set(v) for k, v in state["done_in"].items()}
+        return led
+
     def done_in_epoch(self, epoch: int) -> int:
         return len(self._done_in.get(epoch, ()))
 
@@ -70,3 +89,13 @@ class Ledger:
         return {"ledger/handed_out": self.handed_out, "ledger/done": self.done, "ledger/in_flight": in_flight,
                 "ledger/requeued": self.requeued, "ledger/duplicated": self.duplicated, "ledger/epoch": self.epoch,
                 "ledger/epoch_done": self.done_in_epoch(self.epoch)}
+
+
+def _rng_state(rng: random.Random) -> list:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _rng_from(state: list) -> tuple:
+    version, internal, gauss = state
+    return version, tuple(internal), gauss

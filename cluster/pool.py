@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cluster.config import TrainConfig
 from cluster.ledger import Ledger
+from cluster.raystart import say
 
 
 def faults(ray) -> tuple[type, ...]:
@@ -40,7 +41,7 @@ class RolloutPool:
         self.ray, self.cfg = ray, cfg
         c = cfg.cluster
         self._cls = ray.remote(RolloutActor).options(num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus)
-        self.slots = [self._cls.remote(cfg, i) for i in range(n)]
+        self.slots = [self._new(i) for i in range(n)]
         self.next_index = n
         self.weights: tuple | None = None
         self.restarts = 0
@@ -48,13 +49,18 @@ class RolloutPool:
     def __len__(self) -> int:
         return len(self.slots)
 
+    def _new(self, index: int):
+        from cluster.raystart import log_file
+
+        return self._cls.remote(self.cfg, index, log_file=log_file(self.cfg.out, f"rollout-{index}", self.cfg.verbose))
+
     def _started(self, slot: int) -> None:
         """Start a new actor for `slot` (appending a slot when slot == len) at the current weight version;
         after `cluster.restart_attempts` failed starts, raise an error naming the slot."""
         ray, c = self.ray, self.cfg.cluster
         for attempt in range(1, c.restart_attempts + 1):
             index, self.next_index = self.next_index, self.next_index + 1
-            actor = self._cls.remote(self.cfg, index)
+            actor = self._new(index)
             try:
                 ray.get(actor.get_version.remote(), timeout=c.start_timeout_s)  # the engine is up
                 if self.weights is not None:
@@ -66,15 +72,15 @@ class RolloutPool:
                     raise RuntimeError(f"rollout slot {slot}: no new actor started in {attempt} tries "
                                        f"(cluster.restart_attempts); last error: {e}") from e
                 wait = c.restart_backoff_s * 2 ** (attempt - 1)
-                print(f"[train] fault: a new actor for slot {slot} did not start (try {attempt}/"
-                      f"{c.restart_attempts}: {type(e).__name__}); again in {wait:.0f}s", flush=True)
+                say(f"[train] fault: a new actor for slot {slot} did not start (try {attempt}/"
+                    f"{c.restart_attempts}: {type(e).__name__}); again in {wait:.0f}s")
                 time.sleep(wait)
                 continue
             if slot == len(self.slots):
                 self.slots.append(actor)
             else:
                 self.slots[slot] = actor
-            print(f"[train] slot {slot} has a new rollout actor (#{index}) at weight version {version}", flush=True)
+            say(f"[train] slot {slot} has a new rollout actor (#{index}) at weight version {version}")
             return
 
     def _refuse_nccl(self, what: str) -> None:
@@ -88,8 +94,8 @@ class RolloutPool:
         """Kill slot's actor (if it still runs) and start a new one at the current weight version."""
         self._refuse_nccl(f"rollout actor in slot {slot} failed ({why})")
         self.ray.kill(self.slots[slot], no_restart=True)
-        print(f"[train] fault: rollout actor in slot {slot} {why}; its prompts are requeued, starting a "
-              f"replacement", flush=True)
+        say(f"[train] fault: rollout actor in slot {slot} {why}; its prompts are requeued, starting a "
+            f"replacement")
         self._started(slot)
         self.restarts += 1
 
@@ -173,7 +179,7 @@ class RolloutQueue:
             self._hand_back(len(self.pool) - 1)
             self.pool.shrink()
         self.next_slot %= k
-        print(f"[train] rollout actors: {before} -> {k}", flush=True)
+        say(f"[train] rollout actors: {before} -> {k}")
 
     def _hand_back(self, slot: int) -> None:
         """Requeue every call of `slot` (latest first, so the prompts keep their order at the queue's front)."""

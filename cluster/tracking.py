@@ -12,7 +12,12 @@ from cluster.config import TrainConfig, to_flat_dict
 
 class Tracker:
     def __init__(self, cfg: TrainConfig):
+        import logging
+
         import mlflow
+
+        for name in ("mlflow", "alembic"):  # their INFO lines ("Creating initial MLflow database tables...") are noise
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         out = Path(cfg.out).resolve()
         out.mkdir(parents=True, exist_ok=True)

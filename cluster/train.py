@@ -10,6 +10,7 @@ nothing more is dispatched while the queue is full), so actors generate with wei
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ import pyarrow.compute as pc
 from cluster.config import TrainConfig
 from cluster.ledger import Ledger
 from cluster.pool import DRIVER_FILE, SCALE_FILE, RolloutPool, RolloutQueue, requested_scale
+from cluster.raystart import say
 
 
 def prepare(cfg: TrainConfig) -> None:
@@ -84,6 +86,7 @@ def log_lineage(tracker, batches: list[pa.RecordBatch], step: int, cfg: TrainCon
 
 
 def run(cfg: TrainConfig) -> dict:
+    from tqdm import tqdm
     from transformers import AutoTokenizer
 
     from actors.actor import nccl_sync
@@ -102,7 +105,7 @@ def run(cfg: TrainConfig) -> dict:
     prepare(cfg)
     ledger = Ledger([r.prompt_id for r in read_rows(cfg.data.path)], seed=cfg.loop.seed)
     c = cfg.cluster
-    ray = init_ray(c.address, c.rollout_actors * c.rollout_cpus + c.learner_ranks * c.learner_cpus)
+    ray = init_ray(c.address, c.rollout_actors * c.rollout_cpus + c.learner_ranks * c.learner_cpus, cfg.verbose)
     tracker = Tracker(cfg)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     n_actors, per_step = cfg.cluster.rollout_actors, cfg.loop.prompts_per_step
@@ -119,8 +122,11 @@ def run(cfg: TrainConfig) -> dict:
     queue = RolloutQueue(pool, ledger, chunk,
                          chunks_per_step * (1 if cfg.loop.mode == "sync" else max(1, cfg.loop.max_queue)))
     t_start, learner_busy, summary = time.perf_counter(), 0.0, {}
-    print(f"[train] {cfg.loop.steps} steps, {per_step} prompts x {cfg.rollout.group_size} episodes, "
-          f"{n_actors} rollout actor(s), mode={cfg.loop.mode}; MLflow run {tracker.run_id}")
+    say(f"[train] {cfg.loop.steps} steps, {per_step} prompts x {cfg.rollout.group_size} episodes, "
+        f"{n_actors} rollout actor(s), mode={cfg.loop.mode}; MLflow run {tracker.run_id}" +
+        ("" if cfg.verbose else f"\n[train] actor and engine output: {Path(cfg.out).resolve() / 'logs'}/ "
+                                f"(--verbose: on the console)"))
+    bar = tqdm(total=cfg.loop.steps, desc="train", unit="step", file=sys.stdout, disable=None)  # off without a tty
     with job(tracker, ray), driver_file(cfg.out, tracker.run_id):
         for step in range(1, cfg.loop.steps + 1):
             t0 = time.perf_counter()
@@ -151,17 +157,19 @@ def run(cfg: TrainConfig) -> dict:
             tracker.metrics(m, step)
             log_lineage(tracker, batches, step, cfg)
             if step == 1:
-                show_first_episode(batches[0], tokenizer, cfg.data.path, Path(cfg.out) / "first_episode")
+                say(show_first_episode(batches[0], tokenizer, cfg.data.path, Path(cfg.out) / "first_episode"))
             if cfg.tracking.picture_every and (step == 1 or step % cfg.tracking.picture_every == 0):
                 figure = episode_figure(batches[0], tokenizer, cfg.data.path, k=3)
                 tracker.image(figure, f"episodes/step_{step:05d}.png")
             if cfg.tracking.checkpoint_every and step % cfg.tracking.checkpoint_every == 0:
                 save_checkpoint(ray, learners, tracker, cfg, step)
-            print(f"[train] step {step}/{cfg.loop.steps} reward {m.get('reward/mean', 0):.3f} "
-                  f"acc {m.get('reward/accuracy', 0):.2f} format {m.get('reward/format_rate', 0):.2f} "
-                  f"zooms {m.get('episode/zooms', 0):.2f} loss {m.get('loss', float('nan')):.4f} "
-                  f"kl {m.get('kl', 0):.4f} stale {m['staleness_max']:.0f} {t3 - t0:.1f}s", flush=True)
+            bar.update()
+            say(f"[train] step {step}/{cfg.loop.steps} reward {m.get('reward/mean', 0):.3f} "
+                f"acc {m.get('reward/accuracy', 0):.2f} format {m.get('reward/format_rate', 0):.2f} "
+                f"zooms {m.get('episode/zooms', 0):.2f} loss {m.get('loss', float('nan')):.4f} "
+                f"kl {m.get('kl', 0):.4f} stale {m['staleness_max']:.0f} {t3 - t0:.1f}s")
             summary = m
+        bar.close()
         if not cfg.tracking.checkpoint_every or cfg.loop.steps % cfg.tracking.checkpoint_every:
             save_checkpoint(ray, learners, tracker, cfg, cfg.loop.steps)
     print(f"[train] done. MLflow run {tracker.run_id} in {tracker.uri}\n[train] open the UI: {tracker.ui_command()}")
@@ -187,13 +195,15 @@ def driver_file(out: str, run_id: str):
 
 def make_learner(ray, cfg: TrainConfig) -> list:
     """The learner's ranks as Ray actors in one torch.distributed group (rank 0's node is the master)."""
+    from cluster.raystart import log_file
     from learner.actor import LearnerActor
 
     n = cfg.cluster.learner_ranks
     if n < 1:
         raise ValueError(f"cluster.learner_ranks must be >= 1, got {n}")
     cls = ray.remote(LearnerActor).options(num_cpus=cfg.cluster.learner_cpus, num_gpus=cfg.cluster.learner_gpus)
-    ranks = [cls.remote(cfg.model.path, cfg.learner, cfg.data.path, cfg.loop.steps, r, n) for r in range(n)]
+    ranks = [cls.remote(cfg.model.path, cfg.learner, cfg.data.path, cfg.loop.steps, r, n,
+                        log_file(cfg.out, f"learner-{r}", cfg.verbose)) for r in range(n)]
     if n > 1:
         addr, port = ray.get(ranks[0].master_endpoint.remote())
         ray.get([r.setup.remote(addr, port) for r in ranks])
@@ -221,4 +231,4 @@ def save_checkpoint(ray, learners: list, tracker, cfg: TrainConfig, step: int) -
     path = Path(cfg.out).resolve() / "checkpoints" / f"step_{step:05d}"
     ray.get([r.save_hf.remote(str(path)) for r in learners])
     tracker.artifacts(path, f"checkpoints/step_{step:05d}")
-    print(f"[train] checkpoint (HF format) {path}")
+    say(f"[train] checkpoint (HF format) {path}")

@@ -13,10 +13,13 @@ class LearnerActor:
     """Wraps `learner.trainer.Learner` in its own process (use with `ray.remote`)."""
 
     def __init__(self, model_path: str, cfg: LearnerConfig, dataset_root: str, total_steps: int = 0,
-                 rank: int = 0, world_size: int = 1):
-        """One rank of the learner (`total_steps`: rollout steps of the run, for the LR warmup). With
-        world_size 1 it is ready at once; with several ranks, ask rank 0 for `master_endpoint()` and call
-        `setup(addr, port)` on every rank concurrently."""
+                 rank: int = 0, world_size: int = 1, log_file: str = ""):
+        """One rank of the learner (`total_steps`: rollout steps of the run, for the LR warmup; `log_file`:
+        where its output goes, default the console). With world_size 1 it is ready at once; with several
+        ranks, ask rank 0 for `master_endpoint()` and call `setup(addr, port)` on every rank concurrently."""
+        from cluster.raystart import redirect_output
+
+        redirect_output(log_file)
         self._args = (model_path, cfg, dataset_root, total_steps)
         self.rank, self.world_size = rank, world_size
         if world_size == 1:

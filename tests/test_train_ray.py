@@ -34,6 +34,10 @@ def test_sync_run_logs_everything(sync_run):
     tmp, out, stdout = sync_run
     assert "=== first episode" in stdout and "open the UI:" in stdout and "mlflow" in stdout
     assert (out / "first_episode" / "episode.png").is_file()
+    # the console is the driver's: the actors' and engines' output is in their own files, named on the console
+    assert f"actor and engine output: {out.resolve() / 'logs'}/" in stdout and "LLM engine" not in stdout
+    assert "LLM engine" in (out / "logs" / "rollout-0.log").read_text()
+    assert (out / "logs" / "learner-0.log").stat().st_size > 0
     client, found = runs(out)
     assert len(found) == 1
     run = found[0]
