@@ -14,7 +14,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench learn learn-base clean
+.PHONY: install demo test bench learn learn-base soak clean
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ clean:
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+# Backpressure soak (bench/soak.py): 30 min of async training with a slowed learner; queue and memory checks.
+soak: $(STAMP)
+	$(PY) -m bench.soak
 
 # The learning proof (bench/learn.py): MCTS -> SFT -> GRPO from a cached caption-pretrained base VLM.
 learn-base: $(STAMP)

@@ -82,6 +82,7 @@ class RolloutActor:
         """-> (Arrow RecordBatch of G trajectories per prompt, stats). Call with num_returns=2 so the batch
         is its own object that the learner reads without the driver touching it."""
         from actors.trajectory import to_batch
+        from cluster.raystart import rss_mb
 
         t0 = time.perf_counter()
         batch = [(self.rows[p], self._image(self.rows[p]), self.rows[p].image) for p in prompt_ids]
@@ -91,7 +92,7 @@ class RolloutActor:
         stats = {"actor": self.index, "version": self.version, "prompt_ids": prompt_ids,
                  "generate_s": t1 - t0, "encode_s": time.perf_counter() - t1,
                  "response_tokens": sum(len(t.token_ids) - t.prompt_len for t in trajs),
-                 "episodes": len(trajs)}
+                 "episodes": len(trajs), "rss_mb": rss_mb()}
         return rb, stats
 
     def load_weights(self, version: int, packed: dict) -> float:

@@ -184,6 +184,7 @@ class LoopConfig:
     tis_cap: float = 2.0  # tis: importance weights are truncated at this value
     max_queue: int = 2  # rollout results waiting for the learner, in steps' worth (backpressure)
     seed: int = 0  # prompt order
+    learner_delay_s: float = 0.0  # benchmarks only: every learner step sleeps this long (`make soak`: a slow learner)
 
 
 @dataclass

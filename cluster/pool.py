@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cluster.config import TrainConfig
 from cluster.ledger import Ledger
-from cluster.raystart import say
+from cluster.raystart import log_file, say
 
 
 def faults(ray) -> tuple[type, ...]:
@@ -50,8 +50,6 @@ class RolloutPool:
         return len(self.slots)
 
     def _new(self, index: int):
-        from cluster.raystart import log_file
-
         return self._cls.remote(self.cfg, index, log_file=log_file(self.cfg.out, f"rollout-{index}", self.cfg.verbose))
 
     def _started(self, slot: int) -> None:
@@ -114,7 +112,7 @@ class RolloutPool:
             try:
                 seconds.append(self.ray.get(ref, timeout=self.cfg.cluster.sync_timeout_s))
             except faults(self.ray) as e:
-                self.replace(slot, f"died during a weight load ({type(e).__name__})")
+                self.replace(slot, f"failed in a weight load ({type(e).__name__})")
         return seconds
 
 

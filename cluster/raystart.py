@@ -55,3 +55,12 @@ def init_ray(address: str, cpus: float, verbose: bool = True):
         ray.init(num_cpus=max(1, math.ceil(cpus)), include_dashboard=False, runtime_env={"env_vars": env},
                  log_to_driver=True, logging_level=level)
     return ray
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MiB (Linux /proc; 0.0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from cluster.config import TrainConfig
 from cluster.ledger import Ledger
 from cluster.pool import DRIVER_FILE, SCALE_FILE, RolloutPool, RolloutQueue, requested_scale
-from cluster.raystart import say
+from cluster.raystart import rss_mb, say
 
 
 def prepare(cfg: TrainConfig) -> None:
@@ -135,8 +135,8 @@ def run(cfg: TrainConfig) -> dict:
             queue.fill()
             taken, stats = queue.take(chunks_per_step)
             t1 = time.perf_counter()
-            m = ray.get([r.train_step.remote([c.batch for c in taken], cfg.loop.max_staleness,
-                                             cfg.loop.staleness_mode, cfg.loop.tis_cap) for r in learners])[0]
+            m = ray.get([r.train_step.remote([c.batch for c in taken], cfg.loop.max_staleness, cfg.loop.staleness_mode,
+                                             cfg.loop.tis_cap, cfg.loop.learner_delay_s) for r in learners])[0]
             loads, sends = publish(ray, learners, pool, nccl, cfg.learner.zero_stage)
             t2 = time.perf_counter()
             if cfg.loop.mode == "sync" or nccl:  # async: the loads queue behind the actors' running rollouts
@@ -148,6 +148,7 @@ def run(cfg: TrainConfig) -> dict:
             gen_s = sum(s["generate_s"] for s in stats)
             m |= rollout_metrics(batches) | ledger.counts() | {
                 "faults/actor_restarts": pool.restarts, "cluster/rollout_actors": len(pool),
+                "memory/driver_rss_mb": rss_mb(), "memory/rollout_rss_mb": max(s["rss_mb"] for s in stats),
                 "time/step_s": t3 - t0, "time/wait_rollouts_s": t1 - t0, "time/learner_s": t2 - t1,
                 "time/weight_sync_s": t3 - t2, "time/generate_s": gen_s,
                 "learner_idle_frac": 1.0 - learner_busy / (t3 - t_start),

@@ -46,19 +46,23 @@ class LearnerActor:
         self.learner.state_dict()
 
     def train_step(self, batches: list, max_staleness: int = 0, staleness_mode: str = "drop",
-                   tis_cap: float = 2.0) -> dict[str, float]:
-        """`batches`: Arrow record batches of trajectories, or object refs to them (read zero-copy)."""
+                   tis_cap: float = 2.0, delay_s: float = 0.0) -> dict[str, float]:
+        """`batches`: Arrow record batches of trajectories, or object refs to them (read zero-copy).
+        `delay_s`: sleep first (benchmarks: a slow learner)."""
         import time
 
         import ray
 
+        from cluster.raystart import rss_mb
+
+        time.sleep(delay_s)
         t0 = time.perf_counter()
         batches = [ray.get(b) if isinstance(b, ray.ObjectRef) else b for b in batches]
         trajectories = [t for b in batches for t in from_batch(b)]
         t1 = time.perf_counter()
         out = self.learner.train_step(trajectories, max_staleness, staleness_mode, tis_cap)
         t2 = time.perf_counter()
-        return out | {"time/decode_s": t1 - t0, "time/train_s": t2 - t1}
+        return out | {"time/decode_s": t1 - t0, "time/train_s": t2 - t1, "memory/learner_rss_mb": rss_mb()}
 
     def sft_step(self, batch) -> dict[str, float]:
         """One SFT optimizer step on an Arrow batch of examples (learner.sft.encode_row records)."""

@@ -55,6 +55,8 @@ def test_sync_run_logs_everything(sync_run):
     assert all(m.value == 0 for m in client.get_metric_history(run.info.run_id, "staleness_max"))
     # ledger: 3 steps x 2 prompts handed out and done, nothing in flight in sync mode
     assert run.data.metrics["ledger/done"] == 6 and run.data.metrics["ledger/in_flight"] == 0
+    # resident memory of every process, per step (what `make soak` reads)
+    assert all(run.data.metrics[f"memory/{p}_rss_mb"] > 100 for p in ("driver", "rollout", "learner"))
     arts = [a.path for a in client.list_artifacts(run.info.run_id, "episodes")]
     assert arts == ["episodes/step_00001.png", "episodes/step_00002.png"]
     # lineage: every trained sample of every step, traceable to the weight version that generated it

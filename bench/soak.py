@@ -1,0 +1,103 @@
+"""`make soak`: backpressure under a slow learner. A benchmark, never part of the tests.
+
+An async `vigorl train` on the tiny model whose learner sleeps `--delay` seconds every step
+(`loop.learner_delay_s`), for at least `--minutes` (steps = minutes * 60 / delay; each step also trains, so
+the run takes longer, and soak.json says how long). The run logs, per step, `ledger/in_flight` and the resident memory of the driver, the rollout actor
+and the learner (`memory/*_rss_mb`) to its own MLflow run. This script reads them back and checks:
+
+  queue bounded   ledger/in_flight never above loop.max_queue steps' worth of prompts
+  memory flat     per process, the mean RSS over the last fifth of the steps is within 10 % of the mean
+                  over the first fifth after warm-up (the first 5 steps are warm-up)
+
+It writes OUT/soak.json and OUT/soak.png (the three RSS curves and the queue) and logs both to the run.
+
+    python -m bench.soak [--minutes 30] [--delay 10] [--out runs/soak] [--analyse RUN_ID]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from bench.learn import run_id, vigorl
+
+ROOT = Path(__file__).resolve().parent.parent
+MEMORY = ("memory/driver_rss_mb", "memory/rollout_rss_mb", "memory/learner_rss_mb")
+WARMUP = 5
+
+
+def drift(values: list[float]) -> float:
+    """(mean of the last fifth - mean of the first fifth) / mean of the first fifth, after the warm-up steps."""
+    v = values[WARMUP:]
+    k = max(1, len(v) // 5)
+    first, last = sum(v[:k]) / k, sum(v[-k:]) / k
+    return (last - first) / first
+
+
+def soak(out: Path, minutes: float, delay: float, max_queue: int = 2, per_step: int = 2) -> dict:
+    steps = max(WARMUP + 10, round(minutes * 60 / delay))
+    shutil.rmtree(out / "run", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    log = vigorl("train", "--config", ROOT / "configs/local_cpu.yaml", f"out={out / 'run'}",
+                 f"model.path={out / 'model'}", f"data.path={out / 'data'}", "make_data=16", "loop.mode=async",
+                 f"loop.steps={steps}", f"loop.learner_delay_s={delay}", f"loop.max_queue={max_queue}",
+                 f"loop.prompts_per_step={per_step}", "tracking.picture_every=0", log=out / "train.log")
+    return analyse(out, run_id(log), max_queue * per_step) | {"delay_s": delay}
+
+
+def analyse(out: Path, rid: str, bound: int) -> dict:
+    """The checks on run `rid` in out/run/mlflow.db; writes out/soak.json and out/soak.png, also to the run."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{(out / 'run' / 'mlflow.db').resolve()}")
+    series = {k: [m.value for m in sorted(client.get_metric_history(rid, k), key=lambda m: m.step)]
+              for k in MEMORY + ("ledger/in_flight", "time/step_s")}
+    result = {"steps": len(series["time/step_s"]), "minutes": round(sum(series["time/step_s"]) / 60, 1),
+              "queue_max": max(series["ledger/in_flight"]), "queue_bound": bound,
+              "queue_bounded": max(series["ledger/in_flight"]) <= bound,
+              "rss_mb_first_last": {k.split("/")[1]: [round(series[k][WARMUP], 1), round(series[k][-1], 1)]
+                                    for k in MEMORY},
+              "rss_drift": {k.split("/")[1]: round(drift(series[k]), 4) for k in MEMORY}, "run_id": rid}
+    result["memory_flat"] = all(abs(d) <= 0.10 for d in result["rss_drift"].values())
+    (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    figure(series, bound, out / "soak.png")
+    client.log_artifact(rid, str(out / "soak.json"))
+    client.log_artifact(rid, str(out / "soak.png"))
+    return result
+
+
+def figure(series: dict, bound: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for k in MEMORY:
+        a.plot(series[k], label=k.split("/")[1])
+    a.set_ylabel("RSS (MiB)")
+    a.legend()
+    b.plot(series["ledger/in_flight"], label="prompts in flight")
+    b.axhline(bound, color="red", linestyle="--", label="bound (max_queue steps)")
+    b.set_ylim(0, bound + 1)
+    b.set_xlabel("step")
+    b.set_ylabel("prompts")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--delay", type=float, default=10.0, help="learner sleep per step, seconds")
+    p.add_argument("--out", default="runs/soak")
+    p.add_argument("--analyse", metavar="RUN_ID", help="only check an earlier soak's run in OUT/run (no new run)")
+    a = p.parse_args()
+    out = Path(a.out).resolve()
+    r = analyse(out, a.analyse, 2 * 2) if a.analyse else soak(out, a.minutes, a.delay)
+    print(json.dumps(r, indent=2))
+    sys.exit(0 if r["queue_bounded"] and r["memory_flat"] else 1)
