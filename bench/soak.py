@@ -27,6 +27,7 @@ from bench.learn import run_id, vigorl
 ROOT = Path(__file__).resolve().parent.parent
 MEMORY = ("memory/driver_rss_mb", "memory/rollout_rss_mb", "memory/learner_rss_mb")
 WARMUP = 5
+MAX_QUEUE, PER_STEP = 2, 2  # loop.max_queue, loop.prompts_per_step of the soak run
 
 
 def drift(values: list[float]) -> float:
@@ -37,7 +38,7 @@ def drift(values: list[float]) -> float:
     return (last - first) / first
 
 
-def soak(out: Path, minutes: float, delay: float, max_queue: int = 2, per_step: int = 2) -> dict:
+def soak(out: Path, minutes: float, delay: float, max_queue: int = MAX_QUEUE, per_step: int = PER_STEP) -> dict:
     steps = max(WARMUP + 10, round(minutes * 60 / delay))
     shutil.rmtree(out / "run", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,6 +99,6 @@ if __name__ == "__main__":
     p.add_argument("--analyse", metavar="RUN_ID", help="only check an earlier soak's run in OUT/run (no new run)")
     a = p.parse_args()
     out = Path(a.out).resolve()
-    r = analyse(out, a.analyse, 2 * 2) if a.analyse else soak(out, a.minutes, a.delay)
+    r = analyse(out, a.analyse, MAX_QUEUE * PER_STEP) if a.analyse else soak(out, a.minutes, a.delay)
     print(json.dumps(r, indent=2))
     sys.exit(0 if r["queue_bounded"] and r["memory_flat"] else 1)
