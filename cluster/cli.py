@@ -4,6 +4,7 @@
     vigorl make-data --task T --n N --seed S OUT
     vigorl demo [--config configs/demo.yaml] [key=value ...]
     vigorl train --config configs/local_cpu.yaml [--address ADDR] [--verbose] [key=value ...]
+    vigorl train --resume OUT_DIR [--config ...] [key=value ...]
     vigorl mcts --config configs/mcts_local.yaml [--address ADDR] [key=value ...]
     vigorl linearize TREES.jsonl OUT_DIR [key=value ...]
     vigorl to-multiturn IN_DIR OUT_DIR [key=value ...]
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--seed", type=int, default=0)
 
     e = sub.add_parser("demo", help="play and score one zoom episode with the tiny model")
-    e.add_argument("--config", default=None, help="YAML recipe (cluster.config.DemoConfig)")
+    e.add_argument("--config", default=None, help="YAML recipe (configs.schema.DemoConfig)")
     e.add_argument("overrides", nargs="*", help="key=value overrides, e.g. zoom.dot=true")
 
     for name, help_, schema, example in (
@@ -50,12 +52,16 @@ def main(argv: list[str] | None = None) -> int:
              "benchmark=screenspot_v2 data.path=DIR rollout.group_size=4")):
         j = sub.add_parser(name, help=help_)
         j.add_argument("--config", action="append", default=None,
-                       help=f"YAML recipe (cluster.config.{schema}); repeat to layer, e.g. a configs/layouts/ file")
+                       help=f"YAML recipe (configs.schema.{schema}); repeat to layer, e.g. a configs/layouts/ file")
         j.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
         j.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
         if name in ("train", "eval"):
             j.add_argument("--verbose", action="store_true",
                            help="actor and engine output on the console too (default: only in OUT/logs/)")
+        if name == "train":
+            j.add_argument("--resume", metavar="OUT_DIR", default=None,
+                           help="go on from the newest complete checkpoint in OUT_DIR/resume, same MLflow run; the "
+                                "config is OUT_DIR/config.yaml unless --config is given (overrides apply on top)")
 
     lin = sub.add_parser("linearize", help="MCTS trees -> single-turn SFT chains (train.jsonl, val.jsonl)")
     lin.add_argument("trees")
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"[scale] asked for {args.rollout_actors} rollout actor(s) in {path}; the run applies it at its next step")
     elif args.cmd in ("linearize", "to-multiturn"):
-        from cluster import config
+        from configs import schema as config
         from data_gen import traces
 
         schema = traces.LinearizeConfig if args.cmd == "linearize" else traces.MultiTurnConfig
@@ -107,15 +113,25 @@ def main(argv: list[str] | None = None) -> int:
             counts = traces.to_multiturn(args.inp, args.out, cfg)
         print(f"[{args.cmd}] {json.dumps(counts)} -> {args.out}")
     elif args.cmd in ("demo", "train", "mcts", "sft", "eval"):
-        from cluster import config
+        from configs import schema as config
 
         schema = {"demo": config.DemoConfig, "train": config.TrainConfig, "mcts": config.MCTSJobConfig,
                   "sft": config.SFTConfig, "eval": config.EvalConfig}[args.cmd]
         key = "cluster.address" if args.cmd == "train" else "address"
         overrides = list(args.overrides) + ([f"{key}={args.address}"] if getattr(args, "address", None) else [])
         overrides += ["verbose=true"] if getattr(args, "verbose", False) else []
+        recipe = args.config
+        if getattr(args, "resume", None):  # the run's own resolved config, unless the user names one
+            from cluster.resume import CONFIG_FILE
+
+            recipe = recipe or [str(Path(args.resume) / CONFIG_FILE)]
+            if not Path(recipe[0]).is_file():
+                print(f"vigorl train: --resume {args.resume}: no {CONFIG_FILE} there (not a `vigorl train` run "
+                      "directory?); give the run's recipe with --config", file=sys.stderr)
+                return 2
+            overrides += [f"out={args.resume}", "resume=true"]
         try:
-            cfg = config.official_defaults(config.load(schema, args.config, overrides))
+            cfg = config.official_defaults(config.load(schema, recipe, overrides))
         except (config.ConfigError, ValueError) as e:
             print(f"vigorl {args.cmd}: {e}", file=sys.stderr)
             return 2
@@ -137,8 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             eval_job.run(cfg)
         else:
             from cluster import train
+            from cluster.resume import ResumeError
 
-            train.run(cfg)
+            try:
+                train.run(cfg)
+            except ResumeError as e:
+                print(f"vigorl train: --resume: {e}", file=sys.stderr)
+                return 2
     return 0
 
 

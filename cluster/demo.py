@@ -9,7 +9,7 @@ import json
 import time
 from pathlib import Path
 
-from cluster.config import DemoConfig
+from configs.schema import DemoConfig
 
 
 def run(cfg: DemoConfig) -> dict:
@@ -20,7 +20,7 @@ def run(cfg: DemoConfig) -> dict:
     from actors.rollout import Rollout, assistant_turns, score_response
     from actors.trajectory import rebuild_images
     from actors.zoom import ZoomSettings, crop_box, resize_for_model
-    from cluster.config import official_defaults
+    from configs.schema import official_defaults
     from data_gen.images import load_rgb, resolve_under
     from data_gen.rows import gold_for_model, read_rows
     from data_gen.synthetic import make_dataset

@@ -25,7 +25,7 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from cluster.config import EvalConfig
+from configs.schema import EvalConfig
 
 ITEMS, SUMMARY = "items.jsonl", "summary.json"
 
@@ -182,7 +182,7 @@ def run(cfg: EvalConfig) -> dict:
 
     from actors.actor import RolloutActor
     from actors.trajectory import from_batch
-    from cluster.config import official_defaults
+    from configs.schema import official_defaults
     from cluster.gallery import write_gallery
     from cluster.tracking import Tracker, job
     from cluster.raystart import init_ray, log_file

@@ -29,6 +29,11 @@ class Ledger:
         self._done_in: dict[int, set[str]] = {}  # epoch -> prompt ids done in it (one set per epoch)
         self._next_ticket = 0
 
+    @property
+    def ids(self) -> list[str]:
+        """The dataset's prompt ids, in dataset order."""
+        return list(self._ids)
+
     def _refill(self) -> None:
         order = list(self._ids)
         self._rng.shuffle(order)

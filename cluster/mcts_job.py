@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.config import MCTSJobConfig
+from configs.schema import MCTSJobConfig
 
 TREES, FAILED = "trees.jsonl", "failed.jsonl"
 
@@ -111,7 +111,7 @@ def tree_stats(line: dict) -> dict[str, float]:
 def run(cfg: MCTSJobConfig) -> dict:
     from tqdm import tqdm
 
-    from cluster.config import official_defaults
+    from configs.schema import official_defaults
     from cluster.tracking import Tracker, job
     from cluster.raystart import init_ray
     from data_gen.rows import PROMPTS_FILE, read_rows

@@ -17,10 +17,15 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from cluster.config import TrainConfig
+from configs.schema import TrainConfig
 from cluster.ledger import Ledger
 from cluster.raystart import log_file, say
+
+
+class StartError(RuntimeError):
+    """No new rollout actor came up in `cluster.restart_attempts` tries."""
 
 
 def faults(ray) -> tuple[type, ...]:
@@ -67,18 +72,19 @@ class RolloutPool:
             except faults(ray) as e:
                 ray.kill(actor, no_restart=True)
                 if attempt == c.restart_attempts:
-                    raise RuntimeError(f"rollout slot {slot}: no new actor started in {attempt} tries "
+                    raise StartError(f"rollout slot {slot}: no new actor started in {attempt} tries "
                                        f"(cluster.restart_attempts); last error: {e}") from e
                 wait = c.restart_backoff_s * 2 ** (attempt - 1)
                 say(f"[train] fault: a new actor for slot {slot} did not start (try {attempt}/"
                     f"{c.restart_attempts}: {type(e).__name__}); again in {wait:.0f}s")
                 time.sleep(wait)
                 continue
+            what = "added" if slot == len(self.slots) else "replaced"
             if slot == len(self.slots):
                 self.slots.append(actor)
             else:
                 self.slots[slot] = actor
-            say(f"[train] slot {slot} has a new rollout actor (#{index}) at weight version {version}")
+            say(f"[train] slot {slot}: rollout actor #{index} {what}, at weight version {version}")
             return
 
     def _refuse_nccl(self, what: str) -> None:
@@ -97,9 +103,31 @@ class RolloutPool:
         self._started(slot)
         self.restarts += 1
 
-    def grow(self) -> None:
-        self._refuse_nccl(f"scaling to {len(self.slots) + 1} rollout actors")
-        self._started(len(self.slots))
+    def grow(self) -> bool:
+        """Add a slot with a new actor at the current weights. A scale request must never end the run: when
+        the actor cannot be added (NCCL weight sync, too few free resources, no start) this says why on the
+        console and returns False."""
+        from actors.actor import nccl_sync
+
+        c = self.cfg.cluster
+        if nccl_sync(self.cfg):
+            say("[train] scale: adding a rollout actor to an NCCL weight-sync group is not supported yet "
+                "(cluster.weight_sync=object_store is); request ignored")
+            return False
+        free = self.ray.available_resources()
+        short = [f"needs {need:g} {r}, {free.get(r, 0.0):g} free" for r, need in (("CPU", c.rollout_cpus),
+                 ("GPU", c.rollout_gpus)) if need > free.get(r, 0.0) + 1e-9]
+        if short:
+            say(f"[train] scale: no room for another rollout actor ({'; '.join(short)}). A local Ray has only "
+                "the CPUs the run asked for: start one with more (`ray start --head --num-cpus N`) and pass "
+                "--address. Request ignored")
+            return False
+        try:
+            self._started(len(self.slots))
+        except StartError as e:
+            say(f"[train] scale: {e}; request ignored")
+            return False
+        return True
 
     def shrink(self) -> None:
         self.ray.kill(self.slots.pop(), no_restart=True)
@@ -138,12 +166,13 @@ class RolloutQueue:
         self.pool, self.ledger, self.chunk, self.capacity = pool, ledger, chunk, capacity
         self.chunks: deque[Chunk] = deque()
         self.next_slot = 0
+        self.applied: ScaleRequest | None = None  # the last `vigorl scale` request acted on
 
     def fill(self) -> None:
         while len(self.chunks) < self.capacity:
             ticket, ids = self.ledger.take(self.chunk)
             slot = self.next_slot % len(self.pool)
-            batch, stats = self.pool.slots[slot].rollout_batch.options(num_returns=2).remote(ids)
+            batch, stats = self.pool.slots[slot].rollout_batch.options(num_returns=2).remote(ids, ticket)
             self.chunks.append(Chunk(ticket, slot, batch, stats))
             self.next_slot = slot + 1
 
@@ -165,19 +194,29 @@ class RolloutQueue:
             stats.append(s)
         return taken, stats
 
+    def follow(self, request: "ScaleRequest | None") -> None:
+        """Apply the newest `vigorl scale` request, once (a request that could not be met is not retried)."""
+        if request is None or request == self.applied:
+            return
+        self.applied = request
+        if request.k != len(self.pool):
+            self.resize(request.k)
+
     def resize(self, k: int) -> None:
-        """Scale to k rollout actors at a step boundary: new ones start at the current weights; removed ones
-        (the last slots) hand their calls back to the ledger and exit."""
+        """Scale to k rollout actors at a step boundary: new ones start at the current weights (as many as
+        fit: see `RolloutPool.grow`); removed ones (the last slots) hand their calls back to the ledger and
+        exit."""
         if k < 1:
             raise ValueError(f"rollout actors: need at least 1, got {k}")
         before = len(self.pool)
-        while len(self.pool) < k:
-            self.pool.grow()
+        while len(self.pool) < k and self.pool.grow():
+            pass
         while len(self.pool) > k:
             self._hand_back(len(self.pool) - 1)
             self.pool.shrink()
-        self.next_slot %= k
-        say(f"[train] rollout actors: {before} -> {k}")
+        self.next_slot %= len(self.pool)
+        say(f"[train] rollout actors: {before} -> {len(self.pool)}"
+            + (f" (asked for {k})" if len(self.pool) != k else ""))
 
     def _hand_back(self, slot: int) -> None:
         """Requeue every call of `slot` (latest first, so the prompts keep their order at the queue's front)."""
@@ -214,9 +253,15 @@ def request_scale(out: str | Path, k: int) -> Path:
     return path
 
 
-def requested_scale(out: str | Path) -> int | None:
-    """The rollout-actor count last asked for with `vigorl scale`, if any."""
+class ScaleRequest(NamedTuple):
+    k: int  # rollout actors asked for
+    at: float  # when (time.time()): a new request, even for the same k, is a new one
+
+
+def requested_scale(out: str | Path) -> ScaleRequest | None:
+    """The `vigorl scale` request last made for the run in `out`, if any."""
     path = Path(out) / SCALE_FILE
     if not path.is_file():
         return None
-    return int(json.loads(path.read_text())["rollout_actors"])
+    req = json.loads(path.read_text())
+    return ScaleRequest(int(req["rollout_actors"]), float(req["requested_at"]))

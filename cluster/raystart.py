@@ -1,6 +1,7 @@
 """Ray start-up for every vigorl job (connect to a cluster, or start a local one on this machine), and where
 the processes' output goes: the driver's own lines on the console (`say`, above any progress bar), each
-actor's and engine's output in its own file under out/logs/ unless the job runs with --verbose."""
+actor's and engine's output in its own file under out/logs/ unless the job runs with --verbose (`log_file`
+names it; the actor redirects itself with `actors.process.redirect_output`)."""
 
 from __future__ import annotations
 
@@ -25,20 +26,6 @@ def log_file(out: str, name: str, verbose: bool) -> str:
     return "" if verbose else str(Path(out).resolve() / "logs" / f"{name}.log")
 
 
-def redirect_output(path: str) -> None:
-    """Send this process's stdout and stderr to `path` (appended). At the file-descriptor level, so C/C++
-    output and logging handlers made before the call follow too. "" leaves them alone."""
-    if not path:
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-
-
 def init_ray(address: str, cpus: float, verbose: bool = True):
     """Connect to `address` (or RAY_ADDRESS), else start a local Ray on 127.0.0.1 with `cpus` CPUs. The
     vLLM CPU settings of this process travel to every worker. Not verbose: Ray's own INFO lines are off."""
@@ -55,12 +42,3 @@ def init_ray(address: str, cpus: float, verbose: bool = True):
         ray.init(num_cpus=max(1, math.ceil(cpus)), include_dashboard=False, runtime_env={"env_vars": env},
                  log_to_driver=True, logging_level=level)
     return ray
-
-
-def rss_mb() -> float:
-    """This process's resident memory now, in MiB (Linux /proc; 0.0 elsewhere)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except OSError:
-        return 0.0
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

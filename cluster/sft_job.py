@@ -12,7 +12,7 @@ import random
 import sys
 from pathlib import Path
 
-from cluster.config import SFTConfig
+from configs.schema import SFTConfig
 
 
 def load_examples(cfg: SFTConfig, split: str, tokenizer, image_processor) -> tuple[list, int]:

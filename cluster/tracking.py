@@ -7,11 +7,13 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from cluster.config import TrainConfig, to_flat_dict
+from configs.schema import TrainConfig, to_flat_dict
 
 
 class Tracker:
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, run_id: str | None = None, changes: list[str] = ()):
+        """A new MLflow run, or (`run_id`: `vigorl train --resume`) the same run again, its params as they
+        were (MLflow params are immutable); `changes` (config keys changed on resume) go to a tag."""
         import logging
 
         import mlflow
@@ -28,6 +30,15 @@ class Tracker:
             location = None if cfg.tracking.uri else (out / "mlartifacts").as_uri()
             mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location)
         mlflow.set_experiment(cfg.tracking.experiment)
+        if run_id:
+            try:
+                self.run = mlflow.start_run(run_id=run_id)
+            except mlflow.exceptions.MlflowException as e:
+                raise ValueError(f"MLflow run {run_id} (the checkpoint's) is not in {self.uri}: {e}") from e
+            n = sum(k.startswith("vigorl.resumed") for k in self.run.data.tags)
+            mlflow.set_tag(f"vigorl.resumed.{n + 1}", "; ".join(changes) or "same config")
+            self.mlflow = mlflow
+            return
         self.run = mlflow.start_run(run_name=cfg.tracking.run_name or None)
         params = {k: str(v)[:500] for k, v in to_flat_dict(cfg).items()}
         for i in range(0, len(params), 100):  # MLflow caps a batch at 100 params

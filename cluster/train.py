@@ -19,10 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cluster.config import TrainConfig
+from cluster import resume
+from configs.schema import TrainConfig
 from cluster.ledger import Ledger
 from cluster.pool import DRIVER_FILE, SCALE_FILE, RolloutPool, RolloutQueue, requested_scale
-from cluster.raystart import rss_mb, say
+from actors.process import rss_mb
+from cluster.raystart import say
 
 
 def prepare(cfg: TrainConfig) -> None:
@@ -91,7 +93,7 @@ def run(cfg: TrainConfig) -> dict:
 
     from actors.actor import nccl_sync
     from actors.picture import episode_figure, show_first_episode
-    from cluster.config import official_defaults
+    from configs.schema import official_defaults
     from cluster.raystart import init_ray
     from cluster.tracking import Tracker, job
     from data_gen.rows import read_rows
@@ -102,11 +104,16 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.rollout.group_size < 2:
         raise ValueError(f"rollout.group_size must be >= 2 (group advantages need a spread), got "
                          f"{cfg.rollout.group_size}")
+    ckpt = resume.latest(cfg.out) if cfg.resume else None  # before Ray starts: a bad resume fails fast
+    changes = resume.check(ckpt, cfg) if ckpt else []
+    if not ckpt and (n := resume.clear(cfg.out)):
+        say(f"[train] a new run in {cfg.out}: removed the {n} resumable checkpoint(s) an earlier run left there")
     prepare(cfg)
-    ledger = Ledger([r.prompt_id for r in read_rows(cfg.data.path)], seed=cfg.loop.seed)
+    ledger = open_ledger([r.prompt_id for r in read_rows(cfg.data.path)], cfg, ckpt)
     c = cfg.cluster
     ray = init_ray(c.address, c.rollout_actors * c.rollout_cpus + c.learner_ranks * c.learner_cpus, cfg.verbose)
-    tracker = Tracker(cfg)
+    tracker = Tracker(cfg, run_id=ckpt.state["run_id"] if ckpt else None, changes=changes)
+    resume.write_config(cfg, cfg.out)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     n_actors, per_step = cfg.cluster.rollout_actors, cfg.loop.prompts_per_step
     pool = RolloutPool(ray, cfg, n_actors)
@@ -116,6 +123,7 @@ def run(cfg: TrainConfig) -> dict:
         world = 1 + n_actors * cfg.cluster.tensor_parallel_size
         address, port = ray.get(learners[0].nccl_open.remote(world))
         ray.get([a.nccl_join.remote(address, port, world) for a in pool.slots], timeout=cfg.cluster.sync_timeout_s)
+    first = restore(ray, learners, pool, nccl, cfg, ckpt, changes) + 1 if ckpt else 1
     # split a step's prompts over the actors: chunks of ceil(per_step / n_actors)
     chunk = -(-per_step // n_actors)
     chunks_per_step = -(-per_step // chunk)
@@ -126,12 +134,12 @@ def run(cfg: TrainConfig) -> dict:
         f"{n_actors} rollout actor(s), mode={cfg.loop.mode}; MLflow run {tracker.run_id}" +
         ("" if cfg.verbose else f"\n[train] actor and engine output: {Path(cfg.out).resolve() / 'logs'}/ "
                                 f"(--verbose: on the console)"))
-    bar = tqdm(total=cfg.loop.steps, desc="train", unit="step", file=sys.stdout, disable=None)  # off without a tty
+    bar = tqdm(total=cfg.loop.steps, initial=first - 1, desc="train", unit="step", file=sys.stdout,
+               disable=None)  # off without a tty
     with job(tracker, ray), driver_file(cfg.out, tracker.run_id):
-        for step in range(1, cfg.loop.steps + 1):
+        for step in range(first, cfg.loop.steps + 1):
             t0 = time.perf_counter()
-            if (want := requested_scale(cfg.out)) and want != len(pool):  # `vigorl scale OUT --rollout-actors K`
-                queue.resize(want)
+            queue.follow(requested_scale(cfg.out))  # `vigorl scale OUT --rollout-actors K`
             queue.fill()
             taken, stats = queue.take(chunks_per_step)
             t1 = time.perf_counter()
@@ -163,7 +171,7 @@ def run(cfg: TrainConfig) -> dict:
                 figure = episode_figure(batches[0], tokenizer, cfg.data.path, k=3)
                 tracker.image(figure, f"episodes/step_{step:05d}.png")
             if cfg.tracking.checkpoint_every and step % cfg.tracking.checkpoint_every == 0:
-                save_checkpoint(ray, learners, tracker, cfg, step)
+                save_checkpoint(ray, learners, tracker, cfg, step, ledger)
             bar.update()
             say(f"[train] step {step}/{cfg.loop.steps} reward {m.get('reward/mean', 0):.3f} "
                 f"acc {m.get('reward/accuracy', 0):.2f} format {m.get('reward/format_rate', 0):.2f} "
@@ -172,7 +180,7 @@ def run(cfg: TrainConfig) -> dict:
             summary = m
         bar.close()
         if not cfg.tracking.checkpoint_every or cfg.loop.steps % cfg.tracking.checkpoint_every:
-            save_checkpoint(ray, learners, tracker, cfg, cfg.loop.steps)
+            save_checkpoint(ray, learners, tracker, cfg, cfg.loop.steps, ledger)
     print(f"[train] done. MLflow run {tracker.run_id} in {tracker.uri}\n[train] open the UI: {tracker.ui_command()}")
     return {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "last": summary}
 
@@ -213,9 +221,10 @@ def make_learner(ray, cfg: TrainConfig) -> list:
 
 def publish(ray, learners: list, pool: RolloutPool, nccl: bool, zero_stage: int) -> tuple[list, list]:
     """Fan the learner's new version out to every rollout actor; returns the refs of the load calls (one per
-    slot) and of the learner's side of the transfer (NCCL's send, else none). Object store: one put by rank 0 (kept as `pool.weights` for replacement actors), a zero-copy get
-    per actor, queued after running rollouts. NCCL: rank 0 stages a gathered copy, then broadcasts while
-    every engine receives. Under ZeRO-3 the other ranks take part in the gather."""
+    slot) and of the learner's side of the transfer (NCCL's send, else none). Object store: one put by rank
+    0 (kept as `pool.weights` for replacement actors), a zero-copy get per actor, queued after running
+    rollouts. NCCL: rank 0 stages a gathered copy, then broadcasts while every engine receives. Under
+    ZeRO-3 the other ranks take part in the gather."""
     learner = learners[0]
     gathers = [r.gather_only.remote() for r in learners[1:]] if zero_stage == 3 else []
     if nccl:
@@ -228,8 +237,42 @@ def publish(ray, learners: list, pool: RolloutPool, nccl: bool, zero_stage: int)
     return [a.load_weights.remote(*pool.weights) for a in pool.slots], []
 
 
-def save_checkpoint(ray, learners: list, tracker, cfg: TrainConfig, step: int) -> None:
+def save_checkpoint(ray, learners: list, tracker, cfg: TrainConfig, step: int, ledger: Ledger) -> None:
+    """The HF export (OUT/checkpoints/step_N, also logged to MLflow), then the resumable checkpoint beside it
+    (OUT/resume/step_N: cluster.resume). The ledger is read here, at the step boundary: prompts queued for
+    later steps (async) count as not done and are generated again by a resumed run."""
+    from configs.schema import to_flat_dict
+
     path = Path(cfg.out).resolve() / "checkpoints" / f"step_{step:05d}"
     ray.get([r.save_hf.remote(str(path)) for r in learners])
     tracker.artifacts(path, f"checkpoints/step_{step:05d}")
-    say(f"[train] checkpoint (HF format) {path}")
+    state = {"ledger": ledger.state_dict(), "run_id": tracker.run_id,
+             "model_fingerprint": resume.model_fingerprint(cfg.model.path),
+             "config": {k: str(v) for k, v in to_flat_dict(cfg).items()}}
+    where = resume.save(ray, learners, cfg.out, step, state, cfg.tracking.keep_resume)
+    say(f"[train] checkpoint step {step}: {path} (HF format), {where} (resumable)")
+
+
+def open_ledger(prompt_ids: list[str], cfg: TrainConfig, ckpt: resume.Checkpoint | None) -> Ledger:
+    """A new ledger, or the checkpoint's (same queue, cursor, epoch and shuffling RNG) when resuming."""
+    if ckpt is None:
+        return Ledger(prompt_ids, seed=cfg.loop.seed)
+    ledger = Ledger.from_state(ckpt.state["ledger"])
+    if set(ledger.ids) != set(prompt_ids):
+        raise resume.ResumeError(
+            f"data.path={cfg.data.path} holds other prompts than the checkpoint {ckpt.path} was trained on "
+            f"({len(prompt_ids)} now, {len(ledger.ids)} then, {len(set(prompt_ids) ^ set(ledger.ids))} differ)")
+    return ledger
+
+
+def restore(ray, learners: list, pool: RolloutPool, nccl: bool, cfg: TrainConfig, ckpt: resume.Checkpoint,
+            changes: list[str]) -> int:
+    """Load the checkpoint into every learner rank and its weights into every rollout actor (before they
+    generate); returns the step it was saved at."""
+    versions = ray.get([r.load_state.remote(str(ckpt.path)) for r in learners])
+    loads, sends = publish(ray, learners, pool, nccl, cfg.learner.zero_stage)
+    pool.load_all(loads)
+    ray.get(sends, timeout=cfg.cluster.sync_timeout_s)
+    say(f"[train] resumed from {ckpt.path}: step {ckpt.step}, weight version {versions[0]}, "
+        f"{ckpt.state['ledger']['done']} prompts done" + "".join(f"\n[train] config changed: {c}" for c in changes))
+    return ckpt.step

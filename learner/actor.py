@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from actors.trajectory import from_batch
-from cluster.config import LearnerConfig
+from configs.schema import LearnerConfig
 
 
 class LearnerActor:
@@ -17,7 +17,7 @@ class LearnerActor:
         """One rank of the learner (`total_steps`: rollout steps of the run, for the LR warmup; `log_file`:
         where its output goes, default the console). With world_size 1 it is ready at once; with several
         ranks, ask rank 0 for `master_endpoint()` and call `setup(addr, port)` on every rank concurrently."""
-        from cluster.raystart import redirect_output
+        from actors.process import redirect_output
 
         redirect_output(log_file)
         self._args = (model_path, cfg, dataset_root, total_steps)
@@ -53,7 +53,7 @@ class LearnerActor:
 
         import ray
 
-        from cluster.raystart import rss_mb
+        from actors.process import rss_mb
 
         time.sleep(delay_s)
         t0 = time.perf_counter()
@@ -115,6 +115,15 @@ class LearnerActor:
         """An HF-format model dir (loads unchanged in transformers and vLLM)."""
         self.learner.save_hf(path)
         return path
+
+    def save_state(self, path: str) -> None:
+        """A resumable checkpoint (DeepSpeed's; every rank must call it)."""
+        self.learner.save_state(path)
+
+    def load_state(self, path: str) -> int:
+        """Go on from a resumable checkpoint (every rank); returns the weight version it restored."""
+        self.learner.load_state(path)
+        return self.learner.version
 
     def publish(self) -> tuple[int, dict]:
         """(version, full state dict in HF names, packed for a zero-copy object store: actors.weights).

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from actors.trajectory import Trajectory, rebuild_images
-from cluster.config import LearnerConfig
+from configs.schema import LearnerConfig
 from learner.grpo import kl_k3, masked_mean, policy_loss, truncated_is_weights
 from learner.logprobs import batch_inputs, pad_rows, token_logprobs
 
@@ -61,6 +61,7 @@ def cosine_lr(base_lr: float, step: int, warmup_ratio: float, total_steps: int) 
 
 
 SCHEDULES = {"constant": warmup_lr, "cosine": cosine_lr}
+DS_TAG = "learner"  # the tag (sub-directory) of a resumable checkpoint's DeepSpeed state
 
 
 def minibatch_layout(n: int, mini_batch: int, micro_batch: int, world_size: int, rank: int) -> list[list[list[int]]]:
@@ -91,7 +92,7 @@ class Learner:
         unset = [k for k in ("grad_clip", "warmup_ratio", "mini_batch_size") if getattr(cfg, k) is None]
         if unset:
             raise ValueError(f"learner config fields {unset} are null: fill them with "
-                             "cluster.config.official_defaults(cfg) or set them")
+                             "configs.schema.official_defaults(cfg) or set them")
         init_process_group(rank, world_size, master_addr, master_port)
         self.rank, self.world_size, self.total_steps = rank, world_size, total_steps
         gpu = torch.cuda.is_available()
@@ -330,6 +331,24 @@ class Learner:
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
                 return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
         return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+    def save_state(self, path: str | Path, extra: dict | None = None) -> None:
+        """A resumable checkpoint in `path`: DeepSpeed's module, optimizer and step counters (every rank
+        writes its ZeRO partition; call on every rank), with this learner's version and torch RNG as
+        client state (`extra` goes in beside them)."""
+        client = {"version": self.version, "torch_rng": torch.get_rng_state()} | (extra or {})
+        self.engine.save_checkpoint(str(path), tag=DS_TAG, client_state=client)
+
+    def load_state(self, path: str | Path) -> dict:
+        """Go on from `save_state`'s checkpoint: weights, optimizer moments and step counters, version, RNG.
+        Returns the client state. Call on every rank, with the ranks and ZeRO stage it was saved with."""
+        loaded, client = self.engine.load_checkpoint(str(path), tag=DS_TAG, load_optimizer_states=True,
+                                                     load_lr_scheduler_states=False)
+        if loaded is None:
+            raise FileNotFoundError(f"{path}: no DeepSpeed checkpoint '{DS_TAG}' to load")
+        self.version = int(client["version"])
+        torch.set_rng_state(client["torch_rng"])
+        return client
 
     def save_hf(self, path: str | Path) -> None:
         """Save the policy as an HF model dir with its processor: loadable by transformers and vLLM.

@@ -100,8 +100,31 @@ def ray_head():
     try:
         yield RayHead(env, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}")
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_cluster(temp: str) -> None:
+    """SIGKILL the processes of the Ray cluster whose --temp-dir is `temp`: those naming it on their command
+    line (gcs, raylet, dashboard, agents) and those holding a file under it (workers and actors log there).
+    Not `ray stop --force`, which kills every Ray on the machine, other users' and other runs' too."""
+    import signal
+
+    def owned(pid: Path) -> bool:
+        try:
+            if temp in (pid / "cmdline").read_bytes().decode(errors="replace"):
+                return True
+            return any(os.readlink(fd).startswith(temp) for fd in (pid / "fd").iterdir())
+        except OSError:  # gone meanwhile, or not ours to read
+            return False
+
+    me = os.getpid()
+    for pid in [p for p in Path("/proc").iterdir() if p.name.isdigit() and int(p.name) != me]:
+        if owned(pid):
+            try:
+                os.kill(int(pid.name), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def runs(out):

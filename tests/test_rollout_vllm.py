@@ -186,8 +186,8 @@ def test_single_turn_trains_eos_and_length_cut_responses(setup):
         assert not any(math.isnan(x) for x in t.logprobs) and len(t.images) == 1
 
     class EndsAtOnce(Rollout):  # EOS made certain: a +100 logit bias on it
-        def _params(self, ep, max_tokens):
-            p = super()._params(ep, max_tokens)
+        def _params(self, ep, max_tokens, seed=None):
+            p = super()._params(ep, max_tokens, seed)
             p.logit_bias = {end: 100.0}
             return p
 
@@ -211,3 +211,17 @@ def test_one_sample_per_prompt_for_evaluation(setup):
     assert len(trajs) == len(setup.batch) and all(t.advantage == 0.0 and t.reward_format == 1.0 for t in trajs)
     with pytest.raises(ValueError, match="group_size must be >= 1"):
         Rollout(setup.llm, setup.processor, ZoomSettings(), group_size=0)
+
+
+def test_a_draw_samples_the_same_episodes_whatever_ran_before(setup):
+    """`play(draw=k)` seeds every turn from (seed, k, episode, turn): the same draw gives the same tokens after
+    other requests moved the engine's own stream (what makes a resumed run equal an uninterrupted one), and
+    the members of a group still differ."""
+    ro, _ = play(setup, group_size=2, max_tokens_per_turn=48)
+    first = ro.play(setup.batch[:1], weight_version=0, draw=3)
+    ro.play(setup.batch[:1], weight_version=0)  # unseeded: moves the engine's stream
+    again = ro.play(setup.batch[:1], weight_version=0, draw=3)
+    other = ro.play(setup.batch[:1], weight_version=0, draw=4)
+    assert [t.token_ids for t in again] == [t.token_ids for t in first]
+    assert first[0].token_ids != first[1].token_ids
+    assert [t.token_ids for t in other] != [t.token_ids for t in first]

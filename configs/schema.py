@@ -99,7 +99,9 @@ class SamplingConfig:
     temperature: float = 1.0  # SPEC §5: 1.0 for RL rollouts, 0.5 for validation
     top_p: float = 0.99  # nucleus sampling mass (SPEC §5: 0.99 for RL)
     max_tokens_per_turn: int = 1024  # SPEC §2
-    seed: int = 0  # engine seed (never a per-request seed: that makes a group identical)
+    # In training also the base of every turn's own seed, derived from (seed, ledger ticket, episode, turn),
+    # so distinct within a group (actors/rollout.py `turn_seed`).
+    seed: int = 0  # vLLM engine seed (+ actor index); see above
 
 
 @dataclass
@@ -193,7 +195,10 @@ class TrackingConfig:
     experiment: str = "vigorl"  # MLflow experiment name
     run_name: str = ""  # MLflow run name ("" lets MLflow pick)
     picture_every: int = 10  # log an episode picture every this many steps (0: never)
-    checkpoint_every: int = 0  # log an HF-format checkpoint every this many steps (0: only at the end)
+    # HF-format checkpoints go to OUT/checkpoints/step_N (and MLflow), resumable ones to OUT/resume/step_N
+    # (`vigorl train --resume OUT`, cluster/resume.py).
+    checkpoint_every: int = 50  # write both every this many steps (0: only at the end)
+    keep_resume: int = 2  # resumable checkpoints kept, newest first (older deleted; HF exports are all kept)
 
 
 @dataclass
@@ -213,6 +218,7 @@ class TrainConfig:
     make_tiny: str = ""  # build a tiny random model at model.path if missing: "" (no) | small | qwen
     make_data: int = 0  # generate this many synthetic data.task prompts at data.path if missing
     verbose: bool = False  # actor and engine output on the console too (default: out/logs/<actor>.log only)
+    resume: bool = False  # go on from the newest complete checkpoint in out/resume (`vigorl train --resume OUT`)
 
 
 @dataclass

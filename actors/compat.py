@@ -14,7 +14,7 @@ torchvision-free stand-ins:
 
 It must be active in *every* interpreter of the environment — vLLM spawns a fresh interpreter
 (`python -m vllm.model_executor.models.registry`) to inspect the model — so `make` installs a
-`vigorl_compat.pth` into site-packages that calls `install()` at start-up (`python -m cluster.compat
+`vigorl_compat.pth` into site-packages that calls `install()` at start-up (`python -m actors.compat
 install`). With torchvision present (GPU clusters) `install()` does nothing.
 """
 
@@ -61,7 +61,7 @@ class VideoProcessorStub:
 
     def __call__(self, *args, **kwargs):
         raise NotImplementedError("video inputs need torchvision, which this CPU environment does not have "
-                                  "(vigorl feeds images only; see cluster/compat.py)")
+                                  "(vigorl feeds images only; see actors/compat.py)")
 
     preprocess = __call__
 
@@ -171,11 +171,11 @@ def write_pth(site_packages: str | None = None) -> Path:
     # A .pth line starting with "import" is executed at interpreter start. The project root goes on
     # sys.path first so the hook works whether or not vigorl is pip-installed (editable or not).
     root = Path(__file__).resolve().parent.parent
-    target.write_text(f"{root}\nimport cluster.compat; cluster.compat.install()\n")
+    target.write_text(f"{root}\nimport actors.compat; actors.compat.install()\n")
     return target
 
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["install"]:
-        sys.exit("usage: python -m cluster.compat install")
+        sys.exit("usage: python -m actors.compat install")
     print(f"wrote {write_pth()}")

@@ -1,0 +1,31 @@
+"""What every Ray actor process of vigorl (rollout and eval, learner) does for itself: send its output
+to the log file the driver named (`cluster.raystart.log_file`), and report its resident memory."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def redirect_output(path: str) -> None:
+    """Send this process's stdout and stderr to `path` (appended). At the file-descriptor level, so C/C++
+    output and logging handlers made before the call follow too. "" leaves them alone."""
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MiB (Linux /proc; 0.0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
