@@ -182,10 +182,10 @@ def run(cfg: EvalConfig) -> dict:
 
     from actors.actor import RolloutActor
     from actors.trajectory import from_batch
-    from configs.schema import official_defaults
     from cluster.gallery import write_gallery
-    from cluster.tracking import Tracker, job
     from cluster.raystart import init_ray, log_file
+    from cluster.tracking import Tracker, job
+    from configs.schema import official_defaults
 
     official_defaults(cfg)
     k = cfg.rollout.group_size

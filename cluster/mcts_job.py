@@ -111,9 +111,9 @@ def tree_stats(line: dict) -> dict[str, float]:
 def run(cfg: MCTSJobConfig) -> dict:
     from tqdm import tqdm
 
-    from configs.schema import official_defaults
-    from cluster.tracking import Tracker, job
     from cluster.raystart import init_ray
+    from cluster.tracking import Tracker, job
+    from configs.schema import official_defaults
     from data_gen.rows import PROMPTS_FILE, read_rows
 
     official_defaults(cfg)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from configs.schema import TrainConfig
 from cluster.ledger import Ledger
 from cluster.raystart import log_file, say
+from configs.schema import TrainConfig
 
 
 class StartError(RuntimeError):

@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from actors.process import rss_mb
 from cluster import resume
-from configs.schema import TrainConfig
 from cluster.ledger import Ledger
 from cluster.pool import DRIVER_FILE, SCALE_FILE, RolloutPool, RolloutQueue, requested_scale
-from actors.process import rss_mb
 from cluster.raystart import say
+from configs.schema import TrainConfig
 
 
 def prepare(cfg: TrainConfig) -> None:
@@ -93,9 +93,9 @@ def run(cfg: TrainConfig) -> dict:
 
     from actors.actor import nccl_sync
     from actors.picture import episode_figure, show_first_episode
-    from configs.schema import official_defaults
     from cluster.raystart import init_ray
     from cluster.tracking import Tracker, job
+    from configs.schema import official_defaults
     from data_gen.rows import read_rows
 
     official_defaults(cfg)  # null fields -> the released recipe's values for data.task / data.mode

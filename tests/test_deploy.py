@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from configs.schema import TrainConfig, load
 from cluster.cli import main
+from configs.schema import TrainConfig, load
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "cluster" / "deploy"

@@ -8,8 +8,8 @@ import pytest
 
 from actors.rollout import turn_seed
 from cluster import resume
-from configs import schema as config
 from cluster.cli import main
+from configs import schema as config
 
 
 def ckpt_dir(out, step, complete=True, **state):

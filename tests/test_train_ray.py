@@ -138,17 +138,7 @@ def test_checkpoint_loads_in_transformers(sync_run):
     client, found = runs(out)
     names = [a.path for a in client.list_artifacts(found[0].info.run_id, "checkpoints/step_00003")]
     assert any(n.endswith("model.safetensors") for n in names) and any(n.endswith("config.json") for n in names)
-
-
-def test_checkpoint_loads_in_vllm(sync_run):
-    _, out, _ = sync_run
-    script = ("import sys; from actors.engine import make_llm; from vllm import SamplingParams; "
-              "llm = make_llm(sys.argv[1], max_model_len=1024); "
-              "o = llm.generate(['<|im_start|>user\\nhi<|im_end|>\\n'], SamplingParams(max_tokens=4), use_tqdm=False); "
-              "print('GENERATED', len(o[0].outputs[0].token_ids))")
-    p = subprocess.run([sys.executable, "-c", script, str(out / "checkpoints" / "step_00003")], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0 and "GENERATED" in p.stdout, p.stderr[-3000:]
+    # vLLM loads what `Learner.save_hf` writes: test_pipeline_ray.py trains from the SFT job's export
 
 
 def test_two_learner_ranks_in_one_group(tmp_path):
