@@ -66,17 +66,23 @@ def step_dir(out: str | Path, step: int) -> Path:
     return Path(out).resolve() / RESUME_DIR / f"step_{step:05d}"
 
 
+def step_dirs(out: str | Path) -> list[Path]:
+    """Every OUT/resume/step_N directory, complete or not, by step (numerically: step_100000 after 99999)."""
+    root = Path(out) / RESUME_DIR
+    found = [p for p in root.glob("step_*") if p.name[5:].isdigit()] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
 def complete_dirs(out: str | Path) -> list[Path]:
     """The complete resumable checkpoints in `out`, oldest first."""
-    root = Path(out) / RESUME_DIR
-    return sorted(p for p in root.glob("step_*") if (p / COMPLETE).is_file()) if root.is_dir() else []
+    return [p for p in step_dirs(out) if (p / COMPLETE).is_file()]
 
 
 def latest(out: str | Path) -> Checkpoint:
     """The newest complete checkpoint of the run in `out` (a half-written one is skipped)."""
     found = complete_dirs(out)
     if not found:
-        cut = sorted((Path(out) / RESUME_DIR).glob("step_*")) if (Path(out) / RESUME_DIR).is_dir() else []
+        cut = step_dirs(out)
         raise ResumeError(f"{out}: no complete resumable checkpoint in {Path(out) / RESUME_DIR}/"
                           + (f" ({', '.join(p.name for p in cut)}: cut short, no '{COMPLETE}' marker)" if cut else "")
                           + "; a run writes one every tracking.checkpoint_every steps and at its end")
@@ -127,9 +133,9 @@ def prune(out: str | Path, keep: int) -> None:
     done = complete_dirs(out)
     if not done:
         return
-    kept = set(done[-max(1, keep):])
-    for p in sorted((Path(out) / RESUME_DIR).glob("step_*")):
-        if p not in kept and p.name < done[-1].name:
+    kept, newest = set(done[-max(1, keep):]), int(done[-1].name[5:])
+    for p in step_dirs(out):
+        if p not in kept and int(p.name[5:]) < newest:
             shutil.rmtree(p)
 
 
@@ -149,8 +155,7 @@ def write_config(cfg, out: str | Path) -> Path:
 def clear(out: str | Path) -> int:
     """A new run in `out` removes the resumable checkpoints an earlier run left there (so `--resume` can
     never pick up the other run's state); returns how many it removed. HF exports stay."""
-    root = Path(out) / RESUME_DIR
-    found = sorted(root.glob("step_*")) if root.is_dir() else []
+    found = step_dirs(out)
     for p in found:
         shutil.rmtree(p)
     return len(found)

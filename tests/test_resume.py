@@ -33,6 +33,8 @@ def test_latest_skips_a_save_cut_short(tmp_path):
     ckpt_dir(tmp_path, 2)
     ckpt_dir(tmp_path, 3, complete=False)
     assert resume.latest(tmp_path).step == 2
+    ckpt_dir(tmp_path, 100_000)  # past the 5-digit name: still the newest
+    assert resume.latest(tmp_path).step == 100_000
 
 
 def test_no_checkpoint_is_a_clear_error(tmp_path):
