@@ -73,7 +73,7 @@ class RolloutPool:
                 ray.kill(actor, no_restart=True)
                 if attempt == c.restart_attempts:
                     raise StartError(f"rollout slot {slot}: no new actor started in {attempt} tries "
-                                       f"(cluster.restart_attempts); last error: {e}") from e
+                                     f"(cluster.restart_attempts); last error: {e}") from e
                 wait = c.restart_backoff_s * 2 ** (attempt - 1)
                 say(f"[train] fault: a new actor for slot {slot} did not start (try {attempt}/"
                     f"{c.restart_attempts}: {type(e).__name__}); again in {wait:.0f}s")

@@ -11,7 +11,7 @@ from configs.schema import TrainConfig, to_flat_dict
 
 
 class Tracker:
-    def __init__(self, cfg: TrainConfig, run_id: str | None = None, changes: list[str] = ()):
+    def __init__(self, cfg: TrainConfig, run_id: str | None = None, changes: tuple[str, ...] | list[str] = ()):
         """A new MLflow run, or (`run_id`: `vigorl train --resume`) the same run again, its params as they
         were (MLflow params are immutable); `changes` (config keys changed on resume) go to a tag."""
         import logging

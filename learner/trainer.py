@@ -332,11 +332,11 @@ class Learner:
                 return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
         return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
-    def save_state(self, path: str | Path, extra: dict | None = None) -> None:
+    def save_state(self, path: str | Path) -> None:
         """A resumable checkpoint in `path`: DeepSpeed's module, optimizer and step counters (every rank
         writes its ZeRO partition; call on every rank), with this learner's version and torch RNG as
-        client state (`extra` goes in beside them)."""
-        client = {"version": self.version, "torch_rng": torch.get_rng_state()} | (extra or {})
+        client state."""
+        client = {"version": self.version, "torch_rng": torch.get_rng_state()}
         self.engine.save_checkpoint(str(path), tag=DS_TAG, client_state=client)
 
     def load_state(self, path: str | Path) -> dict:
