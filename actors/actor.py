@@ -8,14 +8,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from configs.schema import EvalConfig, TrainConfig
-
-
-def nccl_sync(cfg: TrainConfig) -> bool:
-    """Whether weights move by NCCL broadcast (GPU actors) rather than through the object store."""
-    if cfg.cluster.weight_sync not in ("auto", "nccl", "object_store"):
-        raise ValueError(f"cluster.weight_sync must be auto | nccl | object_store, got {cfg.cluster.weight_sync!r}")
-    return cfg.cluster.weight_sync == "nccl" or (cfg.cluster.weight_sync == "auto" and cfg.cluster.rollout_gpus > 0)
+from configs.schema import EvalConfig, TrainConfig, nccl_sync
 
 
 def read_system_prompt(path: str) -> str | None:
@@ -54,10 +47,12 @@ class RolloutActor:
 
         self.cfg, self.index, self.version = cfg, index, 0
         self.rows = {r.prompt_id: r for r in (read_rows(cfg.data.path) if rows is None else rows)}
+        nccl = nccl_sync(cfg.cluster)
         self.llm = make_llm(cfg.model.path, dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len,
                             max_images=cfg.zoom.max_images, seed=cfg.sampling.seed + index,
                             tensor_parallel_size=cfg.cluster.tensor_parallel_size,
-                            nccl_weight_sync=nccl_sync(cfg))
+                            gpu_memory_utilization=cfg.cluster.gpu_memory_utilization,
+                            nccl_weight_sync=nccl, in_process=not nccl)
         processor = AutoProcessor.from_pretrained(cfg.model.path)
         r = cfg.rollout
         self.rollout = Rollout(
@@ -83,8 +78,8 @@ class RolloutActor:
         """-> (Arrow RecordBatch of G trajectories per prompt, stats). Call with num_returns=2 so the batch
         is its own object that the learner reads without the driver touching it. `draw` (the ledger ticket
         in training) seeds every turn (`actors.rollout.turn_seed`); None: the engine's stream."""
+        from actors.process import rss_mb, trim_heap
         from actors.trajectory import to_batch
-        from actors.process import rss_mb
 
         t0 = time.perf_counter()
         batch = [(self.rows[p], self._image(self.rows[p]), self.rows[p].image) for p in prompt_ids]
@@ -94,8 +89,10 @@ class RolloutActor:
         stats = {"actor": self.index, "version": self.version, "prompt_ids": prompt_ids,
                  "generate_s": t1 - t0, "encode_s": time.perf_counter() - t1,
                  "response_tokens": sum(len(t.token_ids) - t.prompt_len for t in trajs),
-                 "episodes": len(trajs), "rss_mb": rss_mb()}
-        return rb, stats
+                 "episodes": len(trajs)}
+        del trajs, batch  # the Arrow batch holds what the learner needs; free the rest before trimming
+        trim_heap()
+        return rb, stats | {"rss_mb": rss_mb()}
 
     def load_weights(self, version: int, packed: dict) -> float:
         from actors.weights import load_weights, unpack

@@ -32,8 +32,11 @@ def set_cpu_env() -> None:
 
 def make_llm(model_path: str, *, dtype: str = "float32", max_model_len: int = 8192, max_images: int = 5,
              seed: int = 0, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.8,
-             nccl_weight_sync: bool = False):
-    """A vLLM `LLM` for a local Qwen2.5-VL dir (tiny or real). Images only: video is disabled."""
+             nccl_weight_sync: bool = False, in_process: bool = False):
+    """A vLLM `LLM` for a local Qwen2.5-VL dir (tiny or real). Images only: video is disabled.
+    `in_process` (GPU; on CPU the engine always is): the engine core runs in this process, so that
+    `actors.weights.load_weights` can hand it an iterator of tensors; across vLLM's process boundary its
+    msgpack serialiser rejects one. Workers of a tensor-parallel engine still get it, pickled."""
     import actors.compat
 
     actors.compat.install()
@@ -44,6 +47,8 @@ def make_llm(model_path: str, *, dtype: str = "float32", max_model_len: int = 81
 
     kwargs = dict(model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                   limit_mm_per_prompt={"image": max_images, "video": 0})
+    if gpu and in_process:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read when the LLM is built
     if gpu:
         kwargs.update(tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization)
         if nccl_weight_sync:

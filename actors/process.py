@@ -1,8 +1,12 @@
 """What every Ray actor process of vigorl (rollout and eval, learner) does for itself: send its output
-to the log file the driver named (`cluster.raystart.log_file`), and report its resident memory."""
+to the log file the driver named (`cluster.raystart.log_file`), hand freed heap back to the OS, and report
+its resident memory."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import sys
 from pathlib import Path
@@ -29,3 +33,20 @@ def rss_mb() -> float:
     except OSError:
         return 0.0
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def trim_heap() -> None:
+    """Return the C heap's free pages to the OS (glibc `malloc_trim(0)`, all arenas; a no-op elsewhere).
+
+    Why: every learner step and rollout chunk allocates tensors of a different sequence length from many
+    threads; glibc keeps what they free in per-thread arenas, so a long run's RSS creeps up although
+    nothing is leaked (`make soak` measured the learner +11 % over 85 steps without this)."""
+    if _malloc_trim() is not None:
+        _malloc_trim()(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None

@@ -8,8 +8,8 @@ never part of the tests.
 
 The task is `object_colour` (data_gen.synthetic): what colour is the {shape} in a 112x112 scene of two or
 three objects, four options that include the other objects' colours (chance 25 %). The base is the
-`small` tiny Qwen2.5-VL pretrained on generic captions of the same kind of scenes ("The red circle is at
-(61, 50). ..."): what and where objects are, not the task, its format or its questions — as the paper
+`small` tiny Qwen2.5-VL pretrained on generic captions of the same kind of scenes ("The circle at (61, 50)
+is red. ..."): what and where objects are, not the task, its format or its questions — as the paper
 starts from a pretrained Qwen2.5-VL. Seeds: captions 100 (+1 per base stage), MCTS questions 1, RL
 prompts 2, held-out 3 (never used for any training data).
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = "object_colour"
-BASE_VERSION = "v3"  # the cache dir; bump when the base recipe (captions, configs/learn_base.yaml) changes
+BASE_VERSION = "v4"  # the cache dir; bump when the base recipe (captions, configs/learn_base.yaml) changes
 SEEDS = {"captions": 100, "mcts": 1, "rl": 2, "heldout": 3}
 
 
@@ -46,7 +46,7 @@ def cache_dir() -> Path:
 def caption_rows(n: int, seed: int, out: Path) -> int:
     """`n` generic captions of object scenes as sharegpt rows in OUT/{train,val}.jsonl (val: 2 %), images
     in OUT/images. What and where every object is, in random order; nothing of the task's questions."""
-    from data_gen.synthetic import SMALL_SCENE, object_scene
+    from data_gen.synthetic import SMALL_SCENE, object_scene, object_sentence
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     files = {s: open(out / f"{s}.jsonl", "w") for s in ("train", "val")}
@@ -57,7 +57,7 @@ def caption_rows(n: int, seed: int, out: Path) -> int:
         rng.shuffle(objs)
         rel = f"images/{i:06d}.png"
         img.save(out / rel)
-        text = " ".join(f"The {name} is at ({x}, {y})." for name, (x, y), _ in objs)
+        text = " ".join(object_sentence(name, centre) for name, centre, _ in objs)
         row = {"messages": [{"role": "user", "content": "<image>Describe the objects in the image and where they are."},
                             {"role": "assistant", "content": text}],
                "images": [rel], "image_size": list(img.size), "question_id": f"caption-{seed}-{i}"}

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MEMORY = ("memory/driver_rss_mb", "memory/rollout_rss_mb", "memory/learner_rss_mb")
 WARMUP = 5
 MAX_QUEUE, PER_STEP = 2, 2  # loop.max_queue, loop.prompts_per_step of the soak run
-STEP_WORK_S = 7.0  # seconds a soak step takes besides the learner's sleep (measured: 2 cores, 2026-11-26)
+STEP_WORK_S = 11.0  # seconds a soak step takes besides the learner's sleep (measured: 2 cores, 2026-11-26)
 
 
 def drift(values: list[float]) -> float:

@@ -88,9 +88,9 @@ class RolloutPool:
             return
 
     def _refuse_nccl(self, what: str) -> None:
-        from actors.actor import nccl_sync
+        from configs.schema import nccl_sync
 
-        if nccl_sync(self.cfg):
+        if nccl_sync(self.cfg.cluster):
             raise RuntimeError(f"{what}: adding an actor to an NCCL weight-sync group is not supported yet "
                                f"(cluster.weight_sync=object_store is)")
 
@@ -107,10 +107,10 @@ class RolloutPool:
         """Add a slot with a new actor at the current weights. A scale request must never end the run: when
         the actor cannot be added (NCCL weight sync, too few free resources, no start) this says why on the
         console and returns False."""
-        from actors.actor import nccl_sync
+        from configs.schema import nccl_sync
 
         c = self.cfg.cluster
-        if nccl_sync(self.cfg):
+        if nccl_sync(self.cfg.cluster):
             say("[train] scale: adding a rollout actor to an NCCL weight-sync group is not supported yet "
                 "(cluster.weight_sync=object_store is); request ignored")
             return False

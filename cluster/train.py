@@ -91,11 +91,10 @@ def run(cfg: TrainConfig) -> dict:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from actors.actor import nccl_sync
     from actors.picture import episode_figure, show_first_episode
     from cluster.raystart import init_ray
     from cluster.tracking import Tracker, job
-    from configs.schema import official_defaults
+    from configs.schema import nccl_sync, official_defaults
     from data_gen.rows import read_rows
 
     official_defaults(cfg)  # null fields -> the released recipe's values for data.task / data.mode
@@ -104,6 +103,7 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.rollout.group_size < 2:
         raise ValueError(f"rollout.group_size must be >= 2 (group advantages need a spread), got "
                          f"{cfg.rollout.group_size}")
+    nccl = nccl_sync(cfg.cluster)  # also refuses GPU placements that cannot run
     ckpt = resume.latest(cfg.out) if cfg.resume else None  # before Ray starts: a bad resume fails fast
     changes = resume.check(ckpt, cfg) if ckpt else []
     if not ckpt and (n := resume.clear(cfg.out)):
@@ -118,8 +118,9 @@ def run(cfg: TrainConfig) -> dict:
     n_actors, per_step = cfg.cluster.rollout_actors, cfg.loop.prompts_per_step
     pool = RolloutPool(ray, cfg, n_actors)
     learners = make_learner(ray, cfg)
-    nccl = nccl_sync(cfg)
-    if nccl:  # one NCCL group: learner rank 0 + every vLLM worker
+    if nccl:  # one NCCL group: learner rank 0 + every vLLM worker, once every engine is up (the group's store
+        # waits 300 s for its members; N engines loading a 7B VLM can take longer)
+        ray.get([a.get_version.remote() for a in pool.slots], timeout=cfg.cluster.start_timeout_s)
         world = 1 + n_actors * cfg.cluster.tensor_parallel_size
         address, port = ray.get(learners[0].nccl_open.remote(world))
         ray.get([a.nccl_join.remote(address, port, world) for a in pool.slots], timeout=cfg.cluster.sync_timeout_s)

@@ -174,6 +174,31 @@ class ClusterConfig:
     start_timeout_s: float = 900.0  # a replacement actor whose engine is not up by then failed to start
     restart_attempts: int = 3  # tries at starting a replacement before the run stops with an error
     restart_backoff_s: float = 5.0  # wait before try k+1: restart_backoff_s * 2**(k-1)
+    gpu_memory_utilization: float = 0.8  # GPU actors: the share of their GPU's memory vLLM takes (weights and
+    # KV cache); where the learner shares the GPU (fractional rollout_gpus and learner_gpus) leave it room
+
+
+def nccl_sync(c: ClusterConfig) -> bool:
+    """Whether weights move by NCCL broadcast from learner rank 0 into the vLLM workers (`auto`: when the
+    learner and every rollout actor have whole GPUs of their own), rather than through Ray's object store.
+    Also refuses the placements that cannot run, naming the keys (checked before Ray starts):
+    - NCCL refuses two ranks on one GPU ("duplicate GPU"), so `nccl` needs whole GPUs on both sides; a learner
+      and vLLM sharing one GPU (fractional gpus) take the object store;
+    - a vLLM engine of tensor-parallel size tp uses tp whole GPUs: rollout_gpus must equal it, or be a
+      fraction below 1 with tp = 1 (a GPU shared with the learner)."""
+    if c.weight_sync not in ("auto", "nccl", "object_store"):
+        raise ValueError(f"cluster.weight_sync must be auto | nccl | object_store, got {c.weight_sync!r}")
+    tp = c.tensor_parallel_size
+    if tp < 1 or (c.rollout_gpus > 0 and c.rollout_gpus != tp and not (tp == 1 and c.rollout_gpus < 1)):
+        raise ValueError(f"cluster.rollout_gpus={c.rollout_gpus} with cluster.tensor_parallel_size={tp}: a rollout "
+                         "actor's vLLM engine needs one whole GPU per tensor-parallel rank (rollout_gpus = "
+                         "tensor_parallel_size), or a share of one GPU (rollout_gpus < 1) with tensor_parallel_size=1")
+    whole = c.rollout_gpus >= 1 and c.learner_gpus >= 1
+    if c.weight_sync == "nccl" and not whole:
+        raise ValueError(f"cluster.weight_sync=nccl needs whole GPUs for the learner and every rollout actor "
+                         f"(NCCL refuses two ranks on one GPU); got cluster.learner_gpus={c.learner_gpus}, "
+                         f"cluster.rollout_gpus={c.rollout_gpus}. On one shared GPU use cluster.weight_sync=object_store")
+    return c.weight_sync == "nccl" or (c.weight_sync == "auto" and whole)
 
 
 @dataclass

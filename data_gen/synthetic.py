@@ -167,6 +167,16 @@ def spatial(rng: random.Random, pid: str) -> tuple[Image.Image, dict]:
 SMALL_SCENE = dict(size=(112, 112), radius=(12, 17), apart=(28, 28))
 
 
+def object_sentence(name: str, point: tuple[int, int]) -> str:
+    """What is at `point`, in the words of `make learn`'s base captions and of the describing scripted teacher
+    (data_gen.teachers): "The triangle at (51, 59) is orange." `name` is "colour shape". Shape first, then
+    where, then colour: read left to right, a caption then teaches where a named shape is and what colour is
+    at a place, the two hops an `object_colour` question needs. ("The orange triangle is at ..." taught
+    the colour before the shape was known, and the fine-tuned models answered at chance: README.)"""
+    colour, shape = name.split()
+    return f"The {shape} at ({point[0]}, {point[1]}) is {colour}."
+
+
 @register("object_colour")
 def object_colour(rng: random.Random, pid: str) -> tuple[Image.Image, dict]:
     """What colour is the {shape}? Two or three objects of different shapes and colours in a small scene;

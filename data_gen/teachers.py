@@ -18,6 +18,7 @@ from typing import Callable
 
 from data_gen.mcts import COORD_RE, TeacherOutput
 from data_gen.rows import PromptRow
+from data_gen.synthetic import object_sentence
 
 Box = tuple[int, int, int, int]
 
@@ -132,7 +133,7 @@ class ScriptedTeacher:
             text = f"Let me check this region ({x}, {y})."
         if self.describe and self.scene.visible:  # say what is there (the truth at that point, right or wrong)
             seen = self.scene.seen_at((x, y))
-            text = f"The {seen} is at ({x}, {y})." if seen else f"There is nothing at ({x}, {y})."
+            text = object_sentence(seen, (x, y)) if seen else f"There is nothing at ({x}, {y})."
         return TeacherOutput(text)
 
     def _answer(self, found: bool) -> TeacherOutput:

@@ -43,7 +43,7 @@ class LearnerActor:
 
     def gather_only(self) -> None:
         """Take part in a ZeRO-3 full-weight gather whose result rank 0 uses."""
-        self.learner.state_dict()
+        self.learner.state_dict(frozen=False)
 
     def train_step(self, batches: list, max_staleness: int = 0, staleness_mode: str = "drop",
                    tis_cap: float = 2.0, delay_s: float = 0.0) -> dict[str, float]:
@@ -53,7 +53,7 @@ class LearnerActor:
 
         import ray
 
-        from actors.process import rss_mb
+        from actors.process import rss_mb, trim_heap
 
         time.sleep(delay_s)
         t0 = time.perf_counter()
@@ -62,6 +62,8 @@ class LearnerActor:
         t1 = time.perf_counter()
         out = self.learner.train_step(trajectories, max_staleness, staleness_mode, tis_cap)
         t2 = time.perf_counter()
+        del batches, trajectories
+        trim_heap()
         return out | {"time/decode_s": t1 - t0, "time/train_s": t2 - t1, "memory/learner_rss_mb": rss_mb()}
 
     def sft_step(self, batch) -> dict[str, float]:
@@ -90,9 +92,15 @@ class LearnerActor:
 
         address, port = ray.util.get_node_ip_address(), free_port()
         self._sender_box: dict = {}
+
+        def rendezvous() -> None:  # its error is re-raised by nccl_meta, not lost with the thread
+            try:
+                self._sender_box["sender"] = NcclSender(address, port, world_size)
+            except BaseException as e:  # noqa: B036 - handed to the caller thread, which raises it
+                self._sender_box["error"] = e
+
         # rendezvous blocks until every engine has joined: run it beside the RPCs that make them join
-        self._joiner = threading.Thread(target=lambda: self._sender_box.setdefault(
-            "sender", NcclSender(address, port, world_size)), daemon=True)
+        self._joiner = threading.Thread(target=rendezvous, daemon=True)
         self._joiner.start()
         return address, port
 
@@ -100,7 +108,9 @@ class LearnerActor:
         from actors.weights import weight_meta
 
         self._joiner.join()
-        self._staged = self.learner.state_dict()  # gathered before any broadcast
+        if "error" in self._sender_box:
+            raise RuntimeError("learner rank 0 could not open the NCCL weight-sync group") from self._sender_box["error"]
+        self._staged = self.learner.state_dict(frozen=False)  # gathered before any broadcast
         return self.learner.version, weight_meta(self._staged)
 
     def nccl_send(self) -> float:
@@ -126,11 +136,12 @@ class LearnerActor:
         return self.learner.version
 
     def publish(self) -> tuple[int, dict]:
-        """(version, full state dict in HF names, packed for a zero-copy object store: actors.weights).
-        Under ZeRO-3 every rank must call it (the gather is collective); only rank 0's result is used."""
+        """(version, the trained weights in HF names, packed for a zero-copy object store: actors.weights).
+        A frozen vision tower is not sent (`Learner.state_dict(frozen=False)`). Under ZeRO-3 every rank must
+        call it (the gather is collective); only rank 0's result is used."""
         from actors.weights import pack
 
-        state = self.learner.state_dict()
+        state = self.learner.state_dict(frozen=False)
         return self.learner.version, (pack(state) if self.learner.rank == 0 else {})
 
     def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:

@@ -55,15 +55,28 @@ def test_every_field_is_documented():
             assert "#" in line, f"{cls.__name__}.{f.name} has no comment"
 
 
-def test_weight_sync_choice():
-    from actors.actor import nccl_sync
-    from configs.schema import TrainConfig
+def test_weight_sync_choice_and_gpu_placements():
+    from configs.schema import TrainConfig, nccl_sync
 
-    assert not nccl_sync(load(TrainConfig))
-    assert nccl_sync(load(TrainConfig, None, ["cluster.rollout_gpus=1"]))
-    assert not nccl_sync(load(TrainConfig, None, ["cluster.rollout_gpus=1", "cluster.weight_sync=object_store"]))
-    with pytest.raises(ValueError, match="cluster.weight_sync"):
-        nccl_sync(load(TrainConfig, None, ["cluster.weight_sync=carrier_pigeon"]))
+    def sync(*overrides):
+        return nccl_sync(load(TrainConfig, None, list(overrides)).cluster)
+
+    assert not sync()
+    assert sync("cluster.rollout_gpus=1", "cluster.learner_gpus=1")
+    assert sync("cluster.rollout_gpus=2", "cluster.tensor_parallel_size=2", "cluster.learner_gpus=1")
+    assert not sync("cluster.rollout_gpus=1", "cluster.learner_gpus=1", "cluster.weight_sync=object_store")
+    assert not sync("cluster.rollout_gpus=1")  # auto: the learner on CPU takes the object store
+    assert not sync("cluster.rollout_gpus=0.5", "cluster.learner_gpus=0.5")  # one shared GPU
+    with pytest.raises(ValueError, match="cluster.weight_sync must be"):
+        sync("cluster.weight_sync=carrier_pigeon")
+    with pytest.raises(ValueError, match=r"weight_sync=nccl needs whole GPUs.*learner_gpus=0.5"):
+        sync("cluster.weight_sync=nccl", "cluster.rollout_gpus=0.5", "cluster.learner_gpus=0.5")
+    with pytest.raises(ValueError, match=r"weight_sync=nccl needs whole GPUs.*learner_gpus=0.0"):
+        sync("cluster.weight_sync=nccl", "cluster.rollout_gpus=1")
+    for bad in (["cluster.rollout_gpus=1", "cluster.tensor_parallel_size=2"],
+                ["cluster.rollout_gpus=1.5"], ["cluster.rollout_gpus=0.5", "cluster.tensor_parallel_size=2"]):
+        with pytest.raises(ValueError, match="one whole GPU per tensor-parallel rank"):
+            sync(*bad)
 
 
 @pytest.mark.parametrize("task,mode,expected", [
@@ -132,8 +145,9 @@ def test_every_recipe_validates_against_its_schema(path):
 
 @pytest.mark.parametrize("layout", sorted((ROOT / "configs" / "layouts").glob("*.yaml")), ids=lambda p: p.name)
 def test_resource_layouts_layer_on_a_recipe(layout):
-    from configs.schema import TrainConfig
+    from configs.schema import TrainConfig, nccl_sync
 
     cfg = load(TrainConfig, [ROOT / "configs/grpo_mt_visual_search.yaml", layout])
-    assert cfg.cluster.rollout_gpus >= 1 and cfg.cluster.learner_gpus >= 1  # actors and learner on their own GPUs
+    assert cfg.cluster.rollout_gpus > 0 and cfg.cluster.learner_gpus > 0  # actors and learner on GPUs
+    nccl_sync(cfg.cluster)  # a placement that can run
     assert cfg.zoom.half_size == 182 and cfg.data.mode == "multi_turn"  # the recipe's own keys survive

@@ -79,7 +79,7 @@ def test_grpo_step_and_weight_sync(stack, ray_local):
     assert (after - vllm_logprobs(llm, fixed)).abs().max().item() > 1e-2, "the step did not change the policy"
 
     version, packed = ray.get(learner.publish.remote())
-    assert version == 1
+    assert version == 1 and packed["names"] and not any(".visual." in n for n in packed["names"])  # frozen: kept
     load_weights(llm, unpack(packed))
     assert (after - vllm_logprobs(llm, fixed)).abs().max().item() < 1e-3
 

@@ -197,9 +197,9 @@ def test_scripted_teacher_can_describe_what_is_at_its_points():
     assert any(t.startswith("There is nothing at") for t in texts)
     for t in texts:
         x, y = (int(v) for v in re.search(r"\((\d+), (\d+)\)", t).groups())
-        named = re.match(r"The (\w+ \w+) is at", t)
+        named = re.fullmatch(r"The (\w+) at \(\d+, \d+\) is (\w+)\.", t)
         if named:  # the named object is there
-            x1, y1, x2, y2 = boxes[named.group(1)]
+            x1, y1, x2, y2 = boxes[f"{named.group(2)} {named.group(1)}"]
             assert x1 <= x <= x2 and y1 <= y <= y2
         else:
             assert not any(a <= x <= c and b <= y <= d for a, b, c, d in boxes.values())

@@ -28,5 +28,5 @@ def test_mcts_linearize_multiturn_sft_train(tmp_path):
     assert "[sft] done" in out and (sft / "model" / "model.safetensors").is_file()
     out = vigorl("train", "--config", ROOT / "configs/local_cpu.yaml", f"out={tmp_path / 'rl'}",
                  f"model.path={sft / 'model'}", f"data.path={data}", "loop.steps=1", "loop.prompts_per_step=2",
-                 "rollout.group_size=2", "sampling.max_tokens_per_turn=160", "tracking.picture_every=0")
+                 "rollout.group_size=2", "sampling.max_tokens_per_turn=96", "tracking.picture_every=0")
     assert "[train] step 1/1" in out
