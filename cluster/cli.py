@@ -11,6 +11,7 @@
     vigorl sft --config configs/sft_local.yaml [--address ADDR] [key=value ...]
     vigorl eval --config configs/eval_local.yaml [--address ADDR] [--verbose] [key=value ...]
     vigorl scale OUT_DIR --rollout-actors K
+    vigorl stop OUT_DIR
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     sc = sub.add_parser("scale", help="add or remove rollout actors of a running `vigorl train` (at its next step)")
     sc.add_argument("out", help="the run's out dir")
     sc.add_argument("--rollout-actors", type=int, required=True)
+    st = sub.add_parser("stop", help="end a running `vigorl train` after its step in progress, with a checkpoint")
+    st.add_argument("out", help="the run's out dir")
 
     args = p.parse_args(argv)
     if args.cmd == "make-tiny-model":
@@ -88,15 +91,16 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--task must be one of {sorted(GENERATORS)}, got {args.task!r}")
         rows = make_dataset(args.task, args.n, args.seed, args.out)
         print(f"wrote {len(rows)} rows to {args.out}/prompts.parquet")
-    elif args.cmd == "scale":
-        from cluster.pool import request_scale
+    elif args.cmd in ("scale", "stop"):
+        from cluster.control import request_scale, request_stop
 
         try:
-            path = request_scale(args.out, args.rollout_actors)
+            path = request_scale(args.out, args.rollout_actors) if args.cmd == "scale" else request_stop(args.out)
         except (FileNotFoundError, ValueError) as e:
-            print(f"vigorl scale: {e}", file=sys.stderr)
+            print(f"vigorl {args.cmd}: {e}", file=sys.stderr)
             return 2
-        print(f"[scale] asked for {args.rollout_actors} rollout actor(s) in {path}; the run applies it at its next step")
+        print(f"[scale] asked for {args.rollout_actors} rollout actor(s) in {path}; the run applies it at its next step"
+              if args.cmd == "scale" else f"[stop] asked in {path}; the run ends after its step in progress")
     elif args.cmd in ("linearize", "to-multiturn"):
         from configs import schema as config
         from data_gen import traces

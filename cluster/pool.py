@@ -11,14 +11,11 @@ replacement cannot start (no memory, no node) — and each new actor gets a fres
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
-from typing import NamedTuple
 
+from cluster.control import ScaleRequest
 from cluster.ledger import Ledger
 from cluster.raystart import log_file, say
 from configs.schema import TrainConfig
@@ -230,38 +227,3 @@ class RolloutQueue:
         self._hand_back(slot)
         self.pool.replace(slot, why)
         self.fill()
-
-
-# ---- `vigorl scale`: a request file in the run's directory, applied by the driver at a step boundary ----
-
-SCALE_FILE = "control/rollout_actors.json"
-DRIVER_FILE = "driver.json"  # written by a running `vigorl train` (pid, MLflow run id); removed when it ends
-
-
-def request_scale(out: str | Path, k: int) -> Path:
-    """Ask the run writing to `out` for k rollout actors (atomic write; the newest request wins)."""
-    out = Path(out)
-    if k < 1:
-        raise ValueError(f"--rollout-actors must be >= 1, got {k}")
-    if not (out / DRIVER_FILE).is_file():
-        raise FileNotFoundError(f"{out}: no `vigorl train` run in progress there (no {DRIVER_FILE})")
-    path = out / SCALE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"rollout_actors": k, "requested_at": time.time()}))
-    os.replace(tmp, path)
-    return path
-
-
-class ScaleRequest(NamedTuple):
-    k: int  # rollout actors asked for
-    at: float  # when (time.time()): a new request, even for the same k, is a new one
-
-
-def requested_scale(out: str | Path) -> ScaleRequest | None:
-    """The `vigorl scale` request last made for the run in `out`, if any."""
-    path = Path(out) / SCALE_FILE
-    if not path.is_file():
-        return None
-    req = json.loads(path.read_text())
-    return ScaleRequest(int(req["rollout_actors"]), float(req["requested_at"]))

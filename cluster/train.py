@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,9 @@ import pyarrow.compute as pc
 
 from actors.process import rss_mb
 from cluster import resume
+from cluster.control import driver_file, requested_scale, stop_requested
 from cluster.ledger import Ledger
-from cluster.pool import DRIVER_FILE, SCALE_FILE, RolloutPool, RolloutQueue, requested_scale
+from cluster.pool import RolloutPool, RolloutQueue
 from cluster.raystart import say
 from configs.schema import TrainConfig
 
@@ -138,7 +138,11 @@ def run(cfg: TrainConfig) -> dict:
     bar = tqdm(total=cfg.loop.steps, initial=first - 1, desc="train", unit="step", file=sys.stdout,
                disable=None)  # off without a tty
     with job(tracker, ray), driver_file(cfg.out, tracker.run_id):
+        last = first - 1  # the last step trained
         for step in range(first, cfg.loop.steps + 1):
+            if stop_requested(cfg.out):  # `vigorl stop OUT`
+                say(f"[train] stop asked for: ending after step {last} of {cfg.loop.steps}")
+                break
             t0 = time.perf_counter()
             queue.follow(requested_scale(cfg.out))  # `vigorl scale OUT --rollout-actors K`
             queue.fill()
@@ -178,29 +182,12 @@ def run(cfg: TrainConfig) -> dict:
                 f"acc {m.get('reward/accuracy', 0):.2f} format {m.get('reward/format_rate', 0):.2f} "
                 f"zooms {m.get('episode/zooms', 0):.2f} loss {m.get('loss', float('nan')):.4f} "
                 f"kl {m.get('kl', 0):.4f} stale {m['staleness_max']:.0f} {t3 - t0:.1f}s")
-            summary = m
+            summary, last = m, step
         bar.close()
-        if not cfg.tracking.checkpoint_every or cfg.loop.steps % cfg.tracking.checkpoint_every:
-            save_checkpoint(ray, learners, tracker, cfg, cfg.loop.steps, ledger)
+        if last >= first and (not cfg.tracking.checkpoint_every or last % cfg.tracking.checkpoint_every):
+            save_checkpoint(ray, learners, tracker, cfg, last, ledger)
     print(f"[train] done. MLflow run {tracker.run_id} in {tracker.uri}\n[train] open the UI: {tracker.ui_command()}")
     return {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "last": summary}
-
-
-@contextmanager
-def driver_file(out: str, run_id: str):
-    """out/driver.json while the run goes on: how `vigorl scale` knows a run is there. A scale request left
-    by an earlier run in the same dir is dropped: a run starts with cluster.rollout_actors."""
-    import json
-    import os
-    import socket
-
-    out = Path(out)
-    (out / SCALE_FILE).unlink(missing_ok=True)
-    (out / DRIVER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id}))
-    try:
-        yield
-    finally:
-        (out / DRIVER_FILE).unlink(missing_ok=True)
 
 
 def make_learner(ray, cfg: TrainConfig) -> list:

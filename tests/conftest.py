@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,15 +111,40 @@ def ray_head():
                RAY_USAGE_STATS_ENABLED="0")
     gcs, dash = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's unix socket paths must fit 107 chars
+    # the agent's HTTP port too: its default (52365) is taken by any other Ray on the machine, and an agent
+    # that cannot bind takes no jobs
     p = subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=3",
+                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                        f"--dashboard-agent-listen-port={free_port()}", "--num-cpus=3",
                         f"--temp-dir={temp}"], env=env, capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stderr[-3000:]
     try:
+        wait_for_job_agent(f"http://127.0.0.1:{dash}")
         yield RayHead(env, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}")
     finally:
         stop_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def wait_for_job_agent(dashboard: str, timeout_s: float = 180.0) -> None:
+    """Return once the head takes jobs: `ray start` returns before the node's dashboard agent has registered,
+    and a `ray job submit` meanwhile fails ("No available agent to submit job"). A trivial job that went
+    through is the proof."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    deadline = time.monotonic() + timeout_s
+    client = JobSubmissionClient(dashboard)
+    while True:
+        try:
+            job = client.submit_job(entrypoint="true")
+            break
+        except RuntimeError as e:  # the dashboard's HTTP 500 while no agent is there
+            assert time.monotonic() < deadline, f"the Ray head at {dashboard} took no job in {timeout_s:.0f} s: {e}"
+            time.sleep(1.0)
+    while (status := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        assert time.monotonic() < deadline, f"the probe job on {dashboard} is still {status}"
+        time.sleep(0.5)
+    assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)
 
 
 def stop_cluster(temp: str) -> None:

@@ -3,12 +3,14 @@ submitted with `ray job submit --working-dir .` to a `ray start --head` cluster 
 actor's process is SIGKILLed three times at random points (its pid from Ray's state API), and the run is
 scaled 1 -> 2 -> 1 rollout actors with `vigorl scale` (a request for 3, which the 3-CPU cluster has no room
 for, is refused with a console line and the run goes on with 2). Each event waits until the run has taken in the one
-before, so every kill is certain to be one restart. The run finishes its steps and the job succeeds; the
+before, so every kill is certain to be one restart; then `vigorl stop` ends the run after its step in progress,
+with a checkpoint, and the job succeeds; the
 ledger balances with no prompt done twice in an epoch; trained samples stay within the staleness bound,
 and the actors did run ahead of the learner (the async path, not a sync run in disguise)."""
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -19,10 +21,9 @@ from pathlib import Path
 from conftest import BIN, lineage_of, runs
 
 ROOT = Path(__file__).resolve().parent.parent
-# Every event waits for the run to take in the one before, so the run must outlast all seven: an event takes
-# a few seconds (a replacement blocks the driver ~20 s, steps do not run on meanwhile), the learner sleeps
-# 0.5 s a step, and the last event is taken in around step 12: 12 more steps are the margin.
-STEPS = 24
+# Every event waits for the run to take in the one before; after the last, `vigorl stop` ends the run at its
+# next step boundary. STEPS only bounds the run: the events are taken in around step 12.
+STEPS = 200
 
 
 def victim(dashboard: str, n_alive: int, killed: list[int], rng: random.Random, running) -> int:
@@ -85,15 +86,20 @@ def test_actor_kills_and_scaling_mid_run_lose_nothing(ray_head, tmp_path):
         scale(3, 2, after="2 (asked for 3)")  # learner + 2 actors use all 3 CPUs
         scale(1, 2)
         kill(1)
+        subprocess.run([sys.executable, "-m", "cluster.cli", "stop", str(out)], cwd=ROOT, check=True,
+                       capture_output=True)
         assert p.wait(timeout=900) == 0, "".join(lines[-120:])
     finally:
         if p.poll() is None:
             p.kill()
     text = "".join(lines)
-    assert f"[train] step {STEPS}/{STEPS}" in text and text.count("[train] fault: rollout actor in slot") == 3, seed
+    stopped = re.search(rf"\[train\] stop asked for: ending after step (\d+) of {STEPS}", text)
+    assert stopped, (seed, text[-3000:])
+    steps = int(stopped.group(1))
+    assert f"[train] step {steps}/{STEPS}" in text and text.count("[train] fault: rollout actor in slot") == 3, seed
     assert "succeeded" in text.lower()  # the Ray job's own verdict
     assert "scale: no room for another rollout actor (needs 1 CPU, 0 free)" in text
-    assert (out / "checkpoints" / f"step_{STEPS:05d}" / "model.safetensors").is_file()
+    assert (out / "checkpoints" / f"step_{steps:05d}" / "model.safetensors").is_file()  # the stop's checkpoint
 
     client, found = runs(out)
     run = found[0]
@@ -104,13 +110,13 @@ def test_actor_kills_and_scaling_mid_run_lose_nothing(ray_head, tmp_path):
     # every prompt handed out is done, in flight or requeued; none done twice in its epoch; a kill costs >= 1 call
     assert m["ledger/handed_out"] == m["ledger/done"] + m["ledger/in_flight"] + m["ledger/requeued"]
     assert m["ledger/duplicated"] == 0 and m["ledger/requeued"] >= 3 * 2
-    assert m["ledger/done"] == STEPS * 2  # async: what was trained; the queue ahead is still in flight
+    assert m["ledger/done"] == steps * 2  # async: what was trained; the queue ahead is still in flight
     stale = [x.value for x in client.get_metric_history(run.info.run_id, "staleness_max")]
-    assert len(stale) == STEPS and max(stale) <= 1
+    assert len(stale) == steps and max(stale) <= 1
     assert sum(x.value for x in client.get_metric_history(run.info.run_id, "dropped_stale")) == 0
-    staleness = [v for k in range(1, STEPS + 1)
+    staleness = [v for k in range(1, steps + 1)
                  for v in lineage_of(client, run, k).column("staleness").to_pylist()]
-    assert len(staleness) == STEPS * 2 * 2 and max(staleness) == 1  # per sample; step 2 ran ahead before any kill
+    assert len(staleness) == steps * 2 * 2 and max(staleness) == 1  # per sample; step 2 ran ahead before any kill
     # backpressure: never more than max_queue steps' worth of prompts dispatched and not yet trained on
     in_flight = [x.value for x in client.get_metric_history(run.info.run_id, "ledger/in_flight")]
     assert max(in_flight) > 0 and max(in_flight) <= 2 * 2

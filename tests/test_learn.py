@@ -2,8 +2,10 @@
 `make learn` itself is a benchmark, never a test."""
 
 import json
+import re
 
 from bench.learn import caption_rows
+from data_gen.synthetic import COLORS, SHAPES
 from data_gen.tiny_model import build_tokenizer
 from learner.sft import encode_row
 
@@ -19,10 +21,10 @@ def test_captions_say_what_and_where_each_object_is(tmp_path):
     for row in rows[:10]:
         text = row["messages"][1]["content"]
         img = Image.open(tmp_path / row["images"][0]).convert("RGB")
-        for sentence in text.rstrip(".").split(". "):  # "The red circle is at (61, 150)"
-            colour = sentence.split()[1]
-            x, y = (int(v) for v in sentence.split("(")[1].rstrip(")").split(", "))
-            assert img.getpixel((x, y + 4)) != (235, 232, 225) and colour in sentence  # an object, not the wall
+        for sentence in text.split(" The "):  # "The circle at (61, 50) is red."
+            shape, x, y, colour = re.fullmatch(r"(?:The )?(\w+) at \((\d+), (\d+)\) is (\w+)\.", sentence).groups()
+            assert shape in SHAPES and colour in COLORS
+            assert img.getpixel((int(x), int(y) + 4)) != (235, 232, 225)  # an object, not the wall
         assert "answer" not in text and "think" not in text  # nothing of the task's format
         ex = encode_row(row, tmp_path, tok, Qwen2VLImageProcessorPil(), where="caption")
         assert sum(ex.loss_mask) > 0 and ex.token_ids.count(tok.convert_tokens_to_ids("<|image_pad|>")) == 16
