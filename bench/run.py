@@ -90,7 +90,7 @@ def bench_weight_sync(out: Path) -> dict:
     from actors.weights import load_weights, pack, unpack
 
     full = load_file(out / "model_qwen" / "model.safetensors")
-    # what the learner publishes with learner.freeze_vision (the default): Learner.state_dict(frozen=False)
+    # what the learner publishes with learner.freeze_vision (the default): Learner.state_dict(trained_only=True)
     state = {k: v for k, v in full.items() if not k.startswith(("visual.", "model.visual."))}
     nbytes = sum(t.numel() * t.element_size() for t in state.values())
     flat = torch.empty(nbytes // 4, dtype=torch.float32)

@@ -43,7 +43,7 @@ class LearnerActor:
 
     def gather_only(self) -> None:
         """Take part in a ZeRO-3 full-weight gather whose result rank 0 uses."""
-        self.learner.state_dict(frozen=False)
+        self.learner.state_dict(trained_only=True)
 
     def train_step(self, batches: list, max_staleness: int = 0, staleness_mode: str = "drop",
                    tis_cap: float = 2.0, delay_s: float = 0.0) -> dict[str, float]:
@@ -110,7 +110,7 @@ class LearnerActor:
         self._joiner.join()
         if "error" in self._sender_box:
             raise RuntimeError("learner rank 0 could not open the NCCL weight-sync group") from self._sender_box["error"]
-        self._staged = self.learner.state_dict(frozen=False)  # gathered before any broadcast
+        self._staged = self.learner.state_dict(trained_only=True)  # gathered before any broadcast
         return self.learner.version, weight_meta(self._staged)
 
     def nccl_send(self) -> float:
@@ -137,11 +137,11 @@ class LearnerActor:
 
     def publish(self) -> tuple[int, dict]:
         """(version, the trained weights in HF names, packed for a zero-copy object store: actors.weights).
-        A frozen vision tower is not sent (`Learner.state_dict(frozen=False)`). Under ZeRO-3 every rank must
+        A frozen vision tower is not sent (`Learner.state_dict(trained_only=True)`). Under ZeRO-3 every rank must
         call it (the gather is collective); only rank 0's result is used."""
         from actors.weights import pack
 
-        state = self.learner.state_dict(frozen=False)
+        state = self.learner.state_dict(trained_only=True)
         return self.learner.version, (pack(state) if self.learner.rank == 0 else {})
 
     def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:

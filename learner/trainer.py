@@ -322,21 +322,23 @@ class Learner:
             n += int(sel.sum())
         return {"logp_mismatch": total / n} if n else {}
 
-    def state_dict(self, frozen: bool = True) -> dict[str, torch.Tensor]:
-        """Weights in HF parameter names (gathered under ZeRO-3: call on every rank), on CPU. `frozen=False`
+    def state_dict(self, trained_only: bool = False) -> dict[str, torch.Tensor]:
+        """Weights in HF parameter names (gathered under ZeRO-3: call on every rank), on CPU. `trained_only`
         leaves out the parameters that never train (the vision tower with `freeze_vision`): what a weight
         sync must send, since the engines loaded them from the same model dir and vLLM keeps a layer's
         weights when a reload brings none for it (README, weight sync)."""
         import deepspeed
 
         module = self.engine.module
-        named = [(n, p) for n, p in module.named_parameters(remove_duplicate=False) if frozen or p.requires_grad]
-        keep = {n for n, _ in named}  # every name of a tied weight (lm_head = embed_tokens) stays
-        pick = lambda: {k: v for k, v in module.state_dict().items() if frozen or k in keep}  # noqa: E731
+        # remove_duplicate=False: every name of a tied weight (lm_head = embed_tokens) is kept
+        named = {n: p for n, p in module.named_parameters(remove_duplicate=False)
+                 if p.requires_grad or not trained_only}
         if self.cfg.zero_stage == 3:
-            with deepspeed.zero.GatheredParameters(list({id(p): p for _, p in named}.values()), modifier_rank=None):
-                return {k: v.detach().cpu().clone() for k, v in pick().items()}
-        return {k: v.detach().cpu() for k, v in pick().items()}
+            unique = list({id(p): p for p in named.values()}.values())
+            with deepspeed.zero.GatheredParameters(unique, modifier_rank=None):
+                return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()
+                        if k in named or not trained_only}
+        return {k: v.detach().cpu() for k, v in module.state_dict().items() if k in named or not trained_only}
 
     def save_state(self, path: str | Path) -> None:
         """A resumable checkpoint in `path`: DeepSpeed's module, optimizer and step counters (every rank
