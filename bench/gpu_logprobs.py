@@ -29,6 +29,7 @@ def main() -> int:
     model_dir = make_tiny_model(root / "model", vocab="small", size="small")
     make_dataset("visual_search", 3, seed=0, out=root / "data", progress=False)
     proc = AutoProcessor.from_pretrained(model_dir)
+    image_id = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     rng = random.Random(0)
     trajs = []
     for k, row in enumerate(read_rows(root / "data")):
@@ -55,11 +56,11 @@ def main() -> int:
         images = [rebuild_images(t.images, root / "data") for t in trajs]
         with torch.no_grad():
             batched = token_logprobs(model, {k: v.to(dev) for k, v in
-                                             batch_inputs(trajs, images, proc.image_processor).items()})
+                                             batch_inputs(trajs, images, proc.image_processor, image_id).items()})
             diffs = []
             for i, t in enumerate(trajs):
                 single = token_logprobs(model, {k: v.to(dev) for k, v in
-                                                model_inputs(t, images[i], proc.image_processor).items()})[0]
+                                                model_inputs(t, images[i], proc.image_processor, image_id).items()})[0]
                 diffs.append((batched[i, :len(t.token_ids)] - single).abs().max().item())
                 assert batched[i, len(t.token_ids):].abs().sum().item() == 0.0  # padding reads 0
         worst[str(dtype)] = max(diffs)

@@ -132,7 +132,7 @@ class Learner:
     # ---- inputs ------------------------------------------------------------------------------------------
     def _inputs(self, trajs: list[Trajectory]) -> dict[str, torch.Tensor]:
         images = [rebuild_images(t.images, self.root) for t in trajs]
-        inputs = batch_inputs(trajs, images, self.image_processor, self.pad_id)
+        inputs = batch_inputs(trajs, images, self.image_processor, self.image_token_id, self.pad_id)
         return {k: v.to(self.engine.device) for k, v in inputs.items()}
 
     def _dummy_inputs(self) -> dict[str, torch.Tensor]:
@@ -145,7 +145,8 @@ class Learner:
             pix = self.image_processor(images=[Image.new("RGB", (56, 56))], return_tensors="pt")
             n = int(pix["image_grid_thw"].prod()) // 4  # 2x2 patch merge
             self._dummy = {"input_ids": torch.tensor([[self.image_token_id] * n + [self.pad_id]]),
-                           "pixel_values": pix["pixel_values"], "image_grid_thw": pix["image_grid_thw"]}
+                           "pixel_values": pix["pixel_values"], "image_grid_thw": pix["image_grid_thw"],
+                           "mm_token_type_ids": torch.tensor([[1] * n + [0]], dtype=torch.int32)}
         return {k: v.to(self.engine.device) for k, v in self._dummy.items()}
 
     # ---- the rollout step ----------------------------------------------------------------------------------

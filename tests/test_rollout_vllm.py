@@ -77,13 +77,14 @@ def test_learner_logprobs_match_vllm_behaviour_logprobs(setup):
     # unconstrained sampling: guided decoding would make the behaviour policy the grammar-masked one
     ro, trajs = play(setup, group_size=2, guided=False)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-    vision = {proc.tokenizer.convert_tokens_to_ids(x) for x in ("<|image_pad|>", "<|vision_start|>")}
+    image_id = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    vision = {image_id, proc.tokenizer.convert_tokens_to_ids("<|vision_start|>")}
     for t in trajs:  # unconstrained sampling never emits vision placeholders (bad_words)
         assert not vision & {i for i, lp in zip(t.token_ids, t.logprobs) if lp != 0.0}
     for t in trajs[:2]:
         images = rebuild_images(t.images, root / "data")
         with torch.no_grad():
-            lp = token_logprobs(model, model_inputs(t, images, proc.image_processor))[0]
+            lp = token_logprobs(model, model_inputs(t, images, proc.image_processor, image_id))[0]
         behaviour = torch.tensor(t.logprobs)
         mask = (behaviour != 0) & ~behaviour.isnan()  # every sampled token, also of episodes cut by the budget
         assert mask.any()
@@ -144,7 +145,8 @@ def test_vstar_budget_cut_keeps_images_and_tokens_consistent(setup):
         assert t.reward == 0.0  # no trained token: scored as the empty response, as the released trainer does
         with torch.no_grad():
             lp = token_logprobs(model, model_inputs(t, rebuild_images(t.images, setup.root / "data"),
-                                                    setup.processor.image_processor))
+                                                    setup.processor.image_processor,
+                                                    tok.convert_tokens_to_ids("<|image_pad|>")))
         assert lp.shape == (1, len(t.token_ids))
 
 
