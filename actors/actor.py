@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from configs.schema import EvalConfig, TrainConfig, nccl_sync
+from configs.schema import EvalConfig, TrainConfig, nccl_sync, torch_threads
 
 
 def read_system_prompt(path: str) -> str | None:
@@ -35,7 +35,7 @@ class RolloutActor:
 
     def __init__(self, cfg: TrainConfig | EvalConfig, index: int = 0, rows: list | None = None,
                  log_file: str = ""):
-        from actors.process import redirect_output
+        from actors.process import redirect_output, use_threads
 
         redirect_output(log_file)  # first: the engine's start-up output follows it
         from transformers import AutoProcessor
@@ -48,6 +48,8 @@ class RolloutActor:
         self.cfg, self.index, self.version = cfg, index, 0
         self.rows = {r.prompt_id: r for r in (read_rows(cfg.data.path) if rows is None else rows)}
         nccl = nccl_sync(cfg.cluster)
+        loop = getattr(cfg, "loop", None)  # an eval has no learner to take turns with
+        use_threads(torch_threads(cfg.cluster, "rollout", loop is not None and loop.mode == "sync"))
         self.llm = make_llm(cfg.model.path, dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len,
                             max_images=cfg.zoom.max_images, seed=cfg.sampling.seed + index,
                             tensor_parallel_size=cfg.cluster.tensor_parallel_size,

@@ -50,3 +50,14 @@ def _malloc_trim():
     """glibc's malloc_trim, or None (musl, macOS)."""
     name = ctypes.util.find_library("c")
     return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+
+
+def use_threads(n: int) -> int:
+    """Run torch's (OpenMP) kernels of this process on `n` threads, at most the machine's cores; returns the
+    count. Ray sets OMP_NUM_THREADS to an actor's num_cpus; `configs.schema.torch_threads` says when a
+    process may use more. Call before building a vLLM engine: on CPU it refuses later changes."""
+    import torch
+
+    n = max(1, min(n, os.cpu_count() or 1))
+    torch.set_num_threads(n)
+    return n

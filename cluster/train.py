@@ -24,7 +24,7 @@ from cluster.control import driver_file, requested_scale, stop_requested
 from cluster.ledger import Ledger
 from cluster.pool import RolloutPool, RolloutQueue
 from cluster.raystart import say
-from configs.schema import TrainConfig
+from configs.schema import TrainConfig, torch_threads
 
 
 def prepare(cfg: TrainConfig) -> None:
@@ -199,8 +199,9 @@ def make_learner(ray, cfg: TrainConfig) -> list:
     if n < 1:
         raise ValueError(f"cluster.learner_ranks must be >= 1, got {n}")
     cls = ray.remote(LearnerActor).options(num_cpus=cfg.cluster.learner_cpus, num_gpus=cfg.cluster.learner_gpus)
+    threads = torch_threads(cfg.cluster, "learner", cfg.loop.mode == "sync")
     ranks = [cls.remote(cfg.model.path, cfg.learner, cfg.data.path, cfg.loop.steps, r, n,
-                        log_file(cfg.out, f"learner-{r}", cfg.verbose)) for r in range(n)]
+                        log_file(cfg.out, f"learner-{r}", cfg.verbose), threads) for r in range(n)]
     if n > 1:
         addr, port = ray.get(ranks[0].master_endpoint.remote())
         ray.get([r.setup.remote(addr, port) for r in ranks])

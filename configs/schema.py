@@ -8,6 +8,7 @@ the valid keys at that level.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,9 @@ class LearnerConfig:
     dual_clip: float = 3.0  # caps the loss of negative-advantage tokens at -A * dual_clip
     zero_stage: int = 2  # DeepSpeed ZeRO stage (2 default, 3 for large models)
     freeze_vision: bool = True  # keep the vision tower frozen (SPEC §5, §7)
+    # with freeze_vision and ZeRO <= 2, the tower runs once per image per rollout step, its output shared
+    # by the reference, old-log-prob and policy passes; off: every forward runs it (as released)
+    vision_cache: bool = True  # run a frozen vision tower once per image per step (see above)
     gradient_checkpointing: bool = False  # recompute activations in backward (saves memory)
 
 
@@ -176,6 +180,10 @@ class ClusterConfig:
     restart_backoff_s: float = 5.0  # wait before try k+1: restart_backoff_s * 2**(k-1)
     gpu_memory_utilization: float = 0.8  # GPU actors: the share of their GPU's memory vLLM takes (weights and
     # KV cache); where the learner shares the GPU (fractional rollout_gpus and learner_gpus) leave it room
+    # torch/OpenMP threads per process; 0 = auto (`torch_threads`): the CPUs it reserves, and in sync mode on
+    # CPU the run's whole share (learner and actors take turns, so each may use the cores the other leaves idle)
+    learner_threads: int = 0  # per learner rank
+    rollout_threads: int = 0  # per rollout actor (vLLM's CPU kernels)
 
 
 def nccl_sync(c: ClusterConfig) -> bool:
@@ -199,6 +207,26 @@ def nccl_sync(c: ClusterConfig) -> bool:
                          f"(NCCL refuses two ranks on one GPU); got cluster.learner_gpus={c.learner_gpus}, "
                          f"cluster.rollout_gpus={c.rollout_gpus}. On one shared GPU use cluster.weight_sync=object_store")
     return c.weight_sync == "nccl" or (c.weight_sync == "auto" and whole)
+
+
+def torch_threads(c: ClusterConfig, role: str, sync: bool) -> int:
+    """Threads for one `role` process ("learner" rank or "rollout" actor): `cluster.<role>_threads` when set,
+    else the CPUs it reserves (rounded up); in sync mode on CPU, where generation and training take turns,
+    an equal share of all the CPUs the run reserves instead, if more (1 learner + 1 actor of 1 CPU each:
+    2 threads each, where Ray's OMP_NUM_THREADS=num_cpus gave 1 and left one core idle in every phase).
+    Auto assumes the run's processes share a machine, as a local run's do; the caller caps the result at
+    the machine's cores. Set the keys explicitly on a multi-node CPU cluster."""
+    explicit = getattr(c, f"{role}_threads")
+    if explicit < 0:
+        raise ValueError(f"cluster.{role}_threads must be >= 0 (0 = auto), got {explicit}")
+    if explicit:
+        return explicit
+    own = c.learner_cpus if role == "learner" else c.rollout_cpus
+    n = max(1, math.ceil(own))
+    if sync and c.learner_gpus == 0 and c.rollout_gpus == 0:
+        total = c.learner_cpus * c.learner_ranks + c.rollout_cpus * c.rollout_actors
+        n = max(n, int(total // (c.learner_ranks if role == "learner" else max(1, c.rollout_actors))))
+    return n
 
 
 @dataclass

@@ -13,13 +13,16 @@ class LearnerActor:
     """Wraps `learner.trainer.Learner` in its own process (use with `ray.remote`)."""
 
     def __init__(self, model_path: str, cfg: LearnerConfig, dataset_root: str, total_steps: int = 0,
-                 rank: int = 0, world_size: int = 1, log_file: str = ""):
+                 rank: int = 0, world_size: int = 1, log_file: str = "", threads: int = 0):
         """One rank of the learner (`total_steps`: rollout steps of the run, for the LR warmup; `log_file`:
-        where its output goes, default the console). With world_size 1 it is ready at once; with several
-        ranks, ask rank 0 for `master_endpoint()` and call `setup(addr, port)` on every rank concurrently."""
-        from actors.process import redirect_output
+        where its output goes, default the console; `threads`: torch threads, 0 = Ray's OMP_NUM_THREADS).
+        With world_size 1 it is ready at once; with several ranks, ask rank 0 for `master_endpoint()` and
+        call `setup(addr, port)` on every rank concurrently."""
+        from actors.process import redirect_output, use_threads
 
         redirect_output(log_file)
+        if threads:
+            use_threads(threads)
         self._args = (model_path, cfg, dataset_root, total_steps)
         self.rank, self.world_size = rank, world_size
         if world_size == 1:

@@ -130,10 +130,52 @@ class Learner:
         self._dummy = None
 
     # ---- inputs ------------------------------------------------------------------------------------------
-    def _inputs(self, trajs: list[Trajectory]) -> dict[str, torch.Tensor]:
-        images = [rebuild_images(t.images, self.root) for t in trajs]
-        inputs = batch_inputs(trajs, images, self.image_processor, self.image_token_id, self.pad_id)
-        return {k: v.to(self.engine.device) for k, v in inputs.items()}
+    def _inputs(self, trajs: list[Trajectory], features: dict | None = None, idx: list[int] | None = None) -> dict:
+        """Forward inputs of `trajs`. With `features` (`_image_features` of the rollout step, keyed by the
+        trajectory indices `idx`), the vision tower's cached outputs replace the pixels."""
+        if features is None:
+            images = [rebuild_images(t.images, self.root) for t in trajs]
+            inputs = batch_inputs(trajs, images, self.image_processor, self.image_token_id, self.pad_id)
+            return {k: v.to(self.engine.device) for k, v in inputs.items()}
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        inputs = batch_inputs(trajs, [[] for _ in trajs], self.image_processor, self.image_token_id, self.pad_id)
+        inputs = {k: v.to(self.engine.device) for k, v in inputs.items()}
+        grids = [g for i in idx for g in features[i][0]]
+        if grids:
+            inputs["image_grid_thw"] = torch.stack(grids).to(self.engine.device)
+            inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.image_token_id).to(torch.int32) * \
+                inputs["attention_mask"].to(torch.int32)
+            inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(
+                pooler_output=tuple(f for i in idx for f in features[i][1]))}
+        return inputs
+
+    @torch.no_grad()
+    def _image_features(self, trajs: list[Trajectory], idx: list[int]) -> dict[int, tuple[list, list]] | None:
+        """The frozen vision tower's output for every image of the trajectories `idx`, computed once per
+        distinct image (the G episodes of a prompt share its full image) per rollout step, and shared by the
+        reference, old-log-prob and policy passes (each re-ran the tower on every copy before).
+        {i: ([grid_thw [3] per image], [features [tokens_k, hidden] per image])}, on the learner's device.
+        None (the pixels go through the tower in every forward) when the tower trains (`freeze_vision`
+        off: its output changes with every update), under ZeRO-3 (its partitioned parameters are gathered
+        inside the engine's forward only) or with `vision_cache` off."""
+        if not (self.cfg.freeze_vision and self.cfg.vision_cache) or self.cfg.zero_stage == 3:
+            return None
+        def key(ref) -> tuple:  # what decides the pixels (a decoded point may be a list)
+            return (ref.source, ref.width, ref.height, tuple(ref.point) if ref.point is not None else None,
+                    ref.half_size, ref.out_size, ref.dot)
+
+        refs = list({key(ref): ref for i in idx for ref in trajs[i].images}.values())  # distinct, in order
+        cache: dict = {}
+        model, lmb = self.engine.module.model, self.cfg.logprob_micro_batch_size
+        for k in range(0, len(refs), lmb):
+            part = refs[k:k + lmb]
+            pix = self.image_processor(images=rebuild_images(part, self.root), return_tensors="pt")
+            grid = pix["image_grid_thw"].to(self.engine.device)
+            feats = model.get_image_features(pix["pixel_values"].to(self.engine.device), grid).pooler_output
+            cache |= {key(ref): (g, f) for ref, g, f in zip(part, grid, feats)}
+        return {i: ([cache[key(r)][0] for r in trajs[i].images], [cache[key(r)][1] for r in trajs[i].images])
+                for i in idx}
 
     def _dummy_inputs(self) -> dict[str, torch.Tensor]:
         """A one-image, few-token input: the forward/backward of a rank with nothing to train in a
@@ -151,7 +193,7 @@ class Learner:
 
     # ---- the rollout step ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def _recompute(self, trajs: list[Trajectory], idx: list[int], forwards: int) -> dict[int, tuple]:
+    def _recompute(self, trajs: list[Trajectory], idx: list[int], forwards: int, features) -> dict[int, tuple]:
         """Old (and reference) log-probs of the trajectories `idx` under the current weights, before any
         update of this rollout step ("always recompute old_log_probs"), `logprob_micro_batch_size` per
         forward; [T_i] tensors on the CPU. `forwards`: as many as the busiest rank needs (ZeRO-3 gathers
@@ -164,7 +206,7 @@ class Learner:
             if not part:
                 self.engine(**self._dummy_inputs())
                 continue
-            inputs = self._inputs([trajs[i] for i in part])
+            inputs = self._inputs([trajs[i] for i in part], features, part)
             old = token_logprobs(self.engine, inputs).float().cpu()
             ref = token_logprobs(self.ref, inputs).float().cpu() if self.ref is not None else None
             for j, i in enumerate(part):
@@ -173,22 +215,38 @@ class Learner:
         self.engine.train()
         return out
 
-    def _micro_loss(self, trajs: list[Trajectory], old: list[torch.Tensor], ref: list, tis: list[bool],
-                    tis_cap: float) -> tuple[torch.Tensor, dict[str, float]]:
-        """GRPO loss of one micro-batch: clipped ratio against the recomputed old log-probs, token-mean over
-        the micro-batch, plus kl_coef x k3 KL to the reference. Stale samples under `tis` carry truncated
-        importance weights min(pi_old / pi_behaviour, cap) on their sampled tokens."""
+    def _micro_loss(self, trajs: list[Trajectory], items: list[int], known: dict[int, tuple], features,
+                    tis: list[bool], tis_cap: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """GRPO loss of the micro-batch `items` (indices into `trajs`): clipped ratio against the old
+        log-probs, token-mean over the micro-batch, plus kl_coef x k3 KL to the reference. Stale samples
+        under `tis` carry truncated importance weights min(pi_old / pi_behaviour, cap) on their sampled
+        tokens. Old and reference log-probs come from `known`. A micro-batch of the step's first mini-batch
+        is not there yet: no update has happened before it, so its old log-probs are this forward's own,
+        detached (what a recomputation gives, for one forward fewer); they go into `known`, with the
+        reference's, for the next epochs."""
         dev = self.engine.device
-        inputs = self._inputs(trajs)
+        batch = [trajs[i] for i in items]
+        inputs = self._inputs(batch, features, items)
         logp, entropy = token_logprobs(self.engine, inputs, with_entropy=True)  # [B, T] each
-        mask = pad_rows([t.loss_mask for t in trajs], 0, torch.float32).to(dev)
+        fresh = [i not in known for i in items]
+        if any(fresh):
+            if not all(fresh):
+                raise RuntimeError(f"micro-batch {items} mixes recomputed and fresh samples")
+            with torch.no_grad():
+                ref_lp = token_logprobs(self.ref, inputs).float().cpu() if self.ref is not None else None
+            own = logp.detach().float().cpu()
+            for j, i in enumerate(items):
+                n = len(trajs[i].token_ids)
+                known[i] = (own[j, :n], ref_lp[j, :n] if ref_lp is not None else None)
+        old, ref = [known[i][0] for i in items], [known[i][1] for i in items]
+        mask = pad_rows([t.loss_mask for t in batch], 0, torch.float32).to(dev)
         old_b = pad_rows(old, 0.0, torch.float32).to(dev)
         weights = None
         if any(tis):
-            behaviour = pad_rows([t.logprobs for t in trajs], 0.0, torch.float32).to(dev)
+            behaviour = pad_rows([t.logprobs for t in batch], 0.0, torch.float32).to(dev)
             w = truncated_is_weights(old_b, torch.where(behaviour.isnan(), old_b, behaviour), tis_cap)
             weights = torch.where(torch.tensor(tis, device=dev)[:, None], w, torch.ones_like(w))
-        adv = torch.tensor([t.advantage for t in trajs], dtype=logp.dtype, device=dev)
+        adv = torch.tensor([t.advantage for t in batch], dtype=logp.dtype, device=dev)
         loss, m = policy_loss(logp, old_b.to(logp.dtype), adv, mask.to(logp.dtype), self.cfg.clip_low,
                               self.cfg.clip_high, self.cfg.dual_clip, weights)
         if self.ref is not None:
@@ -223,21 +281,25 @@ class Learner:
                                     self.world_size, r) for r in range(self.world_size)]
         owned = [[i for mb in lay for micro in mb for i in micro if trainable[i]] for lay in layouts]
         layout, mine = layouts[self.rank], owned[self.rank]
-        forwards = -(-max(len(o) for o in owned) // self.cfg.logprob_micro_batch_size)
-        recomputed = self._recompute(trajectories, mine, forwards)
-        out |= self._mismatch(trajectories, recomputed, lag)
+        # Old log-probs are recomputed before any update for the mini-batches after the first only: the first
+        # trains on unchanged weights, so its own forward gives them (`_micro_loss`).
+        first = [{i for micro in lay[0] for i in micro} if lay else set() for lay in layouts]
+        later = [[i for i in o if i not in f] for o, f in zip(owned, first)]
+        forwards = -(-max(len(x) for x in later) // self.cfg.logprob_micro_batch_size)
+        features = self._image_features(trajectories, mine)
+        known = self._recompute(trajectories, later[self.rank], forwards, features)
         sums: dict[str, float] = {}
         micro_batches, updates = 0, 0
         tis = [o and staleness_mode == "tis" for o in too_old]
 
         def loss_of(items: list[int]):
-            return self._micro_loss([trajectories[i] for i in items], [recomputed[i][0] for i in items],
-                                    [recomputed[i][1] for i in items], [tis[i] for i in items], tis_cap)
+            return self._micro_loss(trajectories, items, known, features, [tis[i] for i in items], tis_cap)
 
         for _ in range(self.cfg.ppo_epochs):
             for mb in layout:
                 micro_batches += self._minibatch([[i for i in m if trainable[i]] for m in mb], loss_of, sums)
                 updates += 1
+        out |= self._mismatch(trajectories, known, lag)
         self.version += 1
         out |= {k: v / max(1, micro_batches) for k, v in sums.items()}
         out["tokens"] = sums.get("tokens", 0.0)

@@ -151,3 +151,20 @@ def test_resource_layouts_layer_on_a_recipe(layout):
     assert cfg.cluster.rollout_gpus > 0 and cfg.cluster.learner_gpus > 0  # actors and learner on GPUs
     nccl_sync(cfg.cluster)  # a placement that can run
     assert cfg.zoom.half_size == 182 and cfg.data.mode == "multi_turn"  # the recipe's own keys survive
+
+
+def test_torch_threads_share_the_run_cpus_in_sync_mode():
+    from configs.schema import ClusterConfig, torch_threads
+
+    local = ClusterConfig()  # 1 learner + 1 actor, 1 CPU each
+    assert torch_threads(local, "learner", sync=True) == 2 and torch_threads(local, "rollout", sync=True) == 2
+    assert torch_threads(local, "learner", sync=False) == 1 and torch_threads(local, "rollout", sync=False) == 1
+    # 1 learner of 2 CPUs + 3 actors of 1: 5 CPUs; the learner may take them all, each actor 5 // 3
+    wide = ClusterConfig(rollout_actors=3, learner_cpus=2.0)
+    assert torch_threads(wide, "learner", sync=True) == 5 and torch_threads(wide, "rollout", sync=True) == 1
+    assert torch_threads(ClusterConfig(rollout_cpus=0.5), "rollout", sync=False) == 1  # rounded up
+    # GPU runs and explicit values: no sharing
+    assert torch_threads(ClusterConfig(learner_gpus=1.0, rollout_gpus=1.0), "learner", sync=True) == 1
+    assert torch_threads(ClusterConfig(learner_threads=6), "learner", sync=False) == 6
+    with pytest.raises(ValueError, match="cluster.rollout_threads"):
+        torch_threads(ClusterConfig(rollout_threads=-1), "rollout", sync=True)

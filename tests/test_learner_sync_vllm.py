@@ -174,3 +174,33 @@ def test_vstar_budget_cut_episodes_train(stack, ray_local):
     m = ray.get(learner.train_step.remote([ray.put(to_batch(cut + answered))]))
     assert m["no_gradient"] == len(cut) and m["trained"] == len(answered) and m["learner/updates"] == 2
     assert math.isfinite(m["loss"]) and m["tokens"] == sum(sum(t.loss_mask) for t in answered)
+
+
+def test_vision_cache_and_first_minibatch_old_logprobs_change_nothing(stack, ray_local):
+    """The vision tower run once per image per step (`learner.vision_cache`) and the first mini-batch's old
+    log-probs taken from its own forward give the update of the uncached path: same metrics, same weights.
+    Multi-turn episodes (full image + crops), 2 mini-batches (one fresh, one recomputed), 2 PPO epochs."""
+    from actors.trajectory import to_batch
+    from actors.weights import unpack
+    from learner.actor import LearnerActor
+
+    ray = ray_local
+    root, model_dir, _, _, ro, batch = stack
+    trajs = ro.play(batch, weight_version=0)
+    assert sum(len(t.images) for t in trajs) > len(trajs)  # crops too
+    for k, t in enumerate(trajs):
+        t.advantage = 1.0 if k % 2 else -1.0
+    results = []
+    for cache in (True, False):
+        cfg = LearnerConfig(lr=5e-3, kl_coef=0.01, mini_batch_size=2, micro_batch_size=2, ppo_epochs=2,
+                            vision_cache=cache)
+        learner = ray.remote(num_cpus=1)(LearnerActor).remote(str(model_dir), cfg, str(root / "data"))
+        m = ray.get(learner.train_step.remote([ray.put(to_batch(trajs))]))
+        _, packed = ray.get(learner.publish.remote())
+        results.append((m, {k: v.clone() for k, v in unpack(packed).items()}))
+        ray.kill(learner)
+    (cached, w_cached), (plain, w_plain) = results
+    assert cached["learner/updates"] == plain["learner/updates"] == 4
+    for key in ("loss", "kl", "tokens", "approx_kl", "logp_mismatch"):
+        assert cached[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+    assert max((w_cached[k] - w_plain[k]).abs().max().item() for k in w_plain) < 1e-5

