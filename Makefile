@@ -41,6 +41,7 @@ clean:
 	rm -rf runs .pytest_cache
 
 bench: $(STAMP)
+	@$(PY) -c 'import trl' 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run
 
 # Backpressure soak (bench/soak.py): 30 min of async training with a slowed learner; queue and memory checks.

@@ -154,7 +154,7 @@ class Rollout:
             max_tokens_per_turn, response_budget, max_model_len)
         self.guided, self.min_zooms, self.train_forced_prefix = guided, min_zooms, train_forced_prefix
         self.seed, self._draw = seed, None  # per-turn seeds come from (seed, draw, episode, turn) in `play`
-        self.trace: list | None = None  # set to a list to record every (prompt, params) sent (benchmarks)
+        self.trace: list | None = None  # a list records every (episode index, prompt, params) sent (benchmarks)
         before, after = observation_text(settings.dot)
         # the user turn of an observation, after the `<|im_end|>` that closes the assistant turn
         self.obs_ids = self._encode(f"\n<|im_start|>user\n{before}<|vision_start|><|image_pad|><|vision_end|>"
@@ -237,7 +237,7 @@ class Rollout:
             seed = None if self._draw is None else turn_seed(self.seed, self._draw, ep.index, ep.turns)
             params.append(self._params(ep, self._max_tokens(ep), seed))
         if self.trace is not None:
-            self.trace.extend(zip(prompts, params))
+            self.trace.extend(zip([ep.index for ep in episodes], prompts, params))
         for rid, ep in zip(self.llm.enqueue(prompts, params, use_tqdm=False), episodes):
             # outputs carry the external id; vLLM returns the internal "<external>-<8 random chars>"
             pending[rid.rsplit("-", 1)[0]] = ep

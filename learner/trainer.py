@@ -161,6 +161,7 @@ class Learner:
         inside the engine's forward only) or with `vision_cache` off."""
         if not (self.cfg.freeze_vision and self.cfg.vision_cache) or self.cfg.zero_stage == 3:
             return None
+
         def key(ref) -> tuple:  # what decides the pixels (a decoded point may be a list)
             return (ref.source, ref.width, ref.height, tuple(ref.point) if ref.point is not None else None,
                     ref.half_size, ref.out_size, ref.dot)
