@@ -153,6 +153,7 @@ class LearnerConfig:
     clip_high: float = 0.28  # clip-higher above 1
     dual_clip: float = 3.0  # caps the loss of negative-advantage tokens at -A * dual_clip
     zero_stage: int = 2  # DeepSpeed ZeRO stage (2 default, 3 for large models)
+    zero3_gather_mb: float = 256.0  # ZeRO-3 weight export (sync, HF save): MiB of parameters gathered at once
     freeze_vision: bool = True  # keep the vision tower frozen (SPEC §5, §7)
     # with freeze_vision and ZeRO <= 2, the tower runs once per image per rollout step, its output shared
     # by the reference, old-log-prob and policy passes; off: every forward runs it (as released)

@@ -387,22 +387,42 @@ class Learner:
         return {"logp_mismatch": total / n} if n else {}
 
     def state_dict(self, trained_only: bool = False) -> dict[str, torch.Tensor]:
-        """Weights in HF parameter names (gathered under ZeRO-3: call on every rank), on CPU. `trained_only`
-        leaves out the parameters that never train (the vision tower with `freeze_vision`): what a weight
-        sync must send, since the engines loaded them from the same model dir and vLLM keeps a layer's
-        weights when a reload brings none for it (README, weight sync)."""
-        import deepspeed
-
+        """Weights in HF parameter names, on CPU (under ZeRO-3 gathered group by group: call on every rank;
+        only rank 0 gets them, the others {}). `trained_only` leaves out the parameters that never train (the
+        vision tower with `freeze_vision`): what a weight sync must send, since the engines loaded them from
+        the same model dir and vLLM keeps a layer's weights when a reload brings none for it (README)."""
         module = self.engine.module
         # remove_duplicate=False: every name of a tied weight (lm_head = embed_tokens) is kept
         named = {n: p for n, p in module.named_parameters(remove_duplicate=False)
                  if p.requires_grad or not trained_only}
         if self.cfg.zero_stage == 3:
-            unique = list({id(p): p for p in named.values()}.values())
-            with deepspeed.zero.GatheredParameters(unique, modifier_rank=None):
-                return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()
-                        if k in named or not trained_only}
+            return self._gathered(module, named, trained_only)
         return {k: v.detach().cpu() for k, v in module.state_dict().items() if k in named or not trained_only}
+
+    def _gathered(self, module, named: dict, trained_only: bool) -> dict[str, torch.Tensor]:
+        """ZeRO-3: the full weights on rank 0's CPU ({} on the other ranks), gathered `zero3_gather_mb` of
+        parameters at a time (a few layers), each group copied out and released before the next: no rank
+        holds the whole model on its device at once, and only rank 0 keeps a CPU copy. Collective: every
+        rank must call it with the same parameters."""
+        import deepspeed
+
+        out: dict[str, torch.Tensor] = {}
+        groups, size = [[]], 0
+        for name, p in named.items():
+            nbytes = getattr(p, "ds_numel", p.numel()) * p.element_size()
+            if groups[-1] and size + nbytes > self.cfg.zero3_gather_mb * 2**20:
+                groups.append([])
+                size = 0
+            groups[-1].append((name, p))
+            size += nbytes
+        for group in groups:
+            unique = list({id(p): p for _, p in group}.values())
+            with deepspeed.zero.GatheredParameters(unique, modifier_rank=None):
+                if self.rank == 0:
+                    out |= {name: p.detach().cpu().clone() for name, p in group}
+        if self.rank == 0 and not trained_only:  # buffers are not partitioned
+            out |= {k: v.detach().cpu().clone() for k, v in module.state_dict(keep_vars=True).items() if k not in named}
+        return out
 
     def save_state(self, path: str | Path) -> None:
         """A resumable checkpoint in `path`: DeepSpeed's module, optimizer and step counters (every rank

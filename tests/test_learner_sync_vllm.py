@@ -204,3 +204,27 @@ def test_vision_cache_and_first_minibatch_old_logprobs_change_nothing(stack, ray
     for key in ("loss", "kl", "tokens", "approx_kl", "logp_mismatch"):
         assert cached[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
     assert max((w_cached[k] - w_plain[k]).abs().max().item() for k in w_plain) < 1e-5
+
+
+def test_zero3_step_and_weights_gathered_group_by_group(stack, ray_local):
+    """ZeRO-3 (one rank): the exported weights are the model's own, gathered 50 KiB of parameters at a time
+    (several groups), then a GRPO step (the vision tower runs inside the engine's forwards there)."""
+    from safetensors.torch import load_file
+
+    from actors.trajectory import to_batch
+    from actors.weights import unpack
+    from learner.actor import LearnerActor
+
+    ray = ray_local
+    root, model_dir = stack[0], stack[1]
+    learner = ray.remote(num_cpus=1)(LearnerActor).remote(
+        str(model_dir), LearnerConfig(kl_coef=0.01, zero_stage=3, zero3_gather_mb=0.05), str(root / "data"))
+    _, packed = ray.get(learner.publish.remote())
+    sent = unpack(packed)
+    disk = load_file(model_dir / "model.safetensors")
+    assert sent and not any(".visual." in k for k in sent)  # trained weights only
+    for k, v in sent.items():  # the file keeps transformers' older names
+        assert torch.equal(v, disk[k.replace("model.language_model.", "model.")]), k
+    m = ray.get(learner.train_step.remote([ray.put(to_batch(single_turn_trajectories(stack, version=0)))]))
+    assert math.isfinite(m["loss"]) and m["version"] == 1
+    ray.kill(learner)
