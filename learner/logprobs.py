@@ -52,23 +52,39 @@ def batch_inputs(trajs: list[Trajectory], images: list[list[Image.Image]], image
 
 
 def token_logprobs(model, inputs: dict[str, torch.Tensor], temperature: float = 1.0,
-                   with_entropy: bool = False):
+                   with_entropy: bool = False, mask: torch.Tensor | None = None):
     """log p(token_t | tokens_<t, images) for t >= 1; [B, T] with 0 at t = 0. Differentiable.
     With `with_entropy`, also the policy's per-token entropy [B, T] (no gradient).
 
+    `mask` [B, T] (the trained tokens, e.g. the loss mask): only the columns where some row has a masked
+    token are computed; the others read 0. Why: the [B, T, V] logits are the step's largest tensor, and
+    most of T is prompt (1,008 image tokens per GUI screenshot): with the 151k Qwen vocab the full log-softmax
+    of 10 trajectories of ~1,100 tokens is 6.7 GB per copy. The model's `logits_to_keep` (a tensor of
+    positions) runs the LM head on those positions only, as TRL does with its completion length.
+
     The softmax is over the whole vocabulary, as vLLM's default `raw_logprobs` are (they ignore the
     `allowed_token_ids` the actors sample with, and the temperature)."""
-    logits = model(**inputs).logits[:, :-1].float()
+    B, T = inputs["input_ids"].shape
+    if mask is None:
+        cols = torch.arange(1, T)  # every predicted position
+        logits = model(**inputs).logits[:, :-1].float()  # [B, T-1, V]
+    else:
+        cols = torch.nonzero(mask[:, 1:].bool().any(0).cpu())[:, 0] + 1  # [K] token positions, each >= 1
+        logits = model(**inputs, logits_to_keep=(cols - 1).to(inputs["input_ids"].device)).logits.float()  # [B, K, V]
     if temperature != 1.0:
         logits = logits / temperature
-    ids = inputs["input_ids"][:, 1:]
+    ids = inputs["input_ids"][:, cols.to(inputs["input_ids"].device)]  # [B, K]
     logsm = torch.log_softmax(logits, dim=-1)
-    lp = logsm.gather(-1, ids[..., None])[..., 0]
-    lp = torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
+    lp = logsm.gather(-1, ids[..., None])[..., 0]  # [B, K]
+
+    def spread(x: torch.Tensor) -> torch.Tensor:  # [B, K] -> [B, T], 0 off the computed columns
+        return torch.zeros(B, T, dtype=x.dtype, device=x.device).index_copy(1, cols.to(x.device), x)
+
+    lp = spread(lp)
     if "attention_mask" in inputs:
         lp = lp * inputs["attention_mask"].to(lp.dtype)
     if not with_entropy:
         return lp
     with torch.no_grad():
         ent = -(logsm.exp() * logsm).sum(-1)
-    return lp, torch.cat([torch.zeros_like(ent[:, :1]), ent], dim=1)
+    return lp, spread(ent)

@@ -208,8 +208,9 @@ class Learner:
                 self.engine(**self._dummy_inputs())
                 continue
             inputs = self._inputs([trajs[i] for i in part], features, part)
-            old = token_logprobs(self.engine, inputs).float().cpu()
-            ref = token_logprobs(self.ref, inputs).float().cpu() if self.ref is not None else None
+            mask = pad_rows([trajs[i].loss_mask for i in part], 0, torch.float32)
+            old = token_logprobs(self.engine, inputs, mask=mask).float().cpu()
+            ref = token_logprobs(self.ref, inputs, mask=mask).float().cpu() if self.ref is not None else None
             for j, i in enumerate(part):
                 n = len(trajs[i].token_ids)
                 out[i] = (old[j, :n], ref[j, :n] if ref is not None else None)
@@ -228,19 +229,19 @@ class Learner:
         dev = self.engine.device
         batch = [trajs[i] for i in items]
         inputs = self._inputs(batch, features, items)
-        logp, entropy = token_logprobs(self.engine, inputs, with_entropy=True)  # [B, T] each
+        mask = pad_rows([t.loss_mask for t in batch], 0, torch.float32).to(dev)
+        logp, entropy = token_logprobs(self.engine, inputs, with_entropy=True, mask=mask)  # [B, T] each
         fresh = [i not in known for i in items]
         if any(fresh):
             if not all(fresh):
                 raise RuntimeError(f"micro-batch {items} mixes recomputed and fresh samples")
             with torch.no_grad():
-                ref_lp = token_logprobs(self.ref, inputs).float().cpu() if self.ref is not None else None
+                ref_lp = token_logprobs(self.ref, inputs, mask=mask).float().cpu() if self.ref is not None else None
             own = logp.detach().float().cpu()
             for j, i in enumerate(items):
                 n = len(trajs[i].token_ids)
                 known[i] = (own[j, :n], ref_lp[j, :n] if ref_lp is not None else None)
         old, ref = [known[i][0] for i in items], [known[i][1] for i in items]
-        mask = pad_rows([t.loss_mask for t in batch], 0, torch.float32).to(dev)
         old_b = pad_rows(old, 0.0, torch.float32).to(dev)
         weights = None
         if any(tis):
@@ -342,8 +343,9 @@ class Learner:
 
     def _nll(self, trajs: list[Trajectory]) -> tuple[torch.Tensor, dict[str, float]]:
         """Next-token loss, token-mean over the micro-batch's trained (assistant) tokens."""
-        logp = token_logprobs(self.engine, self._inputs(trajs))
-        mask = pad_rows([t.loss_mask for t in trajs], 0, torch.float32).to(logp.device, logp.dtype)
+        mask = pad_rows([t.loss_mask for t in trajs], 0, torch.float32).to(self.engine.device)
+        logp = token_logprobs(self.engine, self._inputs(trajs), mask=mask)
+        mask = mask.to(logp.dtype)
         return masked_mean(-logp, mask), {"tokens": float(mask.sum().item())}
 
     def sft_step(self, examples: list[Trajectory]) -> dict[str, float]:
@@ -365,8 +367,9 @@ class Learner:
         mine = examples[self.rank::self.world_size]
         for k in range(0, len(mine), self.cfg.logprob_micro_batch_size):
             part = mine[k:k + self.cfg.logprob_micro_batch_size]
-            logp = token_logprobs(self.engine, self._inputs(part))
-            mask = pad_rows([t.loss_mask for t in part], 0, torch.float32).to(logp.device, logp.dtype)
+            mask = pad_rows([t.loss_mask for t in part], 0, torch.float32).to(self.engine.device)
+            logp = token_logprobs(self.engine, self._inputs(part), mask=mask)
+            mask = mask.to(logp.dtype)
             total += float((-logp * mask).sum().item())
             tokens += float(mask.sum().item())
         self.engine.train()

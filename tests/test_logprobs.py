@@ -73,3 +73,29 @@ def test_batched_learner_inputs_use_mrope_positions(sharp):
             assert batched[i, n:].abs().sum().item() == 0.0  # padding reads 0
     # the check is sharp: 1-D positions (no token types) move the tokens after the images visibly
     assert (flat - batched).abs().max().item() > 0.05
+
+
+def test_masked_columns_give_the_full_forwards_logprobs_and_entropy(sharp):
+    """`mask=` computes the LM head only on the columns some row trains on: the log-probs and entropies
+    there equal the full forward's, every other column reads 0, and the gradient flows."""
+    model, proc = sharp
+    image_id = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    red, blue = Image.new("RGB", (224, 168), (200, 30, 30)), Image.new("RGB", (112, 112), (20, 40, 220))
+    images = [[red], [blue, red]]
+    trajs = [episode(proc, images[0], 30, 0)[0], episode(proc, images[1], 7, 1)[0]]
+    inputs = batch_inputs(trajs, images, proc.image_processor, image_id)
+    T = inputs["input_ids"].shape[1]
+    mask = torch.zeros(2, T)
+    mask[0, T - 20:T - 5], mask[1, len(trajs[1].token_ids) - 7:len(trajs[1].token_ids)] = 1, 1
+    with torch.no_grad():
+        full, full_ent = token_logprobs(model, inputs, with_entropy=True)
+        part, part_ent = token_logprobs(model, inputs, with_entropy=True, mask=mask)
+    on = mask.bool()
+    assert (part[on] - full[on]).abs().max().item() < 1e-5
+    assert (part_ent[on] - full_ent[on]).abs().max().item() < 1e-4
+    computed = mask.bool().any(0)
+    assert part[:, ~computed].abs().sum().item() == 0.0 and part_ent[:, ~computed].abs().sum().item() == 0.0
+    model.zero_grad()
+    (token_logprobs(model, inputs, mask=mask) * mask).sum().backward()
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum().item() > 0
+    model.zero_grad()
