@@ -10,7 +10,7 @@
   6. vs TRL                    completions/s of `vigorl train` / TRL's GRPOTrainer (bench/trl.py), small and
                                real Qwen vocab (needs `pip install -e .[bench]`)
 
-Usage: python -m bench.run [--out runs/bench] [--skip-loop]
+Usage: python -m bench.run [--out runs/bench] [--skip-loop] [--stages learner,trl]   (a subset updates results.json)
 """
 
 from __future__ import annotations
@@ -253,6 +253,8 @@ def main() -> None:
     p.add_argument("--only", choices=STAGES, help="run one stage in this process (the default runs each "
                    "stage in its own process: one in-process vLLM engine per process)")
     p.add_argument("--skip-loop", action="store_true", help="skip the two training runs of ratio 4")
+    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages to run; results.json "
+                   "keeps the other stages' figures from the last run")
     args = p.parse_args()
     out = Path(args.out).resolve()
     if args.only:
@@ -264,8 +266,12 @@ def main() -> None:
         print("RESULT " + json.dumps(result if isinstance(result, dict) else {args.only: result}), flush=True)
         return
     setup(out)
-    results = {}
-    for stage in STAGES:
+    stages = args.stages.split(",")
+    if unknown := set(stages) - set(STAGES):
+        raise SystemExit(f"--stages: unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
+    old = out / "results.json"
+    results = json.loads(old.read_text()) if stages != list(STAGES) and old.is_file() else {}
+    for stage in stages:
         if stage == "loop" and args.skip_loop:
             continue
         p = subprocess.run([sys.executable, "-m", "bench.run", "--out", str(out), "--only", stage], cwd=ROOT,
