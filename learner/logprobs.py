@@ -65,12 +65,9 @@ def token_logprobs(model, inputs: dict[str, torch.Tensor], temperature: float = 
     The softmax is over the whole vocabulary, as vLLM's default `raw_logprobs` are (they ignore the
     `allowed_token_ids` the actors sample with, and the temperature)."""
     B, T = inputs["input_ids"].shape
-    if mask is None:
-        cols = torch.arange(1, T)  # every predicted position
-        logits = model(**inputs).logits[:, :-1].float()  # [B, T-1, V]
-    else:
-        cols = torch.nonzero(mask[:, 1:].bool().any(0).cpu())[:, 0] + 1  # [K] token positions, each >= 1
-        logits = model(**inputs, logits_to_keep=(cols - 1).to(inputs["input_ids"].device)).logits.float()  # [B, K, V]
+    # [K] token positions t >= 1 to score (all of them without a mask); the logits at t - 1 predict them
+    cols = torch.arange(1, T) if mask is None else torch.nonzero(mask[:, 1:].bool().any(0).cpu())[:, 0] + 1
+    logits = model(**inputs, logits_to_keep=(cols - 1).to(inputs["input_ids"].device)).logits.float()  # [B, K, V]
     if temperature != 1.0:
         logits = logits / temperature
     ids = inputs["input_ids"][:, cols.to(inputs["input_ids"].device)]  # [B, K]

@@ -84,9 +84,9 @@ def test_masked_columns_give_the_full_forwards_logprobs_and_entropy(sharp):
     images = [[red], [blue, red]]
     trajs = [episode(proc, images[0], 30, 0)[0], episode(proc, images[1], 7, 1)[0]]
     inputs = batch_inputs(trajs, images, proc.image_processor, image_id)
-    T = inputs["input_ids"].shape[1]
-    mask = torch.zeros(2, T)
-    mask[0, T - 20:T - 5], mask[1, len(trajs[1].token_ids) - 7:len(trajs[1].token_ids)] = 1, 1
+    n0, n1 = len(trajs[0].token_ids), len(trajs[1].token_ids)
+    mask = torch.zeros(2, inputs["input_ids"].shape[1])
+    mask[0, n0 - 20:n0 - 5], mask[1, n1 - 7:n1] = 1, 1  # inside each row's own tokens, not its padding
     with torch.no_grad():
         full, full_ent = token_logprobs(model, inputs, with_entropy=True)
         part, part_ent = token_logprobs(model, inputs, with_entropy=True, mask=mask)
