@@ -1,7 +1,7 @@
 """The rollout actor: a Ray actor owning one vLLM engine. It plays G episodes per prompt for the prompt
 ids it is handed, and returns them as one Arrow record batch tagged with its weight version. New weights
-arrive between calls (`load_weights`); Ray runs an actor's calls in order, so a rollout dispatched after
-a load always uses the new weights."""
+arrive between calls (`load_weights`: shared memory or the object store; `nccl_receive`); Ray runs an
+actor's calls in order, so a rollout dispatched after a load always uses the new weights."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ class RolloutActor:
         from data_gen.rows import read_rows
 
         self.cfg, self.index, self.version = cfg, index, 0
+        self._reader = None  # actors.shm.WeightReader, made at the first shared-memory load
         self.rows = {r.prompt_id: r for r in (read_rows(cfg.data.path) if rows is None else rows)}
         nccl = nccl_sync(cfg.cluster)
         loop = getattr(cfg, "loop", None)  # an eval has no learner to take turns with
@@ -96,12 +97,33 @@ class RolloutActor:
         trim_heap()
         return rb, stats | {"rss_mb": rss_mb()}
 
-    def load_weights(self, version: int, packed: dict) -> float:
+    def load_weights(self, version: int, where: dict) -> float:
+        """Load the weights a learner publish describes (`LearnerActor.publish`): from its shared-memory file
+        when this actor runs on the learner's node — then the version is the one the file holds, which may be
+        newer than `version` (async mode) — else from the object store. Returns seconds."""
+        import ray
+
+        from actors.shm import WeightReader
         from actors.weights import load_weights, unpack
 
-        seconds = load_weights(self.llm, unpack(packed))
-        self.version = version
-        return seconds
+        t0 = time.perf_counter()
+        if "shm" in where and where["node"] == ray.get_runtime_context().get_node_id():
+            self._reader = self._reader or WeightReader()
+            self.version = self._reader.read(where["shm"], lambda state: load_weights(self.llm, state),
+                                             self.cfg.cluster.sync_timeout_s)
+        elif "packed" in where:
+            load_weights(self.llm, unpack(where["packed"]))
+            self.version = version
+        else:
+            raise RuntimeError(f"rollout actor {self.index}: weight version {version} was published only to the "
+                               f"shared memory of node {where.get('node')}, and this actor runs on another node "
+                               f"(the driver publishes to the object store too when an actor is elsewhere)")
+        return time.perf_counter() - t0
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def nccl_join(self, master_address: str, master_port: int, world_size: int) -> None:
         from actors.weights import nccl_join

@@ -33,9 +33,11 @@ def faults(ray) -> tuple[type, ...]:
 
 
 class RolloutPool:
-    """`slots[i]`: the actor now serving slot i. `weights`: the refs (version, packed state dict) of the last
-    object-store publish, which a replacement loads before its first rollout (None: the model's own weights,
-    version 0, which the constructor loads)."""
+    """`slots[i]`: the actor now serving slot i. `weights`: the refs (version, where) of the last publish
+    (`LearnerActor.publish`), which a replacement loads before its first rollout (None: the model's own
+    weights, version 0, which the constructor loads); `stored`: whether that publish went to the object store
+    too. Set by the driver: `learner_node` (learner rank 0's Ray node id) and `republish` (publish again with
+    the object store, for a new actor on another node when the last publish was shared memory only)."""
 
     def __init__(self, ray, cfg: TrainConfig, n: int):
         from actors.actor import RolloutActor
@@ -43,16 +45,31 @@ class RolloutPool:
         self.ray, self.cfg = ray, cfg
         c = cfg.cluster
         self._cls = ray.remote(RolloutActor).options(num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus)
+        self._nodes: dict = {}  # actor -> ref of its node id, asked for as its first call
         self.slots = [self._new(i) for i in range(n)]
         self.next_index = n
         self.weights: tuple | None = None
+        self.stored = False
+        self.learner_node: str | None = None
+        self.republish = None
         self.restarts = 0
 
     def __len__(self) -> int:
         return len(self.slots)
 
     def _new(self, index: int):
-        return self._cls.remote(self.cfg, index, log_file=log_file(self.cfg.out, f"rollout-{index}", self.cfg.verbose))
+        actor = self._cls.remote(self.cfg, index, log_file=log_file(self.cfg.out, f"rollout-{index}", self.cfg.verbose))
+        self._nodes[actor] = actor.node_id.remote()
+        return actor
+
+    def _kill(self, actor) -> None:
+        self.ray.kill(actor, no_restart=True)
+        self._nodes.pop(actor, None)
+
+    def elsewhere(self, actors: list) -> bool:
+        """Whether any of `actors` runs on another node than learner rank 0 (so cannot map its weight file)."""
+        nodes = self.ray.get([self._nodes[a] for a in actors], timeout=self.cfg.cluster.start_timeout_s)
+        return any(node != self.learner_node for node in nodes)
 
     def _started(self, slot: int) -> None:
         """Start a new actor for `slot` (appending a slot when slot == len) at the current weight version;
@@ -63,11 +80,13 @@ class RolloutPool:
             actor = self._new(index)
             try:
                 ray.get(actor.get_version.remote(), timeout=c.start_timeout_s)  # the engine is up
+                if self.weights is not None and not self.stored and self.elsewhere([actor]):
+                    self.republish()
                 if self.weights is not None:
                     ray.get(actor.load_weights.remote(*self.weights), timeout=c.sync_timeout_s)
                 version = ray.get(actor.get_version.remote())
             except faults(ray) as e:
-                ray.kill(actor, no_restart=True)
+                self._kill(actor)
                 if attempt == c.restart_attempts:
                     raise StartError(f"rollout slot {slot}: no new actor started in {attempt} tries "
                                      f"(cluster.restart_attempts); last error: {e}") from e
@@ -89,12 +108,12 @@ class RolloutPool:
 
         if nccl_sync(self.cfg.cluster):
             raise RuntimeError(f"{what}: adding an actor to an NCCL weight-sync group is not supported yet "
-                               f"(cluster.weight_sync=object_store is)")
+                               f"(cluster.weight_sync=shm or object_store is)")
 
     def replace(self, slot: int, why: str) -> None:
         """Kill slot's actor (if it still runs) and start a new one at the current weight version."""
         self._refuse_nccl(f"rollout actor in slot {slot} failed ({why})")
-        self.ray.kill(self.slots[slot], no_restart=True)
+        self._kill(self.slots[slot])
         say(f"[train] fault: rollout actor in slot {slot} {why}; its prompts are requeued, starting a "
             f"replacement")
         self._started(slot)
@@ -109,7 +128,7 @@ class RolloutPool:
         c = self.cfg.cluster
         if nccl_sync(self.cfg.cluster):
             say("[train] scale: adding a rollout actor to an NCCL weight-sync group is not supported yet "
-                "(cluster.weight_sync=object_store is); request ignored")
+                "(cluster.weight_sync=shm or object_store is); request ignored")
             return False
         free = self.ray.available_resources()
         short = [f"needs {need:g} {r}, {free.get(r, 0.0):g} free" for r, need in (("CPU", c.rollout_cpus),
@@ -127,7 +146,7 @@ class RolloutPool:
         return True
 
     def shrink(self) -> None:
-        self.ray.kill(self.slots.pop(), no_restart=True)
+        self._kill(self.slots.pop())
 
     def load_all(self, loads: list) -> list[float]:
         """Wait for one load call per slot (seconds each); a slot whose actor died meanwhile is replaced (the

@@ -118,6 +118,8 @@ def run(cfg: TrainConfig) -> dict:
     n_actors, per_step = cfg.cluster.rollout_actors, cfg.loop.prompts_per_step
     pool = RolloutPool(ray, cfg, n_actors)
     learners = make_learner(ray, cfg)
+    pool.learner_node = ray.get(learners[0].node_id.remote())
+    pool.republish = lambda: put_weights(ray, learners, pool, cfg.learner.zero_stage, store=True)
     if nccl:  # one NCCL group: learner rank 0 + every vLLM worker, once every engine is up (the group's store
         # waits 300 s for its members; N engines loading a 7B VLM can take longer)
         ray.get([a.get_version.remote() for a in pool.slots], timeout=cfg.cluster.start_timeout_s)
@@ -186,6 +188,7 @@ def run(cfg: TrainConfig) -> dict:
         bar.close()
         if last >= first and (not cfg.tracking.checkpoint_every or last % cfg.tracking.checkpoint_every):
             save_checkpoint(ray, learners, tracker, cfg, last, ledger)
+        ray.get(learners[0].close.remote())  # its shared-memory weight file
     print(f"[train] done. MLflow run {tracker.run_id} in {tracker.uri}\n[train] open the UI: {tracker.ui_command()}")
     return {"run_id": tracker.run_id, "tracking_uri": tracker.uri, "last": summary}
 
@@ -210,20 +213,31 @@ def make_learner(ray, cfg: TrainConfig) -> list:
 
 def publish(ray, learners: list, pool: RolloutPool, nccl: bool, zero_stage: int) -> tuple[list, list]:
     """Fan the learner's new version out to every rollout actor; returns the refs of the load calls (one per
-    slot) and of the learner's side of the transfer (NCCL's send, else none). Object store: one put by rank
-    0 (kept as `pool.weights` for replacement actors), a zero-copy get per actor, queued after running
-    rollouts. NCCL: rank 0 stages a gathered copy, then broadcasts while every engine receives. Under
-    ZeRO-3 the other ranks take part in the gather."""
-    learner = learners[0]
-    gathers = [r.gather_only.remote() for r in learners[1:]] if zero_stage == 3 else []
+    slot) and of the learner's side of the transfer (NCCL's send, else none). NCCL: rank 0 stages a gathered
+    copy, then broadcasts while every engine receives; otherwise `put_weights`, and loads that queue after
+    the actors' running rollouts."""
     if nccl:
-        version, meta = ray.get(learner.nccl_meta.remote())
+        gathers = [r.gather_only.remote() for r in learners[1:]] if zero_stage == 3 else []
+        version, meta = ray.get(learners[0].nccl_meta.remote())
         ray.get(gathers)
         loads = [a.nccl_receive.remote(version, meta) for a in pool.slots]
-        return loads, [learner.nccl_send.remote()]
-    pool.weights = tuple(learner.publish.options(num_returns=2).remote())
-    ray.get(gathers)
+        return loads, [learners[0].nccl_send.remote()]
+    put_weights(ray, learners, pool, zero_stage)
     return [a.load_weights.remote(*pool.weights) for a in pool.slots], []
+
+
+def put_weights(ray, learners: list, pool: RolloutPool, zero_stage: int, store: bool | None = None) -> None:
+    """Publish the learner's weights as `pool.weights` (what every load and every replacement actor reads).
+    Shared memory (`shm_sync`): rank 0 rewrites its weight file and actors on its node copy from it; the
+    object store too (one put by rank 0, a zero-copy get per actor) when `store` — by default when shared
+    memory is off or an actor runs on another node. Under ZeRO-3 the other ranks take part in the gather."""
+    from configs.schema import shm_sync
+
+    gathers = [r.gather_only.remote() for r in learners[1:]] if zero_stage == 3 else []
+    shm = shm_sync(pool.cfg.cluster)
+    store = (not shm or pool.elsewhere(pool.slots)) if store is None else store
+    pool.weights, pool.stored = tuple(learners[0].publish.options(num_returns=2).remote(shm, store)), store
+    ray.get(gathers)
 
 
 def save_checkpoint(ray, learners: list, tracker, cfg: TrainConfig, step: int, ledger: Ledger) -> None:

@@ -171,7 +171,9 @@ class ClusterConfig:
     learner_ranks: int = 1  # learner processes (Ray actors) in one torch.distributed group
     learner_cpus: float = 1.0  # CPUs per learner rank
     learner_gpus: float = 0.0  # GPUs per learner rank
-    weight_sync: str = "auto"  # object_store | nccl | auto (nccl when the actors have GPUs)
+    weight_sync: str = "auto"  # auto | nccl | shm | object_store. auto: nccl when the learner and the actors have
+    # whole GPUs, else shm. shm: rollout actors on learner rank 0's node copy from a shared-memory file it
+    # rewrites in place (actors.shm), actors on other nodes load through Ray's object store
     sync_timeout_s: float = 600.0  # a weight sync that takes longer is an error (NCCL has no timeout)
     # faults (vigorl train): a dead rollout actor is replaced and its prompts requeued (README "Failures")
     rollout_timeout_s: float = 3600.0  # a rollout call not back this long after the driver starts waiting for
@@ -189,14 +191,14 @@ class ClusterConfig:
 
 def nccl_sync(c: ClusterConfig) -> bool:
     """Whether weights move by NCCL broadcast from learner rank 0 into the vLLM workers (`auto`: when the
-    learner and every rollout actor have whole GPUs of their own), rather than through Ray's object store.
+    learner and every rollout actor have whole GPUs of their own), rather than shared memory or the object store.
     Also refuses the placements that cannot run, naming the keys (checked before Ray starts):
     - NCCL refuses two ranks on one GPU ("duplicate GPU"), so `nccl` needs whole GPUs on both sides; a learner
       and vLLM sharing one GPU (fractional gpus) take the object store;
     - a vLLM engine of tensor-parallel size tp uses tp whole GPUs: rollout_gpus must equal it, or be a
       fraction below 1 with tp = 1 (a GPU shared with the learner)."""
-    if c.weight_sync not in ("auto", "nccl", "object_store"):
-        raise ValueError(f"cluster.weight_sync must be auto | nccl | object_store, got {c.weight_sync!r}")
+    if c.weight_sync not in ("auto", "nccl", "shm", "object_store"):
+        raise ValueError(f"cluster.weight_sync must be auto | nccl | shm | object_store, got {c.weight_sync!r}")
     tp = c.tensor_parallel_size
     if tp < 1 or (c.rollout_gpus > 0 and c.rollout_gpus != tp and not (tp == 1 and c.rollout_gpus < 1)):
         raise ValueError(f"cluster.rollout_gpus={c.rollout_gpus} with cluster.tensor_parallel_size={tp}: a rollout "
@@ -206,8 +208,14 @@ def nccl_sync(c: ClusterConfig) -> bool:
     if c.weight_sync == "nccl" and not whole:
         raise ValueError(f"cluster.weight_sync=nccl needs whole GPUs for the learner and every rollout actor "
                          f"(NCCL refuses two ranks on one GPU); got cluster.learner_gpus={c.learner_gpus}, "
-                         f"cluster.rollout_gpus={c.rollout_gpus}. On one shared GPU use cluster.weight_sync=object_store")
+                         f"cluster.rollout_gpus={c.rollout_gpus}. On one shared GPU use cluster.weight_sync=auto (shared memory)")
     return c.weight_sync == "nccl" or (c.weight_sync == "auto" and whole)
+
+
+def shm_sync(c: ClusterConfig) -> bool:
+    """Whether rollout actors on learner rank 0's node load weights from its shared-memory file (`auto` without
+    NCCL, or `shm`); the others, and every actor with `object_store`, load through the object store."""
+    return not nccl_sync(c) and c.weight_sync in ("auto", "shm")
 
 
 def torch_threads(c: ClusterConfig, role: str, sync: bool) -> int:

@@ -1,5 +1,5 @@
 """The learner as a Ray actor: trajectories arrive as Arrow record batches, weights leave as a versioned
-state dict through the object store."""
+state dict through a shared-memory file (rollout actors on its node), the object store, or NCCL."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class LearnerActor:
             use_threads(threads)
         self._args = (model_path, cfg, dataset_root, total_steps)
         self.rank, self.world_size = rank, world_size
+        self._weight_file = None  # actors.shm.WeightFile, made at the first shared-memory publish
         if world_size == 1:
             self.setup("127.0.0.1", None)
 
@@ -138,14 +139,40 @@ class LearnerActor:
         self.learner.load_state(path)
         return self.learner.version
 
-    def publish(self) -> tuple[int, dict]:
-        """(version, the trained weights in HF names, packed for a zero-copy object store: actors.weights).
-        A frozen vision tower is not sent (`Learner.state_dict(trained_only=True)`). Under ZeRO-3 every rank must
-        call it (the gather is collective); only rank 0's result is used."""
+    def publish(self, shm: bool = False, store: bool = True) -> tuple[int, dict]:
+        """(version, where the trained weights are) for the rollout actors' `load_weights`: with `shm`, rank 0
+        rewrites its weight file in /dev/shm (`actors.shm`; keys "shm", its path, and "node", this node's Ray
+        id); with `store`, the state dict packed for a zero-copy object store ("packed": actors.weights.pack),
+        for actors on other nodes. HF names; a frozen vision tower is not sent (`Learner.state_dict(
+        trained_only=True)`). Under ZeRO-3 every rank must call it (the gather is collective); only rank 0's
+        result is used."""
+        import ray
+
+        from actors.shm import WeightFile, available
         from actors.weights import pack
 
         state = self.learner.state_dict(trained_only=True)
-        return self.learner.version, (pack(state) if self.learner.rank == 0 else {})
+        where: dict = {}
+        store = store or (shm and not available())  # no /dev/shm on this node: every actor takes the store
+        if self.learner.rank == 0 and shm and available():
+            if self._weight_file is None:
+                self._weight_file = WeightFile()
+            where |= {"shm": self._weight_file.write(self.learner.version, state),
+                      "node": ray.get_runtime_context().get_node_id()}
+        if self.learner.rank == 0 and store:
+            where["packed"] = pack(state)
+        return self.learner.version, where
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def close(self) -> None:
+        """Remove the weight file (the driver calls it when the run ends; actors keep their mappings)."""
+        if self._weight_file is not None:
+            self._weight_file.close()
+            self._weight_file = None
 
     def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:
         """Per-token log-probs of a text-only sequence under the current policy, [T]."""

@@ -56,16 +56,22 @@ def test_every_field_is_documented():
 
 
 def test_weight_sync_choice_and_gpu_placements():
-    from configs.schema import TrainConfig, nccl_sync
+    from configs.schema import TrainConfig, nccl_sync, shm_sync
 
     def sync(*overrides):
         return nccl_sync(load(TrainConfig, None, list(overrides)).cluster)
+
+    def shm(*overrides):
+        return shm_sync(load(TrainConfig, None, list(overrides)).cluster)
+
+    assert shm() and shm("cluster.weight_sync=shm") and shm("cluster.rollout_gpus=0.5", "cluster.learner_gpus=0.5")
+    assert not shm("cluster.weight_sync=object_store") and not shm("cluster.rollout_gpus=1", "cluster.learner_gpus=1")
 
     assert not sync()
     assert sync("cluster.rollout_gpus=1", "cluster.learner_gpus=1")
     assert sync("cluster.rollout_gpus=2", "cluster.tensor_parallel_size=2", "cluster.learner_gpus=1")
     assert not sync("cluster.rollout_gpus=1", "cluster.learner_gpus=1", "cluster.weight_sync=object_store")
-    assert not sync("cluster.rollout_gpus=1")  # auto: the learner on CPU takes the object store
+    assert not sync("cluster.rollout_gpus=1")  # auto: the learner on CPU takes shared memory
     assert not sync("cluster.rollout_gpus=0.5", "cluster.learner_gpus=0.5")  # one shared GPU
     with pytest.raises(ValueError, match="cluster.weight_sync must be"):
         sync("cluster.weight_sync=carrier_pigeon")

@@ -44,8 +44,9 @@ def ray_local():
 
 
 def test_grpo_step_and_weight_sync(stack, ray_local):
+    from actors.shm import WeightReader
     from actors.trajectory import to_batch
-    from actors.weights import load_weights, unpack
+    from actors.weights import load_weights
     from learner.actor import LearnerActor
 
     ray = ray_local
@@ -78,9 +79,12 @@ def test_grpo_step_and_weight_sync(stack, ray_local):
     after = learner_lp()
     assert (after - vllm_logprobs(llm, fixed)).abs().max().item() > 1e-2, "the step did not change the policy"
 
-    version, packed = ray.get(learner.publish.remote())
-    assert version == 1 and packed["names"] and not any(".visual." in n for n in packed["names"])  # frozen: kept
-    load_weights(llm, unpack(packed))
+    # the learner's shared-memory file, as a rollout actor on its node reads it (actors.shm)
+    version, where = ray.get(learner.publish.remote(shm=True, store=False))
+    assert version == 1 and set(where) == {"shm", "node"}
+    reader = WeightReader()
+    assert reader.read(where["shm"], lambda state: load_weights(llm, state)) == 1
+    assert reader.views and not any(".visual." in n for n in reader.views)  # frozen: kept by the engine
     assert (after - vllm_logprobs(llm, fixed)).abs().max().item() < 1e-3
 
     # image requests still work after the reload (encoder cache reset), tagged with the new version
@@ -138,8 +142,8 @@ def test_mismatch_and_one_step_per_minibatch(stack, ray_local):
     root, model_dir, llm = stack[0], stack[1], stack[2]
     learner = ray.remote(num_cpus=1)(LearnerActor).remote(
         str(model_dir), LearnerConfig(kl_coef=0.01, mini_batch_size=2, micro_batch_size=1), str(root / "data"))
-    version, packed = ray.get(learner.publish.remote())  # this module's engine may hold another test's weights
-    load_weights(llm, unpack(packed))
+    version, where = ray.get(learner.publish.remote())  # this module's engine may hold another test's weights
+    load_weights(llm, unpack(where["packed"]))
     trajs = single_turn_trajectories(stack, version=version)
     first = ray.get(learner.train_step.remote([ray.put(to_batch(trajs))]))
     assert first["learner/updates"] == 2 and first["version"] == 1 and first["optimizer_steps"] == 2
@@ -196,8 +200,8 @@ def test_vision_cache_and_first_minibatch_old_logprobs_change_nothing(stack, ray
                             vision_cache=cache)
         learner = ray.remote(num_cpus=1)(LearnerActor).remote(str(model_dir), cfg, str(root / "data"))
         m = ray.get(learner.train_step.remote([ray.put(to_batch(trajs))]))
-        _, packed = ray.get(learner.publish.remote())
-        results.append((m, {k: v.clone() for k, v in unpack(packed).items()}))
+        _, where = ray.get(learner.publish.remote())
+        results.append((m, {k: v.clone() for k, v in unpack(where["packed"]).items()}))
         ray.kill(learner)
     (cached, w_cached), (plain, w_plain) = results
     assert cached["learner/updates"] == plain["learner/updates"] == 4
@@ -219,8 +223,8 @@ def test_zero3_step_and_weights_gathered_group_by_group(stack, ray_local):
     root, model_dir = stack[0], stack[1]
     learner = ray.remote(num_cpus=1)(LearnerActor).remote(
         str(model_dir), LearnerConfig(kl_coef=0.01, zero_stage=3, zero3_gather_mb=0.05), str(root / "data"))
-    _, packed = ray.get(learner.publish.remote())
-    sent = unpack(packed)
+    _, where = ray.get(learner.publish.remote())
+    sent = unpack(where["packed"])
     disk = load_file(model_dir / "model.safetensors")
     assert sent and not any(".visual." in k for k in sent)  # trained weights only
     for k, v in sent.items():  # the file keeps transformers' older names

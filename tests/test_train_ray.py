@@ -142,9 +142,10 @@ def test_checkpoint_loads_in_transformers(sync_run):
 
 
 def test_two_learner_ranks_in_one_group(tmp_path):
-    """The learner as 2 Ray actors in one gloo group (DeepSpeed ZeRO-2 across them)."""
+    """The learner as 2 Ray actors in one gloo group (DeepSpeed ZeRO-2 across them); weights through the
+    object store (the other runs here take the default, shared memory)."""
     out, stdout = train(tmp_path, "loop.steps=1", "loop.mode=sync", "cluster.learner_ranks=2",
-                        "cluster.learner_cpus=0.5", "tracking.picture_every=0")
+                        "cluster.learner_cpus=0.5", "tracking.picture_every=0", "cluster.weight_sync=object_store")
     client, found = runs(out)
     m = found[0].data.metrics
     # every sample trained or had no trained token (cut by the turn limit); one update, the same on both ranks

@@ -34,7 +34,8 @@ def train(tmp_path: Path, *overrides: str):
 
 @pytest.mark.skipif(GPUS < 1, reason="needs a CUDA GPU")
 def test_one_gpu_learner_and_vllm_share_it(tmp_path):
-    """Learner and one vLLM engine on one GPU; weights through the object store into the in-process engine."""
+    """Learner and one vLLM engine on one GPU; weights through the learner's shared-memory file (the default
+    on one node) into the in-process engine."""
     train(tmp_path, "cluster.rollout_gpus=0.5", "cluster.learner_gpus=0.5", "cluster.gpu_memory_utilization=0.3")
 
 
