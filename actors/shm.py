@@ -116,14 +116,17 @@ class WeightFile:
         layout = json.dumps(entries).encode()
         start = -(-(FIXED + len(layout)) // PAGE) * PAGE
         total = start + max(size, 1)
-        free = os.statvfs(self.path.parent)
-        if free.f_bavail * free.f_frsize < total:
-            raise OSError(f"{self.path.parent} has {free.f_bavail * free.f_frsize / 2**30:.2f} GiB free, the weight "
-                          f"file needs {total / 2**30:.2f} GiB: free some or set cluster.weight_sync=object_store")
         fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, total)
+            # reserve every page now: a full /dev/shm is this clear error, not a SIGBUS in the middle of a write
+            os.posix_fallocate(fd, 0, total)
             self._buf = mmap.mmap(fd, total)
+        except OSError as e:
+            self.path.unlink(missing_ok=True)
+            free = os.statvfs(self.path.parent)
+            raise OSError(f"weight file {self.path}: {total / 2**30:.2f} GiB needed, {free.f_bavail * free.f_frsize / 2**30:.2f}"
+                          f" GiB free in {self.path.parent} ({e.strerror}): free some or set "
+                          f"cluster.weight_sync=object_store") from e
         finally:
             os.close(fd)
         self._buf[:8] = MAGIC

@@ -133,19 +133,21 @@ def bench_weight_sync(out: Path) -> dict:
     memcpy_s = min(copies)
 
     llm = make_llm(str(out / "model_qwen"), max_model_len=4096, seed=0)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     load_weights(llm, full)  # warm-up
+    # the default (rollout actors on the learner's node): the learner rewrites its shared-memory file, the
+    # actor copies from it into vLLM. Measured before Ray starts: its start-up keeps both cores busy for seconds
     shm, store = [], []
     wfile, reader = WeightFile(), WeightReader()
     for version in range(1, 6):
-        # the default (rollout actors on the learner's node): the learner rewrites its shared-memory file,
-        # the actor copies from it into vLLM
         t0 = time.perf_counter()
         path = wfile.write(version, state)
         t1 = time.perf_counter()
         reader.read(path, lambda views: load_weights(llm, views))
         shm.append((time.perf_counter() - t0, t1 - t0))
-        # an actor on another node: one put into the object store, a zero-copy get, the same load
+    wfile.close()
+    # an actor on another node: one put into the object store, a zero-copy get, the same load
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    for _ in range(8):
         t0 = time.perf_counter()
         ref = ray.put(pack(state))
         got = unpack(ray.get(ref))
@@ -154,7 +156,6 @@ def bench_weight_sync(out: Path) -> dict:
         store.append((time.perf_counter() - t0, t1 - t0))
         del ref, got
     ray.shutdown()
-    wfile.close()
     (sync_s, move_s), (store_s, put_s) = min(shm), min(store)
     print(f"[2] weight sync: {nbytes / 2**20:.0f} MiB sent ({len(state)} of {len(full)} tensors) and loaded into vLLM "
           f"in {sync_s * 1e3:.0f} ms through shared memory (learner's write {move_s * 1e3:.0f} ms, the actor's "

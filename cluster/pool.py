@@ -67,8 +67,15 @@ class RolloutPool:
         self._nodes.pop(actor, None)
 
     def elsewhere(self, actors: list) -> bool:
-        """Whether any of `actors` runs on another node than learner rank 0 (so cannot map its weight file)."""
-        nodes = self.ray.get([self._nodes[a] for a in actors], timeout=self.cfg.cluster.start_timeout_s)
+        """Whether any of `actors` runs on another node than learner rank 0 (so cannot map its weight file).
+        An actor that died before it said where counts as elsewhere: the weights go to the object store as
+        well, and its load fails and replaces it as any dead actor's does."""
+        nodes = []
+        for actor in actors:
+            try:
+                nodes.append(self.ray.get(self._nodes[actor], timeout=self.cfg.cluster.start_timeout_s))
+            except faults(self.ray):
+                nodes.append(None)
         return any(node != self.learner_node for node in nodes)
 
     def _started(self, slot: int) -> None:

@@ -70,3 +70,14 @@ def test_sweep_removes_only_dead_learners_files(tmp_path):
     assert not dead.exists() and live.path.exists()
     dead.write_bytes(b"x")
     assert sweep(tmp_path) == [dead] and live.path.exists()
+
+
+def test_a_full_shared_memory_is_a_clear_error(tmp_path, monkeypatch):
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    f = WeightFile(tmp_path)
+    with pytest.raises(OSError, match=r"GiB needed, .* GiB free in .*No space left.*weight_sync=object_store"):
+        f.write(1, state(1.0))
+    assert not f.path.exists()
