@@ -194,7 +194,7 @@ def nccl_sync(c: ClusterConfig) -> bool:
     learner and every rollout actor have whole GPUs of their own), rather than shared memory or the object store.
     Also refuses the placements that cannot run, naming the keys (checked before Ray starts):
     - NCCL refuses two ranks on one GPU ("duplicate GPU"), so `nccl` needs whole GPUs on both sides; a learner
-      and vLLM sharing one GPU (fractional gpus) take the object store;
+      and vLLM sharing one GPU (fractional gpus) take shared memory;
     - a vLLM engine of tensor-parallel size tp uses tp whole GPUs: rollout_gpus must equal it, or be a
       fraction below 1 with tp = 1 (a GPU shared with the learner)."""
     if c.weight_sync not in ("auto", "nccl", "shm", "object_store"):
