@@ -171,7 +171,7 @@ def evaluate(model: Path, data: Path, out: Path) -> dict:
 # ---- the pipeline ---------------------------------------------------------------------------------------
 
 def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int, captions: int,
-             base_stages: int, describe: bool = False) -> dict:
+             base_stages: int, describe: bool = False, sft_epochs: int | None = None) -> dict:
     from data_gen.synthetic import make_dataset
 
     out = out.resolve()
@@ -198,7 +198,7 @@ def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int,
           f"data.path={data['mcts']}", f"teacher.describe={str(describe).lower()}")
     stage("sft_data", "linearize", out / "mcts" / "trees.jsonl", out / "sft_data", "max_per_question=8")
     stage("sft", "sft", "--config", ROOT / "configs/learn_sft.yaml", f"out={out / 'sft'}", f"model.path={base}",
-          f"data={out / 'sft_data'}")
+          f"data={out / 'sft_data'}", *([f"epochs={sft_epochs}"] if sft_epochs else []))
     stage("grpo", "train", "--config", ROOT / "configs/learn_grpo.yaml", f"out={out / 'grpo'}",
           f"model.path={out / 'sft' / 'model'}", f"data.path={data['rl']}", f"loop.steps={grpo_steps}")
     runs.pop("sft_data")  # linearize is no MLflow run
@@ -218,7 +218,8 @@ def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int,
         "base_one_time_s": round(sum(i["data_s"] + i["sft_s"] for i in stages), 1),
         "total_s": round(time.perf_counter() - t, 1)}
     results["setup"] = {"task": TASK, "seeds": SEEDS, "n_mcts": n_mcts, "n_rl": n_rl, "n_heldout": n_heldout,
-                        "grpo_steps": grpo_steps, "captions_per_base_stage": captions, "base_stages": base_stages,
+                        "grpo_steps": grpo_steps, "sft_epochs": sft_epochs or "recipe",
+                        "captions_per_base_stage": captions, "base_stages": base_stages,
                         "teacher_describe": describe,
                         "linearize": chain_counts(outputs["sft_data"])}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -240,6 +241,8 @@ if __name__ == "__main__":
     p.add_argument("--rl-prompts", type=int, default=2000)
     p.add_argument("--heldout", type=int, default=400)
     p.add_argument("--grpo-steps", type=int, default=40)
+    p.add_argument("--sft-epochs", type=int, default=None,
+                   help="SFT epochs over the linearised chains (default: configs/learn_sft.yaml's)")
     p.add_argument("--describe", action="store_true",
                    help="MCTS teacher steps say what is at their point (teacher.describe; off: the released kind)")
     a = p.parse_args()
@@ -251,4 +254,4 @@ if __name__ == "__main__":
         print(json.dumps(evaluate(Path(a.args[0]), Path(a.args[1]), Path(a.args[2]))))
     else:
         pipeline(Path(a.out), a.mcts_questions, a.rl_prompts, a.heldout, a.grpo_steps, a.captions, a.base_stages,
-                 a.describe)
+                 a.describe, a.sft_epochs)
