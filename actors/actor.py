@@ -101,13 +101,11 @@ class RolloutActor:
         """Load the weights a learner publish describes (`LearnerActor.publish`): from its shared-memory file
         when this actor runs on the learner's node — then the version is the one the file holds, which may be
         newer than `version` (async mode) — else from the object store. Returns seconds."""
-        import ray
-
-        from actors.shm import WeightReader
+        from actors.shm import WeightReader, this_node
         from actors.weights import load_weights, unpack
 
         t0 = time.perf_counter()
-        if "shm" in where and where["node"] == ray.get_runtime_context().get_node_id():
+        if "shm" in where and where["node"] == this_node():
             self._reader = self._reader or WeightReader()
             self.version = self._reader.read(where["shm"], lambda state: load_weights(self.llm, state),
                                              self.cfg.cluster.sync_timeout_s)
@@ -121,9 +119,9 @@ class RolloutActor:
         return time.perf_counter() - t0
 
     def node_id(self) -> str:
-        import ray
+        from actors.shm import this_node
 
-        return ray.get_runtime_context().get_node_id()
+        return this_node()
 
     def nccl_join(self, master_address: str, master_port: int, world_size: int) -> None:
         from actors.weights import nccl_join

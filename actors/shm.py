@@ -44,6 +44,13 @@ def available() -> bool:
     return SHM_DIR.is_dir() and os.access(SHM_DIR, os.W_OK)
 
 
+def this_node() -> str:
+    """This process's Ray node id: a weight file can be mapped only by processes on the writer's node."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 def _layout(state: dict[str, torch.Tensor]) -> tuple[list[dict], int]:
     entries, offset = [], 0
     for name, t in state.items():

@@ -146,27 +146,25 @@ class LearnerActor:
         for actors on other nodes. HF names; a frozen vision tower is not sent (`Learner.state_dict(
         trained_only=True)`). Under ZeRO-3 every rank must call it (the gather is collective); only rank 0's
         result is used."""
-        import ray
-
-        from actors.shm import WeightFile, available
+        from actors.shm import WeightFile, available, this_node
         from actors.weights import pack
 
         state = self.learner.state_dict(trained_only=True)
         where: dict = {}
-        store = store or (shm and not available())  # no /dev/shm on this node: every actor takes the store
-        if self.learner.rank == 0 and shm and available():
+        if shm and not available():  # no /dev/shm on this node: every actor takes the object store
+            shm, store = False, True
+        if self.learner.rank == 0 and shm:
             if self._weight_file is None:
                 self._weight_file = WeightFile()
-            where |= {"shm": self._weight_file.write(self.learner.version, state),
-                      "node": ray.get_runtime_context().get_node_id()}
+            where |= {"shm": self._weight_file.write(self.learner.version, state), "node": this_node()}
         if self.learner.rank == 0 and store:
             where["packed"] = pack(state)
         return self.learner.version, where
 
     def node_id(self) -> str:
-        import ray
+        from actors.shm import this_node
 
-        return ray.get_runtime_context().get_node_id()
+        return this_node()
 
     def close(self) -> None:
         """Remove the weight file (the driver calls it when the run ends; actors keep their mappings)."""
