@@ -25,10 +25,6 @@ import torch
 PROMPT = "Describe the objects in the image and where they are."  # the caption pretraining's (bench.learn)
 
 
-def _inside(point, box) -> bool:
-    return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
-
-
 class Captioner:
     """Greedy completions of a caption prefix by a Qwen2.5-VL model dir (transformers, CPU)."""
 
@@ -50,7 +46,8 @@ class Captioner:
     def tower(self, image) -> torch.Tensor:
         """The vision tower's output for one image, flattened: [tokens * hidden]."""
         pix = self.proc.image_processor(images=[image], return_tensors="pt")
-        return self.model.model.get_image_features(pix["pixel_values"], pix["image_grid_thw"]).pooler_output[0].flatten()
+        grid = pix["image_grid_thw"]
+        return self.model.model.get_image_features(pix["pixel_values"], grid).pooler_output[0].flatten()
 
 
 def captions(cap: Captioner, data: Path, n: int) -> dict:
@@ -59,27 +56,28 @@ def captions(cap: Captioner, data: Path, n: int) -> dict:
 
     from data_gen.rows import read_rows
     from data_gen.synthetic import COLORS
+    from data_gen.teachers import scene_of
 
     c = dict.fromkeys(["colours_named", "colours_present", "first_point_on_object", "first_colour_right",
                        "shape_point_on_shape", "colour_at_true_centre"], 0)
     rows = list(read_rows(data))[:n]
     for row in rows:
         meta = json.loads(row.meta)
-        objs = [(name.split()[0], name.split()[1], box, centre)
-                for name, box, centre in zip(meta["objects"], meta["boxes"], meta["centres"])]
+        scene = scene_of(row, (row.width, row.height))  # seen_at(point): "colour shape" of the object there
         image = Image.open(Path(data) / row.image).convert("RGB")
         free = cap.complete(image, "", 40)
         named = [w for w in re.findall(r"is (\w+)", free) if w in COLORS]
         c["colours_named"] += len(named)
-        c["colours_present"] += sum(w in {o[0] for o in objs} for w in named)
+        c["colours_present"] += sum(w in {o.split()[0] for o in meta["objects"]} for w in named)
         m = re.match(r"The (\w+) at \((\d+), (\d+)\) is (\w+)", free)
         if m:
-            hit = [o for o in objs if _inside((int(m[2]), int(m[3])), o[2])]
-            c["first_point_on_object"] += bool(hit)
-            c["first_colour_right"] += bool(hit) and hit[0][0] == m[4]
-        colour, shape, box, centre = objs[0]  # the row's question is about the first object
+            there = scene.seen_at((int(m[2]), int(m[3])))
+            c["first_point_on_object"] += there is not None
+            c["first_colour_right"] += there is not None and there.split()[0] == m[4]
+        target, centre = meta["objects"][0], meta["centres"][0]  # the row's question is about the first object
+        colour, shape = target.split()
         m = re.match(r"(\d+), (\d+)\)", cap.complete(image, f"The {shape} at (", 8))
-        c["shape_point_on_shape"] += bool(m) and _inside((int(m[1]), int(m[2])), box)
+        c["shape_point_on_shape"] += bool(m) and scene.seen_at((int(m[1]), int(m[2]))) == target
         said = cap.complete(image, f"The {shape} at ({centre[0]}, {centre[1]}) is", 3).strip()
         c["colour_at_true_centre"] += said.startswith(colour)
     return {"scenes": len(rows), "colours_named": c["colours_named"],

