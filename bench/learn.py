@@ -4,7 +4,8 @@ never part of the tests.
 
     python -m bench.learn base            build (once) and cache the pretrained base VLM; prints its cost
     python -m bench.learn [--out DIR]     the pipeline from the cached base; writes DIR/results.json
-    python -m bench.learn eval MODEL DATA OUT_DIR     score one model dir on one dataset (`vigorl eval`)
+    python -m bench.learn [--multi-turn] eval MODEL DATA OUT_DIR     score one model dir on one dataset
+                                          (`vigorl eval`; with the zoom tool after --multi-turn)
 
 The task is `object_colour` (data_gen.synthetic): what colour is the {shape} in a 112x112 scene of two or
 three objects, four options that include the other objects' colours (chance 25 %). The base is the
@@ -165,7 +166,20 @@ def evaluate(model: Path, data: Path, out: Path, recipe: str = "learn_eval") -> 
     inside = [bool(scenes[i["item_id"]].hit(tuple(p))) for i in items for p in i["points"]]
     return {"accuracy": s["accuracy"], "accuracy_ci95_wilson": s["accuracy_ci95"], "format_rate": s["format_rate"],
             "reward": s["reward"], "points_in_target": sum(inside) / len(inside) if inside else 0.0,
-            "points": len(inside), "n": s["n"], "eval_run_id": run_id(log)}
+            "points": len(inside), "n": s["n"], **zoom_stats(items, scenes), "eval_run_id": run_id(log)}
+
+
+def zoom_stats(items: list[dict], scenes: dict) -> dict:
+    """Multi-turn evaluations (`items.jsonl` lines with `tool_calls` in original pixels): the share of items
+    where some zoom landed on the object the question names (the scene's target box, with its margin), and
+    the accuracy of the items where one did and where none did. Empty when no item zoomed (single-turn)."""
+    if not any(i["tool_calls"] for i in items):
+        return {}
+    zoomed = [any(scenes[i["item_id"]].hit(tuple(p)) for p in i["tool_calls"]) for i in items]
+    hit = [bool(i["correct"]) for i, z in zip(items, zoomed) if z]
+    miss = [bool(i["correct"]) for i, z in zip(items, zoomed) if not z]
+    return {"zoomed_on_target": sum(zoomed) / len(items), "accuracy_zoomed": sum(hit) / len(hit) if hit else None,
+            "accuracy_not_zoomed": sum(miss) / len(miss) if miss else None}
 
 
 # ---- the pipeline ---------------------------------------------------------------------------------------
@@ -217,7 +231,9 @@ def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int,
         r = evaluate(model, data["heldout"], out / "eval" / name, f"learn_eval{mt}")
         results[name] = r | {"model": str(model)}
         print(f"[learn] {name}: accuracy {r['accuracy']:.3f} {r['accuracy_ci95_wilson']} format {r['format_rate']:.3f} "
-              f"reward {r['reward']:.3f} points in target {r['points_in_target']:.3f} (n={r['n']})", flush=True)
+              f"reward {r['reward']:.3f} points in target {r['points_in_target']:.3f} (n={r['n']})"
+              + (f"; a zoom on the asked object in {r['zoomed_on_target']:.1%} of items" if "zoomed_on_target" in r else ""),
+              flush=True)
     results["runs"] = {k: {"run_id": v, "tracking_uri": f"sqlite:///{out / k / 'mlflow.db'}"} for k, v in runs.items()}
     results["runs"]["base_pretraining"] = [{"run_id": i["sft_run_id"], "tracking_uri": i["tracking_uri"]}
                                            for i in stages]
@@ -261,7 +277,8 @@ if __name__ == "__main__":
     elif a.cmd == "eval":
         if len(a.args) != 3:
             p.error("eval takes MODEL DATA OUT_DIR")
-        print(json.dumps(evaluate(Path(a.args[0]), Path(a.args[1]), Path(a.args[2]))))
+        recipe = "learn_eval_mt" if a.multi_turn else "learn_eval"
+        print(json.dumps(evaluate(Path(a.args[0]), Path(a.args[1]), Path(a.args[2]), recipe)))
     else:
         pipeline(Path(a.out), a.mcts_questions, a.rl_prompts, a.heldout, a.grpo_steps, a.captions, a.base_stages,
                  a.describe, a.sft_epochs, a.multi_turn)

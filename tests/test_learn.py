@@ -1,11 +1,12 @@
-"""The learning proof's own piece (bench/learn.py): base-model captions.
+"""The learning proof's own pieces (bench/learn.py): base-model captions, the zoom statistics.
 `make learn` itself is a benchmark, never a test."""
 
 import json
 import re
 
-from bench.learn import caption_rows
+from bench.learn import caption_rows, zoom_stats
 from data_gen.synthetic import COLORS, SHAPES
+from data_gen.teachers import Scene
 from data_gen.tiny_model import build_tokenizer
 from learner.sft import encode_row
 
@@ -29,3 +30,13 @@ def test_captions_say_what_and_where_each_object_is(tmp_path):
         ex = encode_row(row, tmp_path, tok, Qwen2VLImageProcessorPil(), where="caption")
         assert sum(ex.loss_mask) > 0 and ex.token_ids.count(tok.convert_tokens_to_ids("<|image_pad|>")) == 16
 
+
+def test_zoom_stats_split_accuracy_by_a_zoom_on_the_asked_object():
+    scene = Scene((112, 112), [("circle", (10, 10, 30, 30))], "red", lambda rng: "blue")
+    scenes = {"a": scene, "b": scene, "c": scene}
+    items = [{"item_id": "a", "tool_calls": [[90, 90], [20, 20]], "correct": 1.0},  # 2nd zoom on it, right
+             {"item_id": "b", "tool_calls": [[30, 31]], "correct": 1.0},  # just off the box, right
+             {"item_id": "c", "tool_calls": [], "correct": 0.0}]  # no zoom, wrong
+    assert zoom_stats(items, scenes) == {"zoomed_on_target": 1 / 3, "accuracy_zoomed": 1.0,
+                                         "accuracy_not_zoomed": 0.5}
+    assert zoom_stats([dict(items[2])], scenes) == {}  # single-turn: no zooms, nothing to say
