@@ -148,15 +148,16 @@ def run_id(output: str) -> str:
 
 # ---- evaluation ----------------------------------------------------------------------------------------
 
-def evaluate(model: Path, data: Path, out: Path, recipe: str = "learn_eval") -> dict:
-    """`vigorl eval` of `model` on the rows at `data` (configs/learn_eval.yaml: the training rollout code, no
-    structured outputs, one sample per item at temperature 0.5, SPEC §5) into `out`, plus how often the
-    think-step points fall inside the object the question names."""
+def evaluate(model: Path, data: Path, out: Path, multi_turn: bool = False) -> dict:
+    """`vigorl eval` of `model` on the rows at `data` (configs/learn_eval.yaml, or learn_eval_mt.yaml with the
+    zoom tool: the training rollout code, no structured outputs, one sample per item at temperature 0.5,
+    SPEC §5) into `out`, plus how often the think-step points fall inside the object the question names."""
     from data_gen.rows import read_rows
     from data_gen.teachers import scene_of
 
     shutil.rmtree(out, ignore_errors=True)  # `vigorl eval` resumes from what is there: start clean
     out.mkdir(parents=True)
+    recipe = "learn_eval_mt" if multi_turn else "learn_eval"
     log = vigorl("eval", "--config", ROOT / f"configs/{recipe}.yaml", f"out={out}", f"model.path={model}",
                  f"data.path={data}", log=out / "eval.log")
     s = json.loads((out / "summary.json").read_text())["overall"]
@@ -228,7 +229,7 @@ def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int,
               "grpo": out / "grpo" / "checkpoints" / f"step_{grpo_steps:05d}"}
     results: dict = {}
     for name, model in models.items():
-        r = evaluate(model, data["heldout"], out / "eval" / name, f"learn_eval{mt}")
+        r = evaluate(model, data["heldout"], out / "eval" / name, multi_turn)
         results[name] = r | {"model": str(model)}
         print(f"[learn] {name}: accuracy {r['accuracy']:.3f} {r['accuracy_ci95_wilson']} format {r['format_rate']:.3f} "
               f"reward {r['reward']:.3f} points in target {r['points_in_target']:.3f} (n={r['n']})"
@@ -277,8 +278,7 @@ if __name__ == "__main__":
     elif a.cmd == "eval":
         if len(a.args) != 3:
             p.error("eval takes MODEL DATA OUT_DIR")
-        recipe = "learn_eval_mt" if a.multi_turn else "learn_eval"
-        print(json.dumps(evaluate(Path(a.args[0]), Path(a.args[1]), Path(a.args[2]), recipe)))
+        print(json.dumps(evaluate(Path(a.args[0]), Path(a.args[1]), Path(a.args[2]), a.multi_turn)))
     else:
         pipeline(Path(a.out), a.mcts_questions, a.rl_prompts, a.heldout, a.grpo_steps, a.captions, a.base_stages,
                  a.describe, a.sft_epochs, a.multi_turn)

@@ -39,4 +39,4 @@ def test_zoom_stats_split_accuracy_by_a_zoom_on_the_asked_object():
              {"item_id": "c", "tool_calls": [], "correct": 0.0}]  # no zoom, wrong
     assert zoom_stats(items, scenes) == {"zoomed_on_target": 1 / 3, "accuracy_zoomed": 1.0,
                                          "accuracy_not_zoomed": 0.5}
-    assert zoom_stats([dict(items[2])], scenes) == {}  # single-turn: no zooms, nothing to say
+    assert zoom_stats([items[2]], scenes) == {}  # single-turn: no zooms, nothing to say
