@@ -187,7 +187,7 @@ def zoom_stats(items: list[dict], scenes: dict) -> dict:
 
 def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int, captions: int,
              base_stages: int, describe: bool = False, sft_epochs: int | None = None,
-             multi_turn: bool = False) -> dict:
+             multi_turn: bool = False, chains: int = 8) -> dict:
     from data_gen.synthetic import make_dataset
 
     out = out.resolve()
@@ -212,7 +212,7 @@ def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int,
 
     stage("mcts", "mcts", "--config", ROOT / "configs/learn_mcts.yaml", f"out={out / 'mcts'}",
           f"data.path={data['mcts']}", f"teacher.describe={str(describe).lower()}")
-    stage("sft_data", "linearize", out / "mcts" / "trees.jsonl", out / "sft_data", "max_per_question=8")
+    stage("sft_data", "linearize", out / "mcts" / "trees.jsonl", out / "sft_data", f"max_per_question={chains}")
     sft_data, mt = out / "sft_data", "_mt" if multi_turn else ""
     if multi_turn:  # the chains as zoom dialogues, crops as configs/learn_grpo_mt.yaml makes them
         stage("sft_data_mt", "to-multiturn", sft_data, out / "sft_data_mt", "half_size=24", "out_size=112",
@@ -242,7 +242,7 @@ def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int,
         "base_one_time_s": round(sum(i["data_s"] + i["sft_s"] for i in stages), 1),
         "total_s": round(time.perf_counter() - t, 1)}
     results["setup"] = {"task": TASK, "seeds": SEEDS, "n_mcts": n_mcts, "n_rl": n_rl, "n_heldout": n_heldout,
-                        "grpo_steps": grpo_steps, "sft_epochs": sft_epochs or "recipe",
+                        "grpo_steps": grpo_steps, "sft_epochs": sft_epochs or "recipe", "chains_per_question": chains,
                         "captions_per_base_stage": captions, "base_stages": base_stages,
                         "teacher_describe": describe, "multi_turn": multi_turn,
                         "linearize": chain_counts(outputs["sft_data"])}
@@ -267,6 +267,8 @@ if __name__ == "__main__":
     p.add_argument("--grpo-steps", type=int, default=40)
     p.add_argument("--sft-epochs", type=int, default=None,
                    help="SFT epochs over the linearised chains (default: configs/learn_sft.yaml's)")
+    p.add_argument("--chains-per-question", type=int, default=8,
+                   help="linearize's cap on SFT chains per MCTS question (max_per_question)")
     p.add_argument("--describe", action="store_true",
                    help="MCTS teacher steps say what is at their point (teacher.describe; off: the released kind)")
     p.add_argument("--multi-turn", action="store_true",
@@ -281,4 +283,4 @@ if __name__ == "__main__":
         print(json.dumps(evaluate(Path(a.args[0]), Path(a.args[1]), Path(a.args[2]), a.multi_turn)))
     else:
         pipeline(Path(a.out), a.mcts_questions, a.rl_prompts, a.heldout, a.grpo_steps, a.captions, a.base_stages,
-                 a.describe, a.sft_epochs, a.multi_turn)
+                 a.describe, a.sft_epochs, a.multi_turn, a.chains_per_question)

@@ -146,6 +146,10 @@ class LearnerConfig:
     # null = official: 64 multi-turn (16 updates of 1,024), 64 prompts x group single-turn (2 of 640).
     mini_batch_size: Optional[int] = None  # sequences per optimizer step (see above)
     micro_batch_size: int = 2  # sequences per forward/backward (token-mean within, averaged over micro-batches)
+    # order each mini-batch's sequences by length before cutting micro-batches: a multi-turn SFT step of 32
+    # pads ~20 % less. It changes which sequences share a micro-batch's token-mean (each micro-batch weighs
+    # the same), so it is off by default, as released (in order); the learning proof's recipes turn it on.
+    length_buckets: bool = False  # micro-batches of similar length (see above)
     logprob_micro_batch_size: int = 8  # sequences per no-grad forward when recomputing old/ref log-probs
     ppo_epochs: int = 1  # passes over the rollout step's mini-batches
     kl_coef: float = 0.01  # k3 KL to the frozen reference model; 0 disables the reference

@@ -51,6 +51,21 @@ def batch_inputs(trajs: list[Trajectory], images: list[list[Image.Image]], image
     return out
 
 
+def causal_only(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`inputs` without the attention mask when every row is right-padded (ones, then zeros), else unchanged.
+
+    Why: under a causal mask a real token never sees the padding after it, so right padding needs no mask
+    for the real tokens' outputs (and M-RoPE positions of right-padded rows are the same without it; the
+    padding's own outputs are zeroed by the caller). Without a mask transformers' SDPA path runs
+    `is_causal=True`, and PyTorch's CPU flash-attention kernel then skips the blocks above the diagonal
+    instead of computing them and adding -inf: attention, about 40 % of a multi-turn SFT step on the tiny
+    model, costs half (log-probs identical, tests/test_logprobs.py)."""
+    am = inputs.get("attention_mask")
+    if am is None or not bool((am[:, 1:] <= am[:, :-1]).all()):
+        return inputs
+    return {k: v for k, v in inputs.items() if k != "attention_mask"}
+
+
 def token_logprobs(model, inputs: dict[str, torch.Tensor], temperature: float = 1.0,
                    with_entropy: bool = False, mask: torch.Tensor | None = None):
     """log p(token_t | tokens_<t, images) for t >= 1; [B, T] with 0 at t = 0. Differentiable.
@@ -67,7 +82,7 @@ def token_logprobs(model, inputs: dict[str, torch.Tensor], temperature: float = 
     B, T = inputs["input_ids"].shape
     # [K] token positions t >= 1 to score (all of them without a mask); the logits at t - 1 predict them
     cols = torch.arange(1, T) if mask is None else torch.nonzero(mask[:, 1:].bool().any(0).cpu())[:, 0] + 1
-    logits = model(**inputs, logits_to_keep=(cols - 1).to(inputs["input_ids"].device)).logits.float()  # [B, K, V]
+    logits = model(**causal_only(inputs), logits_to_keep=(cols - 1).to(inputs["input_ids"].device)).logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     ids = inputs["input_ids"][:, cols.to(inputs["input_ids"].device)]  # [B, K]

@@ -64,19 +64,31 @@ SCHEDULES = {"constant": warmup_lr, "cosine": cosine_lr}
 DS_TAG = "learner"  # the tag (sub-directory) of a resumable checkpoint's DeepSpeed state
 
 
-def minibatch_layout(n: int, mini_batch: int, micro_batch: int, world_size: int, rank: int) -> list[list[list[int]]]:
+def minibatch_layout(n: int, mini_batch: int, micro_batch: int, world_size: int, rank: int,
+                     lengths: list[int] | None = None) -> list[list[list[int]]]:
     """Rank `rank`'s micro-batches (trajectory indices) of each mini-batch: the n sequences in order, cut
     into mini-batches of `mini_batch` (0: one mini-batch), each dealt round-robin over the ranks and cut
     into micro-batches of `micro_batch`. Every rank gets the same number of micro-batches per mini-batch,
-    ceil(ceil(len / world_size) / micro_batch), padded with empty ones, so that collectives line up."""
+    ceil(ceil(len / world_size) / micro_batch), padded with empty ones, so that collectives line up.
+    With `lengths` (tokens per sequence; `learner.length_buckets`), each mini-batch is ordered longest
+    first (ties in order) before it is dealt, so a micro-batch holds sequences of similar length: less
+    padding, and the ranks get similar token counts. The mini-batches themselves do not change."""
     mb = mini_batch or max(n, 1)
     out = []
     for start in range(0, n, mb):
         chunk = list(range(start, min(n, start + mb)))
+        if lengths is not None:
+            chunk.sort(key=lambda i: -lengths[i])
         mine = chunk[rank::world_size]
         count = -(-(-(-len(chunk) // world_size)) // micro_batch)
         out.append([mine[i * micro_batch:(i + 1) * micro_batch] for i in range(count)])
     return out
+
+
+def by_length(idx, trajs: list[Trajectory]) -> list[int]:
+    """The indices `idx` longest sequence first (ties in order): micro-batches of no-grad forwards, whose
+    results are per sequence, pad least this way."""
+    return sorted(idx, key=lambda i: -len(trajs[i].token_ids))
 
 
 class Learner:
@@ -202,6 +214,7 @@ class Learner:
         self.engine.eval()
         out: dict[int, tuple] = {}
         lmb = self.cfg.logprob_micro_batch_size
+        idx = by_length(idx, trajs)  # per-sequence results: the order only sets the padding
         for k in range(forwards):
             part = idx[k * lmb:(k + 1) * lmb]
             if not part:
@@ -280,7 +293,7 @@ class Learner:
                "no_gradient": float(sum(not any(t.loss_mask) for t in trajectories))}
         lr = self._set_lr()
         layouts = [minibatch_layout(len(trajectories), self.cfg.mini_batch_size, self.cfg.micro_batch_size,
-                                    self.world_size, r) for r in range(self.world_size)]
+                                    self.world_size, r, self._lengths(trajectories)) for r in range(self.world_size)]
         owned = [[i for mb in lay for micro in mb for i in micro if trainable[i]] for lay in layouts]
         layout, mine = layouts[self.rank], owned[self.rank]
         # Old log-probs are recomputed before any update for the mini-batches after the first only: the first
@@ -334,6 +347,10 @@ class Learner:
         self.engine.step()
         return ran
 
+    def _lengths(self, trajs: list[Trajectory]) -> list[int] | None:
+        """Token counts for `minibatch_layout` when `length_buckets` is on, else None (the released order)."""
+        return [len(t.token_ids) for t in trajs] if self.cfg.length_buckets else None
+
     # ---- supervised fine-tuning ------------------------------------------------------------------------
     def _set_lr(self) -> float:
         lr = SCHEDULES[self.cfg.schedule](self.cfg.lr, self.version, self.cfg.warmup_ratio, self.total_steps)
@@ -352,7 +369,8 @@ class Learner:
         """One optimizer step of supervised fine-tuning on `examples` (every rank gets the same list; each
         takes its round-robin share), `micro_batch_size` per forward."""
         lr = self._set_lr()
-        (micro,) = minibatch_layout(len(examples), 0, self.cfg.micro_batch_size, self.world_size, self.rank) or [[]]
+        (micro,) = minibatch_layout(len(examples), 0, self.cfg.micro_batch_size, self.world_size, self.rank,
+                                    self._lengths(examples)) or [[]]
         sums: dict[str, float] = {}
         ran = self._minibatch(micro, lambda items: self._nll([examples[i] for i in items]), sums)
         self.version += 1
@@ -364,7 +382,7 @@ class Learner:
         """Mean next-token loss over all trained tokens of `examples` (no gradient; this rank's share)."""
         self.engine.eval()
         total, tokens = 0.0, 0.0
-        mine = examples[self.rank::self.world_size]
+        mine = [examples[i] for i in by_length(range(self.rank, len(examples), self.world_size), examples)]
         for k in range(0, len(mine), self.cfg.logprob_micro_batch_size):
             part = mine[k:k + self.cfg.logprob_micro_batch_size]
             mask = pad_rows([t.loss_mask for t in part], 0, torch.float32).to(self.engine.device)

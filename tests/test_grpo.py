@@ -1,6 +1,7 @@
 """GRPO functions against hand-worked numbers (SPEC §5)."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -95,6 +96,20 @@ def test_minibatch_layout_hand_worked():
     assert len(lay) == 16 and all(len(mb) == 32 for mb in lay)
     # single-turn: 128 prompts x 5 = 640 in mini-batches of 320 -> 2 updates
     assert len(minibatch_layout(640, 320, 2, 1, 0)) == 2
+
+
+def test_length_buckets_order_each_minibatch_longest_first():
+    from learner.trainer import by_length, minibatch_layout
+
+    lengths = [5, 9, 7, 9, 3, 8]
+    # mini-batches {0..3} and {4, 5} stay; inside each, longest first (ties in order), then cut
+    assert minibatch_layout(6, 4, 2, 1, 0, lengths) == [[[1, 3], [2, 0]], [[5, 4]]]
+    # two ranks: the sorted mini-batch dealt round-robin, so both get long and short ones
+    assert minibatch_layout(6, 4, 2, 2, 0, lengths) == [[[1, 2]], [[5]]]
+    assert minibatch_layout(6, 4, 2, 2, 1, lengths) == [[[3, 0]], [[4]]]
+    assert minibatch_layout(6, 0, 2, 1, 0, lengths) == [[[1, 3], [5, 2], [0, 4]]]
+    trajs = [SimpleNamespace(token_ids=[0] * n) for n in lengths]  # by_length reads the token count only
+    assert by_length([4, 0, 1, 3], trajs) == [1, 3, 0, 4]
 
 
 def test_warmup_lr_hand_worked():

@@ -99,3 +99,27 @@ def test_masked_columns_give_the_full_forwards_logprobs_and_entropy(sharp):
     (token_logprobs(model, inputs, mask=mask) * mask).sum().backward()
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum().item() > 0
     model.zero_grad()
+
+
+def test_right_padded_rows_run_without_the_attention_mask(sharp):
+    """`causal_only`: right-padded rows need no attention mask under causal attention (a real token never
+    sees the padding after it), so the forward runs `is_causal` and skips the blocks above the diagonal;
+    the log-probs of the real tokens equal a forward with the mask. Any other padding keeps the mask."""
+    from learner.logprobs import causal_only
+
+    model, proc = sharp
+    image_id = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    red, blue = Image.new("RGB", (224, 168), (200, 30, 30)), Image.new("RGB", (112, 112), (20, 40, 220))
+    images = [[red], [blue, red]]
+    trajs = [episode(proc, images[0], 30, 0)[0], episode(proc, images[1], 7, 1)[0]]
+    inputs = batch_inputs(trajs, images, proc.image_processor, image_id)
+    assert "attention_mask" not in causal_only(inputs)
+    left = dict(inputs, attention_mask=inputs["attention_mask"].flip(1))
+    assert causal_only(left) is left  # left padding: the mask stays
+    with torch.no_grad():
+        logits = model(**inputs).logits.float()  # with the mask
+        masked = torch.log_softmax(logits[:, :-1], -1).gather(-1, inputs["input_ids"][:, 1:, None])[..., 0]
+        fast = token_logprobs(model, inputs)
+    for i, t in enumerate(trajs):
+        n = len(t.token_ids)
+        assert (fast[i, 1:n] - masked[i, :n - 1]).abs().max().item() < 1e-5
