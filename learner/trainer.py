@@ -292,8 +292,9 @@ class Learner:
                                       else 0),
                "no_gradient": float(sum(not any(t.loss_mask) for t in trajectories))}
         lr = self._set_lr()
+        lengths = self._lengths(trajectories)
         layouts = [minibatch_layout(len(trajectories), self.cfg.mini_batch_size, self.cfg.micro_batch_size,
-                                    self.world_size, r, self._lengths(trajectories)) for r in range(self.world_size)]
+                                    self.world_size, r, lengths) for r in range(self.world_size)]
         owned = [[i for mb in lay for micro in mb for i in micro if trainable[i]] for lay in layouts]
         layout, mine = layouts[self.rank], owned[self.rank]
         # Old log-probs are recomputed before any update for the mini-batches after the first only: the first
