@@ -75,15 +75,20 @@ def test_batched_learner_inputs_use_mrope_positions(sharp):
     assert (flat - batched).abs().max().item() > 0.05
 
 
-def test_masked_columns_give_the_full_forwards_logprobs_and_entropy(sharp):
-    """`mask=` computes the LM head only on the columns some row trains on: the log-probs and entropies
-    there equal the full forward's, every other column reads 0, and the gradient flows."""
-    model, proc = sharp
+def two_episodes(proc) -> tuple[list[Trajectory], dict]:
+    """Two episodes of different lengths (one image; two images) and their right-padded batch inputs."""
     image_id = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     red, blue = Image.new("RGB", (224, 168), (200, 30, 30)), Image.new("RGB", (112, 112), (20, 40, 220))
     images = [[red], [blue, red]]
     trajs = [episode(proc, images[0], 30, 0)[0], episode(proc, images[1], 7, 1)[0]]
-    inputs = batch_inputs(trajs, images, proc.image_processor, image_id)
+    return trajs, batch_inputs(trajs, images, proc.image_processor, image_id)
+
+
+def test_masked_columns_give_the_full_forwards_logprobs_and_entropy(sharp):
+    """`mask=` computes the LM head only on the columns some row trains on: the log-probs and entropies
+    there equal the full forward's, every other column reads 0, and the gradient flows."""
+    model, proc = sharp
+    trajs, inputs = two_episodes(proc)
     n0, n1 = len(trajs[0].token_ids), len(trajs[1].token_ids)
     mask = torch.zeros(2, inputs["input_ids"].shape[1])
     mask[0, n0 - 20:n0 - 5], mask[1, n1 - 7:n1] = 1, 1  # inside each row's own tokens, not its padding
@@ -108,11 +113,7 @@ def test_right_padded_rows_run_without_the_attention_mask(sharp):
     from learner.logprobs import causal_only
 
     model, proc = sharp
-    image_id = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    red, blue = Image.new("RGB", (224, 168), (200, 30, 30)), Image.new("RGB", (112, 112), (20, 40, 220))
-    images = [[red], [blue, red]]
-    trajs = [episode(proc, images[0], 30, 0)[0], episode(proc, images[1], 7, 1)[0]]
-    inputs = batch_inputs(trajs, images, proc.image_processor, image_id)
+    trajs, inputs = two_episodes(proc)
     assert "attention_mask" not in causal_only(inputs)
     left = dict(inputs, attention_mask=inputs["attention_mask"].flip(1))
     assert causal_only(left) is left  # left padding: the mask stays
