@@ -10,8 +10,8 @@ no package registry; DeepSpeed and its pure-Python needs travel there as wheels 
    the frozen vision tower does not), its tokens/s.
 3. publish — the weights a sync sends (`Learner.state_dict(trained_only=True)`; ZeRO-3 gathers them group
    by group) written to the shared-memory weight file (`actors.shm`, the one-GPU path) and read back into a
-   fresh HF model on the GPU, as a rollout actor's engine gets them: its log-probs equal the learner's.
-   Seconds and bytes of the write and the read against one memcpy of the same bytes.
+   fresh HF model on the GPU (standing in for the rollout actor's vLLM engine): its logits equal the
+   learner's. Seconds and bytes of the write and the read against one host memcpy of the same bytes.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def check_learner(model_dir: Path, data: Path, trajs, zero_stage: int) -> bool:
         sync()
 
     t0 = time.perf_counter(); version = WeightReader().read(wf.path.as_posix(), load); read_s = time.perf_counter() - t0
-    flat = torch.cat([t.reshape(-1).view(torch.uint8) for t in sent.values()])
+    flat = torch.cat([t.reshape(-1).view(torch.uint8) for t in sent.values()])  # host memory, as `sent`
     dst = torch.empty_like(flat)
     t0 = time.perf_counter(); dst.copy_(flat); memcpy_s = time.perf_counter() - t0
     wf.close()
