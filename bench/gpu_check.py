@@ -12,6 +12,9 @@ no package registry; DeepSpeed and its pure-Python needs travel there as wheels 
    by group) written to the shared-memory weight file (`actors.shm`, the one-GPU path) and read back into a
    fresh HF model on the GPU (standing in for the rollout actor's vLLM engine): its logits equal the
    learner's. Seconds and bytes of the write and the read against one host memcpy of the same bytes.
+4. sft and checkpoints — `Learner.sft_step` lowers the loss; `save_hf` (ZeRO-3: gathered) writes a model
+   whose logits equal the learner's; `save_state` -> a new learner's `load_state` gives the same
+   validation loss, and the next step's loss matches the original's.
 """
 
 from __future__ import annotations
@@ -152,6 +155,37 @@ def check_learner(model_dir: Path, data: Path, trajs, zero_stage: int) -> bool:
     return ok and version == learner.version and diff == 0.0
 
 
+def check_sft(model_dir: Path, data: Path, trajs, zero_stage: int) -> bool:
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from configs.schema import LearnerConfig
+    from learner.trainer import Learner
+
+    tag = f"[sft zero-{zero_stage}]"
+    out = Path(tempfile.mkdtemp())
+    cfg = LearnerConfig(lr=1e-3, grad_clip=1.0, warmup_ratio=0.0, mini_batch_size=0, micro_batch_size=2,
+                        zero_stage=zero_stage, zero3_gather_mb=0.05, kl_coef=0.0)
+    learner = Learner(model_dir, cfg, data, total_steps=8)
+    losses = [learner.sft_step(trajs)["loss"] for _ in range(5)]
+    print(f"{tag} 5 steps on one batch: loss {' '.join('%.3f' % x for x in losses)}")
+    learner.save_hf(out / "hf")
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "hf", dtype=next(learner.engine.module.parameters())
+                                                            .dtype).to(DEV).eval()
+    with torch.no_grad():
+        inputs = learner._inputs(trajs[:1])
+        hf_diff = (hf(**inputs).logits.float() - learner.engine.module(**inputs).logits.float()).abs().max().item()
+    print(f"{tag} save_hf -> transformers: max |logit diff| vs the learner {hf_diff:.2e}")
+    learner.save_state(out / "resume")
+    again = Learner(model_dir, cfg, data, total_steps=8)
+    again.load_state(out / "resume")
+    val = (learner.sft_eval(trajs)["val_loss"], again.sft_eval(trajs)["val_loss"])
+    nxt = (learner.sft_step(trajs)["loss"], again.sft_step(trajs)["loss"])
+    print(f"{tag} save_state -> load_state: val loss {val[0]:.5f} / {val[1]:.5f}, next step's loss "
+          f"{nxt[0]:.5f} / {nxt[1]:.5f}, version {learner.version} / {again.version}")
+    return (losses[-1] < losses[0] and hf_diff == 0.0 and val[0] == val[1] and abs(nxt[0] - nxt[1]) < 1e-2
+            and learner.version == again.version)
+
+
 def sync() -> None:
     if DEV == "cuda":
         torch.cuda.synchronize()
@@ -172,6 +206,7 @@ def main() -> int:
     results = {"logprobs": check_logprobs(model_dir, root / "data", proc, trajs)}
     for stage in (2, 3):
         results[f"learner zero-{stage}"] = check_learner(model_dir, root / "data", trajs, stage)
+        results[f"sft zero-{stage}"] = check_sft(model_dir, root / "data", trajs, stage)
     print("results:", {k: "ok" if v else "FAILED" for k, v in results.items()})
     return 0 if all(results.values()) else 1
 
