@@ -20,6 +20,10 @@ from cluster.ledger import Ledger
 from cluster.raystart import log_file, say
 from configs.schema import TrainConfig
 
+# NCCL weight sync builds one process group of the learner and the engines at start: no member joins later
+NO_NCCL_GROWTH = ("adding a rollout actor to an NCCL weight-sync group is not supported yet "
+                  "(cluster.weight_sync=shm or object_store is)")
+
 
 class StartError(RuntimeError):
     """No new rollout actor came up in `cluster.restart_attempts` tries."""
@@ -114,8 +118,7 @@ class RolloutPool:
         from configs.schema import nccl_sync
 
         if nccl_sync(self.cfg.cluster):
-            raise RuntimeError(f"{what}: adding an actor to an NCCL weight-sync group is not supported yet "
-                               f"(cluster.weight_sync=shm or object_store is)")
+            raise RuntimeError(f"{what}: {NO_NCCL_GROWTH}")
 
     def replace(self, slot: int, why: str) -> None:
         """Kill slot's actor (if it still runs) and start a new one at the current weight version."""
@@ -134,8 +137,7 @@ class RolloutPool:
 
         c = self.cfg.cluster
         if nccl_sync(self.cfg.cluster):
-            say("[train] scale: adding a rollout actor to an NCCL weight-sync group is not supported yet "
-                "(cluster.weight_sync=shm or object_store is); request ignored")
+            say(f"[train] scale: {NO_NCCL_GROWTH}; request ignored")
             return False
         free = self.ray.available_resources()
         short = [f"needs {need:g} {r}, {free.get(r, 0.0):g} free" for r, need in (("CPU", c.rollout_cpus),
