@@ -20,6 +20,7 @@ no package registry; DeepSpeed and its pure-Python needs travel there as wheels 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import sys
 import tempfile
@@ -101,18 +102,18 @@ def check_learner(model_dir: Path, data: Path, trajs, zero_stage: int) -> bool:
                         zero_stage=zero_stage, zero3_gather_mb=0.05, length_buckets=True)
     t0 = time.perf_counter()
     learner = Learner(model_dir, cfg, data, total_steps=3)
-    print(f"{tag} built in {time.perf_counter() - t0:.1f} s on {learner.engine.device}, "
-          f"dtype {next(learner.engine.module.parameters()).dtype}")
+    dtype = next(learner.engine.module.parameters()).dtype
+    print(f"{tag} built in {time.perf_counter() - t0:.1f} s on {learner.engine.device}, dtype {dtype}")
     before = {k: v.clone() for k, v in learner.state_dict().items()}  # on CPU, state_dict() aliases the weights
+    tokens = sum(len(t.token_ids) for t in trajs)
     ok = True
     for step in range(3):
         sync(); t0 = time.perf_counter()
         m = learner.train_step([dataclasses.replace(t, weight_version=learner.version) for t in trajs])
         sync(); dt = time.perf_counter() - t0
-        tokens = sum(len(t.token_ids) for t in trajs)
         print(f"{tag} step {step + 1} ({tokens} sequence tokens): loss {m['loss']:+.4f} kl {m.get('kl', 0):.2e} "
               f"grad_norm {m['grad_norm']:.3f} {dt:.2f} s, {tokens / dt:,.0f} sequence tokens/s")
-        ok &= all(torch.isfinite(torch.tensor(v)).item() for v in m.values())
+        ok &= all(math.isfinite(v) for v in m.values())
     after = learner.state_dict()
     sent = learner.state_dict(trained_only=True)
     moved = [k for k in sent if not torch.equal(before[k], after[k])]
@@ -127,8 +128,7 @@ def check_learner(model_dir: Path, data: Path, trajs, zero_stage: int) -> bool:
     wf = WeightFile()
     wf.write(learner.version, sent)  # first write: creates and lays out the file
     t0 = time.perf_counter(); wf.write(learner.version, sent); write_s = time.perf_counter() - t0
-    fresh = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=after[next(iter(sent))].dtype)
-    fresh = fresh.to(DEV).eval()
+    fresh = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(DEV).eval()
     params = dict(fresh.named_parameters(remove_duplicate=False))
 
     def load(views: dict[str, torch.Tensor]) -> None:
