@@ -11,9 +11,11 @@ import time
 from configs.schema import EvalConfig, TrainConfig, nccl_sync, torch_threads
 
 
-def read_system_prompt(path: str) -> str | None:
-    """The system prompt file's text, stripped (as the released trainer reads its format prompt); None
-    when no file is configured."""
+def read_system_prompt(path: str, unescape: bool = False) -> str | None:
+    """The system prompt file's text, stripped, as the released RL trainer reads its format prompt
+    (Gabesarch/grounded-rl@e7970c0:src/trainer/rl/verl/utils/dataset.py: `f.read()`, then `.strip()` as the
+    system message; not rendered as Jinja, so literal `\n` escapes stay as written). `unescape`: each literal
+    `\n` becomes a newline. None when no file is configured."""
     from pathlib import Path
 
     if not path:
@@ -22,6 +24,8 @@ def read_system_prompt(path: str) -> str | None:
     if not p.is_file():
         raise FileNotFoundError(f"rollout.system_prompt_file: {p} does not exist")
     text = p.read_text(encoding="utf-8").strip()
+    if unescape:
+        text = text.replace("\\n", "\n")
     if not text:
         raise ValueError(f"rollout.system_prompt_file: {p} is empty")
     return text
@@ -63,7 +67,8 @@ class RolloutActor:
             prompt=r.prompt, mode=cfg.data.mode, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
             max_tokens_per_turn=cfg.sampling.max_tokens_per_turn, response_budget=r.response_budget,
             max_model_len=cfg.model.max_model_len, guided=r.guided, min_zooms=r.min_zooms,
-            train_forced_prefix=r.train_forced_prefix, system_prompt=read_system_prompt(r.system_prompt_file),
+            train_forced_prefix=r.train_forced_prefix, system_prompt=read_system_prompt(r.system_prompt_file, r.system_prompt_unescape),
+            forced_answer_temperature=r.forced_answer_temperature,
             seed=cfg.sampling.seed)
         self._images: dict[str, object] = {}
 

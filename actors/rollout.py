@@ -142,7 +142,7 @@ class Rollout:
                  mode: str = "multi_turn", temperature: float = 1.0, top_p: float = 0.99,
                  max_tokens_per_turn: int = 1024, response_budget: int = 2048, max_model_len: int = 8192,
                  guided: bool = False, min_zooms: int = 0, train_forced_prefix: bool = True,
-                 system_prompt: str | None = None, seed: int = 0):
+                 system_prompt: str | None = None, seed: int = 0, forced_answer_temperature: float | None = None):
         if group_size < 1:  # 1: evaluation (advantages 0); training needs >= 2 (cluster.train checks)
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         self.llm, self.processor, self.tok = llm, processor, processor.tokenizer
@@ -150,6 +150,8 @@ class Rollout:
         self.multi_turn = rewards.is_multi_turn(mode)
         self.system_prompt = system_prompt
         self.temperature, self.top_p = temperature, top_p
+        # the turn after the forced answer prefix (None: `temperature`; the released eval: 0, greedy)
+        self.forced_answer_temperature = forced_answer_temperature
         self.max_tokens_per_turn, self.response_budget, self.max_model_len = (
             max_tokens_per_turn, response_budget, max_model_len)
         self.guided, self.min_zooms, self.train_forced_prefix = guided, min_zooms, train_forced_prefix
@@ -183,7 +185,9 @@ class Rollout:
             regex = g.forced if ep.prefix else g.zoom if len(ep.env.boxes) < self.min_zooms else g.turn
             so = StructuredOutputsParams(regex=regex)
         stop = list(STOP_STRINGS[:2]) if self.multi_turn else None  # EOS stops both modes
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=max_tokens, logprobs=0,
+        temperature = (self.forced_answer_temperature if ep.prefix and self.forced_answer_temperature is not None
+                       else self.temperature)
+        return SamplingParams(temperature=temperature, top_p=self.top_p, max_tokens=max_tokens, logprobs=0,
                               stop=stop, include_stop_str_in_output=True, bad_words=list(VISION_TOKENS),
                               structured_outputs=so, seed=seed)
 

@@ -216,7 +216,7 @@ def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int,
     sft_data, mt = out / "sft_data", "_mt" if multi_turn else ""
     if multi_turn:  # the chains as zoom dialogues, crops as configs/learn_grpo_mt.yaml makes them
         stage("sft_data_mt", "to-multiturn", sft_data, out / "sft_data_mt", "half_size=24", "out_size=112",
-              "max_calls=4")
+              "max_calls=4", "min_pixels=3136")  # the 112-px scenes as the policy sees them (no 2.7 MP up-scale)
         sft_data = out / "sft_data_mt"
     stage("sft", "sft", "--config", ROOT / "configs/learn_sft.yaml", f"out={out / 'sft'}", f"model.path={base}",
           f"data={sft_data}", *([f"epochs={sft_epochs}"] if sft_epochs else []))

@@ -1,7 +1,8 @@
 """`vigorl eval`: score a model on a benchmark or a synthetic set, as a Ray job with rollout actors only.
 
 The episodes are the training actor's (`actors.actor.RolloutActor`, token level, the recipe's single- or
-multi-turn mode), scored by `rewards` against each item's own task; there is no learner. Items come from a
+multi-turn mode), judged as the released evaluation judges them (`rewards.eval_judge`, `judge=official`, the
+default) or by the RL reward's accuracy (`judge=reward`); there is no learner. Items come from a
 benchmark loader (`data_gen.benchmarks.LOADERS`, `benchmark=` and its folder in `data.path`) or from a
 dataset's prompts.parquet (`vigorl make-data`). `rollout.group_size` samples per item (default 1 at
 temperature 0.5, SPEC §5); with k > 1 the summary adds pass@k.
@@ -25,6 +26,7 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import rewards
 from configs.schema import EvalConfig
 
 ITEMS, SUMMARY = "items.jsonl", "summary.json"
@@ -83,9 +85,28 @@ def load_items(cfg: EvalConfig) -> tuple[list, Counter]:
     return good, skipped
 
 
-def item_lines(trajs: list, rows: dict, tok, mode: str) -> list[dict]:
-    """One items.jsonl line per trajectory; points and boxes mapped from the frame the model saw back to
-    original-image pixels (per-axis scale, rounded)."""
+def judged(tok, t, row, size: tuple[int, int], cfg: EvalConfig, reward) -> tuple[bool, str | None, str]:
+    """(correct, the answer read, why it failed) of one episode under `cfg.judge`: `official` is the
+    released evaluation's judge (`rewards.eval_judge`) on the text the model wrote (single-turn: the whole
+    response; multi-turn: its assistant turns), `reward` the RL reward's accuracy (`reward`, a Score)."""
+    from actors.rollout import assistant_turns
+    from data_gen.rows import gold_for_model
+    from rewards.eval_judge import TASK_JUDGES, eval_verdict
+
+    if cfg.judge == "reward":
+        return reward.accuracy >= 1.0, reward.answer, reward.error
+    multi = rewards.is_multi_turn(cfg.data.mode)
+    response = (assistant_turns(tok, t.token_ids, t.prompt_len) if multi
+                else tok.decode(t.token_ids[t.prompt_len:], skip_special_tokens=True))
+    v = eval_verdict(response, gold_for_model(row, size), benchmark=cfg.benchmark,
+                     mode="multi_turn" if multi else "single_turn", options=row.options,
+                     thinking=cfg.judge_thinking, judge=None if cfg.benchmark else TASK_JUDGES.get(row.task))
+    return v.score >= 1.0, v.answer, v.error
+
+
+def item_lines(trajs: list, rows: dict, tok, cfg: EvalConfig) -> list[dict]:
+    """One items.jsonl line per trajectory, judged by `cfg.judge` (`judged`); points and boxes mapped from the
+    frame the model saw back to original-image pixels (per-axis scale, rounded)."""
     from actors.rollout import score_response, transcript
     from actors.zoom import crop_box
 
@@ -99,7 +120,8 @@ def item_lines(trajs: list, rows: dict, tok, mode: str) -> list[dict]:
         def orig(p):
             return [round(p[0] * sx), round(p[1] * sy)]
 
-        s = score_response(tok, t.token_ids, t.prompt_len, t.end == "truncated", row, size, mode)
+        s = score_response(tok, t.token_ids, t.prompt_len, t.end == "truncated", row, size, cfg.data.mode)
+        correct, answer, why = judged(tok, t, row, size, cfg, s)
         zooms = [ref.point for ref in t.images[1:]]
         boxes = [crop_box(p, size, ref.half_size) for p, ref in zip(zooms, t.images[1:])]
         out.append({
@@ -107,7 +129,7 @@ def item_lines(trajs: list, rows: dict, tok, mode: str) -> list[dict]:
             "image": row.image, "image_size": [row.width, row.height], "model_image_size": list(size),
             "question": row.question, "gold": row.gold,
             "response": transcript(tok, t.token_ids, t.prompt_len),
-            "answer": s.answer, "correct": s.accuracy >= 1.0,
+            "answer": answer, "correct": correct, "judge": cfg.judge, "judge_error": why,
             "points": [orig(p) for p in t.points], "tool_calls": [orig(p) for p in zooms],
             "crop_boxes": [orig(b[:2]) + orig(b[2:]) for b in boxes],
             "reward": {"overall": s.overall, "format": s.format, "accuracy": s.accuracy,
@@ -176,6 +198,19 @@ def _metrics(summary: dict) -> dict[str, float]:
 
 # ---- the job ----------------------------------------------------------------------------------------------
 
+def check_judge(cfg: EvalConfig) -> str:
+    """What scores the items, in words for summary.json; an unknown judge or benchmark is an error here,
+    before Ray starts."""
+    from rewards.eval_judge import judge_name
+
+    if cfg.judge == "reward":
+        return f"the RL reward's accuracy (rewards.score, mode {cfg.data.mode})"
+    if cfg.judge != "official":
+        raise ValueError(f"judge must be official (the released evaluation's judges) or reward, got {cfg.judge!r}")
+    name = judge_name(cfg.benchmark) if cfg.benchmark else "by row task (rewards.eval_judge.TASK_JUDGES)"
+    return f"released evaluation: {name} (rewards.eval_judge, Gabesarch/grounded-rl@e7970c0 judge.py)"
+
+
 def run(cfg: EvalConfig) -> dict:
     from tqdm import tqdm
     from transformers import AutoTokenizer
@@ -188,15 +223,27 @@ def run(cfg: EvalConfig) -> dict:
     from configs.schema import official_defaults
 
     official_defaults(cfg)
+    judge = check_judge(cfg)
     k = cfg.rollout.group_size
     if k is None or k < 1:
         raise ValueError(f"rollout.group_size (samples per item) must be >= 1, got {k}")
     if not (Path(cfg.model.path) / "config.json").is_file():
         raise FileNotFoundError(f"model.path: {cfg.model.path} is not a model dir (no config.json)")
     rows, skipped = load_items(cfg)
+    if cfg.judge == "official" and not cfg.benchmark:
+        from rewards.eval_judge import TASK_JUDGES
+
+        if unjudged := sorted({r.task for r in rows} - set(TASK_JUDGES)):
+            raise ValueError(f"no evaluation judge for task(s) {unjudged} of {cfg.data.path}; judges by task: "
+                             f"{sorted(TASK_JUDGES)} (or judge=reward)")
+        judge = judge.replace("by row task", ", ".join(sorted({f"{r.task}: {TASK_JUDGES[r.task]}" for r in rows})))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     done = read_items(out / ITEMS, k)
+    other = {x.get("judge", "reward") for x in done} - {cfg.judge}
+    if other:
+        raise ValueError(f"{out / ITEMS} holds items scored with judge={sorted(other)[0]}, this run has "
+                         f"judge={cfg.judge}: use another out, or the same judge")
     seen = {x["item_id"] for x in done}
     todo = [r for r in rows if r.prompt_id not in seen]
     print(f"[eval] {len(rows)} items ({cfg.benchmark or 'prompts.parquet'} at {cfg.data.path}), {len(seen)} already "
@@ -224,7 +271,7 @@ def run(cfg: EvalConfig) -> dict:
                 a = in_flight.pop(ref)
                 if queue:
                     in_flight[a.rollout_batch.options(num_returns=2).remote(queue.pop(0))[0]] = a
-                lines = item_lines(from_batch(ray.get(ref)), by_id, tok, cfg.data.mode)
+                lines = item_lines(from_batch(ray.get(ref)), by_id, tok, cfg)
                 f.write("".join(json.dumps(x) + "\n" for x in lines))  # an item's k samples in one write
                 f.flush()
                 os.fsync(f.fileno())
@@ -237,7 +284,8 @@ def run(cfg: EvalConfig) -> dict:
         bar.close()
         summary = summarize(done, k, skipped) | {
             "model": cfg.model.path, "benchmark": cfg.benchmark or "prompts.parquet", "data": cfg.data.path,
-            "mode": cfg.data.mode, "temperature": cfg.sampling.temperature, "samples_per_item": k,
+            "mode": cfg.data.mode, "judge": cfg.judge, "judge_detail": judge,
+            "temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p, "samples_per_item": k,
             "run_id": tracker.run_id}
         (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         tracker.metrics(_metrics(summary), len(done) // k)

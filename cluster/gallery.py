@@ -2,9 +2,11 @@
 
 `write_gallery(items, data_root, out_dir, n)` draws, for up to `n` items (first sample of each; failures
 first), the original image with the model's numbered points, its crop boxes and the gold box (green) when
-the gold is a box, the crops in the order they were taken, and the turns' text (`actors.picture`). The page
-`out_dir/index.html` lists them with the pictures beside it in `out_dir/items/`: no server, no external
-script or style, every model or dataset text HTML-escaped. A few lines of inline JS filter by subgroup and
+the gold is a box, and the crops in the order they were taken (`actors.picture`). The page
+`out_dir/index.html` lists them with the pictures beside it in `out_dir/items/`, each card with the extracted
+answer beside the gold and the question and the turns as page text in a block of its own beside (or below)
+the picture, wrapped at any width: a small image (the learning proof's 112-px scenes) does not cut it. No
+server, no external script or style, every model or dataset text HTML-escaped. A few lines of inline JS filter by subgroup and
 by correct / wrong; the filter also reads the URL fragment (`index.html#subgroup=web/icon&result=wrong`),
 so a filtered view can be linked.
 """
@@ -17,9 +19,13 @@ from pathlib import Path
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
-body {{ font-family: sans-serif; margin: 1em; }} .item {{ border: 1px solid #ccc; margin: 0 0 1em; padding: .5em; }}
-.wrong {{ border-left: 6px solid #d22; }} .correct {{ border-left: 6px solid #2a2; }}
-.item img {{ max-width: 100%; }} .meta {{ font-size: 90%; color: #333; }} .hidden {{ display: none; }}
+body {{ font-family: sans-serif; margin: 1em; }}
+.item {{ border: 1px solid #ccc; margin: 0 0 1em; padding: .5em; display: flex; flex-wrap: wrap; gap: .5em 1em;
+  align-items: flex-start; }} .wrong {{ border-left: 6px solid #d22; }} .correct {{ border-left: 6px solid #2a2; }}
+.item.hidden {{ display: none; }} .pic {{ flex: 0 1 auto; max-width: 100%; }} .pic img {{ max-width: 100%; }}
+.text {{ flex: 1 1 32em; min-width: min(32em, 100%); overflow-wrap: anywhere; }}
+.text .q, .text .turn {{ white-space: pre-wrap; margin: .3em 0; }} .turn {{ font-family: monospace; font-size: 90%; }}
+.meta {{ font-size: 90%; color: #333; }} .answer code {{ background: #f3f3f3; white-space: pre-wrap; }}
 </style></head>
 <body data-items="{n}">
 <h1>{title}</h1>
@@ -46,9 +52,12 @@ sub.onchange = res.onchange = apply; apply();
 """
 
 CARD = """<div class="item {result}" data-subgroup="{subgroup}" data-result="{result}" id="{anchor}">
-<img src="{src}" alt="{item_id}" loading="lazy">
-<div class="meta"><b>{item_id}</b> · {subgroup} · {result} · answer <code>{answer}</code> · gold <code>{gold}</code>
-· reward {reward:.3f} · {zooms} zoom(s) · {end}</div></div>"""
+<div class="pic"><img src="{src}" alt="{item_id}" loading="lazy"></div>
+<div class="text"><div class="meta"><b>{item_id}</b> · {subgroup} · {result} · reward {reward:.3f} (format {fmt:.2f})
+· {zooms} zoom(s) · end={end}</div>
+<div class="answer">answer: <code>{answer}</code> / gold: <code>{gold}</code></div>
+<div class="q">Q: {question}</div>
+{turns}</div></div>"""
 
 
 def _gold_box(gold: str) -> tuple[int, int, int, int] | None:
@@ -62,21 +71,24 @@ def _gold_box(gold: str) -> tuple[int, int, int, int] | None:
 
 def item_picture(item: dict, data_root: str | Path):
     """The picture of one items.jsonl line: everything in original-image pixels, crops cut from the original
-    image at the line's crop boxes (the model saw the same region of its resized image)."""
+    image at the line's crop boxes (the model saw the same region of its resized image). No text: the page
+    shows the question, turns and answers as wrapped text (drawn text would be cut at the picture's width)."""
     from actors.picture import episode_picture
-    from actors.rollout import split_turns
     from data_gen.images import load_rgb, resolve_under
 
     image = load_rgb(resolve_under(data_root, item["image"]))
     crops = [image.crop(tuple(b)) for b in item["crop_boxes"]]
-    turns = split_turns(item["response"])
-    lines = [f"Q: {item['question']}", f"gold: {item['gold']}"] + [
-        f"turn {i + 1}: {t}" for i, t in enumerate(turns)] + [
-        f"answer {item['answer']!r}: {'correct' if item['correct'] else 'wrong'}; reward "
-        f"{item['reward']['overall']:.3f} (format {item['reward']['format']:.2f}); end={item['end']}"]
     points = [tuple(p) for p in (item["tool_calls"] or item["points"])]
-    return episode_picture(image, points, [tuple(b) for b in item["crop_boxes"]], crops, lines,
+    return episode_picture(image, points, [tuple(b) for b in item["crop_boxes"]], crops, [],
                            gold_box=_gold_box(item["gold"]))
+
+
+def _turns(item: dict) -> str:
+    """The model's turns as escaped text blocks, numbered."""
+    from actors.rollout import split_turns
+
+    return "\n".join(f'<div class="turn">turn {i + 1}: {_e(t)}</div>'
+                     for i, t in enumerate(split_turns(item.get("response") or "")))
 
 
 def _e(v) -> str:
@@ -97,9 +109,11 @@ def write_gallery(items: list[dict], data_root: str | Path, out_dir: str | Path,
         src = f"items/{k:04d}.png"
         item_picture(item, data_root).save(out / src)
         cards.append(CARD.format(result="correct" if item["correct"] else "wrong", subgroup=_e(item["subgroup"]),
-                                 anchor=f"item-{k}", src=src, item_id=_e(item["item_id"]), answer=_e(item["answer"]),
-                                 gold=_e(item["gold"]), reward=item["reward"]["overall"], zooms=len(item["tool_calls"]),
-                                 end=_e(item["end"])))
+                                 anchor=f"item-{k}", src=src, item_id=_e(item["item_id"]),
+                                 answer="(none)" if item.get("answer") is None else _e(item["answer"]),
+                                 gold=_e(item["gold"]), reward=item["reward"]["overall"],
+                                 fmt=item["reward"].get("format", 0.0), zooms=len(item["tool_calls"]),
+                                 end=_e(item["end"]), question=_e(item["question"]), turns=_turns(item)))
     groups = sorted({x["subgroup"] for x in chosen})
     options = "".join(f'<option value="{html.escape(g, quote=True)}">{html.escape(g)}</option>' for g in groups)
     o = (summary or {}).get("overall", {})

@@ -40,11 +40,11 @@ class SearchWorker:
 
     def __init__(self, cfg: MCTSJobConfig, server=None):
         self.cfg, self.server = cfg, server
-        self.system = None
-        if cfg.teacher.system_prompt_file:
-            from actors.actor import read_system_prompt
+        self.system = None  # the teacher's system prompt: teacher.prompt_file verbatim, else the built-in one
+        if cfg.teacher.prompt_file:
+            from data_gen.teachers import read_prompt_file
 
-            self.system = read_system_prompt(cfg.teacher.system_prompt_file)
+            self.system = read_prompt_file(cfg.teacher.prompt_file, cfg.teacher.prompt_unescape)
 
     def search(self, row_json: str) -> dict:
         """-> {"line": tree line, "seconds", "teacher_calls"} or {"failed": reason}. Any error of this one
@@ -81,7 +81,7 @@ class SearchWorker:
                                     rng.randint(t.min_thoughts_low, t.min_thoughts_high))
         else:
             raise ValueError(f"teacher.kind must be scripted or vllm, got {t.kind!r}")
-        judge = get_judge(row.task)
+        judge = get_judge(row.task, cfg.judge)
         tree = search(row.question, image, _Deadline(teacher, deadline, cfg.question_timeout_s),
                       lambda answer: judge(answer, gold), cfg.search)
         path = str(resolve_under(cfg.data.path, row.image).resolve())
@@ -115,10 +115,17 @@ def run(cfg: MCTSJobConfig) -> dict:
     from cluster.tracking import Tracker, job
     from configs.schema import official_defaults
     from data_gen.rows import PROMPTS_FILE, read_rows
+    from rewards.judges import JUDGE_KINDS
 
     official_defaults(cfg)
     if cfg.teacher.kind not in ("scripted", "vllm"):
         raise ValueError(f"teacher.kind must be scripted or vllm, got {cfg.teacher.kind!r}")
+    if cfg.judge not in JUDGE_KINDS:
+        raise ValueError(f"judge must be one of {JUDGE_KINDS}, got {cfg.judge!r}")
+    if cfg.teacher.prompt_file:  # fail here, not in every worker
+        from data_gen.teachers import read_prompt_file
+
+        read_prompt_file(cfg.teacher.prompt_file, cfg.teacher.prompt_unescape)
     if cfg.make_data and not (Path(cfg.data.path) / PROMPTS_FILE).is_file():
         from data_gen.synthetic import make_dataset
 
@@ -199,4 +206,5 @@ def _teacher_server(ray, cfg: MCTSJobConfig):
 
     return ray.remote(VLLMTeacher).options(num_cpus=t.cpus, num_gpus=t.gpus).remote(
         t.model_path, max_model_len=t.max_model_len, tensor_parallel_size=t.tensor_parallel_size,
-        temperature=t.temperature, top_p=t.top_p, max_tokens=t.max_tokens, seed=cfg.seed)
+        temperature=t.temperature, top_p=t.top_p, max_tokens=t.max_tokens, seed=cfg.seed,
+        stop_at_tags=t.stop_at_tags)

@@ -2,7 +2,11 @@
 (or any LLaMA-Factory sharegpt file with images), with the RL learner's own DeepSpeed code in a Ray actor:
 next-token loss on assistant tokens only, `batch_size` examples per optimizer step in micro-batches, a cosine
 schedule with warmup, the vision tower frozen by default. Writes an HF-format checkpoint to `<out>/model`
-(loadable by transformers, vLLM and `vigorl train model.path=...`) and logs loss curves to MLflow.
+(loadable by transformers, vLLM and `vigorl train model.path=...`), logs loss curves to MLflow and writes
+`<out>/summary.json` (last step's metrics, rows skipped by split and reason). A bad row (`learner.sft.BadRow`)
+stops the job naming it (`on_bad_row=raise`, the default) or is skipped and counted by reason, on the console
+and as MLflow metrics `sft/skipped_rows`, `sft/skipped_rows/<reason>` (`on_bad_row=skip`, the paper recipes:
+LLaMA-Factory's SFT trained on such rows).
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from pathlib import Path
 from configs.schema import SFTConfig
 
 
-def load_examples(cfg: SFTConfig, split: str, tokenizer, image_processor) -> tuple[list, int]:
-    """Encode `<data>/<split>.jsonl`; returns (examples, rows skipped). A bad row raises naming it unless
-    `on_bad_row=skip`; a corrupt JSON line always raises."""
+def load_examples(cfg: SFTConfig, split: str, tokenizer, image_processor) -> tuple[list, dict[str, list[str]]]:
+    """Encode `<data>/<split>.jsonl`; returns (examples, skipped rows: reason -> the BadRow messages, which
+    name the rows; reasons as in `learner.sft.REASONS`). A bad row raises naming it unless `on_bad_row=skip`;
+    a corrupt JSON line always raises."""
     from tqdm import tqdm
 
     from learner.sft import BadRow, encode_row
@@ -28,8 +33,8 @@ def load_examples(cfg: SFTConfig, split: str, tokenizer, image_processor) -> tup
     if not path.is_file():
         if split == "train":
             raise FileNotFoundError(f"{path}: no training data (run `vigorl linearize` first)")
-        return [], 0
-    examples, skipped = [], 0
+        return [], {}
+    examples, skipped = [], {}
     lines = path.read_text().splitlines()
     for number, line in enumerate(tqdm(lines, desc=f"sft {split} rows", unit="row", file=sys.stdout), 1):
         if not line.strip():
@@ -41,11 +46,31 @@ def load_examples(cfg: SFTConfig, split: str, tokenizer, image_processor) -> tup
             raise ValueError(f"{where}: not JSON ({e})") from None
         try:
             examples.append(encode_row(row, cfg.data, tokenizer, image_processor, cfg.cutoff_len, where))
-        except BadRow:
+        except BadRow as e:
             if cfg.on_bad_row == "raise":
                 raise
-            skipped += 1
+            skipped.setdefault(e.reason, []).append(str(e))
     return examples, skipped
+
+
+def skip_counts(skipped: dict[str, dict[str, list[str]]]) -> dict[str, int]:
+    """{split: {reason: messages}} -> the MLflow metrics: `sft/skipped_rows` (all splits and reasons),
+    `sft/skipped_rows/<reason>` and `sft/skipped_rows_<split>`."""
+    out = {"sft/skipped_rows": sum(len(v) for by in skipped.values() for v in by.values())}
+    for split, by in skipped.items():
+        out[f"sft/skipped_rows_{split}"] = sum(len(v) for v in by.values())
+        for reason, rows in by.items():
+            out[f"sft/skipped_rows/{reason}"] = out.get(f"sft/skipped_rows/{reason}", 0) + len(rows)
+    return out
+
+
+def skip_report(skipped: dict[str, dict[str, list[str]]]) -> str:
+    """The console line(s) for the skipped rows: count per split and reason, and the first row of each."""
+    lines = []
+    for split, by in skipped.items():
+        for reason, rows in sorted(by.items()):
+            lines.append(f"[sft] skipped {len(rows)} {split} row(s): {reason} (first: {rows[0]})")
+    return "\n".join(lines)
 
 
 def run(cfg: SFTConfig) -> dict:
@@ -58,21 +83,25 @@ def run(cfg: SFTConfig) -> dict:
     from learner.actor import LearnerActor
 
     processor = AutoProcessor.from_pretrained(cfg.model.path)
-    train, skipped = load_examples(cfg, "train", processor.tokenizer, processor.image_processor)
+    train, train_skipped = load_examples(cfg, "train", processor.tokenizer, processor.image_processor)
     val, val_skipped = load_examples(cfg, "val", processor.tokenizer, processor.image_processor)
+    skipped = {"train": train_skipped, "val": val_skipped}
+    counts = skip_counts(skipped)
+    if counts["sft/skipped_rows"]:
+        print(skip_report(skipped))
     if not train:
-        raise ValueError(f"{cfg.data}/train.jsonl: no usable examples ({skipped} skipped)")
+        raise ValueError(f"{cfg.data}/train.jsonl: no usable examples ({counts['sft/skipped_rows_train']} skipped)")
     per_epoch = -(-len(train) // cfg.batch_size)
     steps = min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)
-    print(f"[sft] {len(train)} train / {len(val)} val examples ({skipped + val_skipped} bad rows skipped), "
-          f"{steps} steps of {cfg.batch_size}; model {cfg.model.path}")
+    print(f"[sft] {len(train)} train / {len(val)} val examples ({counts['sft/skipped_rows']} bad rows skipped, "
+          f"on_bad_row={cfg.on_bad_row}), {steps} steps of {cfg.batch_size}; model {cfg.model.path}")
     ray = init_ray(cfg.address, cfg.learner_cpus)
     tracker = Tracker(cfg)
     summary: dict = {}
     with job(tracker, ray):
         learner = ray.remote(LearnerActor).options(num_cpus=cfg.learner_cpus, num_gpus=cfg.learner_gpus).remote(
             cfg.model.path, cfg.learner, cfg.data, steps)
-        tracker.metrics({"sft/skipped_rows": float(skipped + val_skipped)}, 0)
+        tracker.metrics({k: float(v) for k, v in counts.items()}, 0)
         rng = random.Random(cfg.seed)
         val_ref = ray.put(to_batch(val)) if val else None
         bar = tqdm(total=steps, desc="sft steps", unit="step", file=sys.stdout)
@@ -95,7 +124,16 @@ def run(cfg: SFTConfig) -> dict:
         model_dir = Path(cfg.out).resolve() / "model"
         ray.get(learner.save_hf.remote(str(model_dir)))
         tracker.artifacts(model_dir, "model")
+    reasons = {k.rsplit("/", 1)[1]: v for k, v in counts.items() if k.startswith("sft/skipped_rows/")}
+    summary = summary | {
+        "model": str(model_dir), "run_id": tracker.run_id, "steps": step, "train_examples": len(train),
+        "val_examples": len(val), "on_bad_row": cfg.on_bad_row, "skipped_rows": counts["sft/skipped_rows"],
+        "skipped_rows_by_reason": reasons,
+        "skipped_rows_by_split": {sp: {r: len(v) for r, v in by.items()} for sp, by in skipped.items()},
+        "skipped_rows_first": {f"{sp}/{r}": v[0] for sp, by in skipped.items() for r, v in by.items()}}
+    (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"[sft] done: loss {summary.get('loss', float('nan')):.4f}"
           + (f", val loss {summary['val_loss']:.4f}" if "val_loss" in summary else "")
-          + f"; HF checkpoint {model_dir}; MLflow run {tracker.run_id}")
-    return summary | {"model": str(model_dir), "run_id": tracker.run_id}
+          + f"; {counts['sft/skipped_rows']} bad rows skipped; HF checkpoint {model_dir}; MLflow run {tracker.run_id}"
+          + f"; summary {Path(cfg.out) / 'summary.json'}")
+    return summary

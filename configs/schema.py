@@ -132,6 +132,13 @@ class RolloutConfig:
     # the exact prompt the SFT data used (the released recipes' examples/format_prompt/*.jinja). With
     # prompt=plain and no file, the checkpoint's chat template supplies its own default system prompt.
     system_prompt_file: str = ""  # path of the system prompt text ("" = the prompt's own)
+    # The released RL trainer reads its format_prompt/*.jinja with `f.read().strip()` and sends that text as
+    # is: the released files are one line with literal backslash-n escapes, so its policy saw `\n`, not
+    # newlines. true: turn each literal `\n` into a newline (the text the released SFT rows carry).
+    system_prompt_unescape: bool = False  # read the system prompt file's literal \n as newlines
+    # Temperature of the turn that follows the forced answer prefix; null: the sampling temperature (RL).
+    # The released evaluation generates that answer greedily (qwen_vllm.py: no_sample on force_final).
+    forced_answer_temperature: Optional[float] = None  # null: sampling.temperature; eval recipes: 0.0
 
 
 @dataclass
@@ -305,8 +312,16 @@ class TeacherConfig:
     max_tokens: int = 512  # per teacher output (SPEC §6)
     max_model_len: int = 8192  # vllm: teacher context length
     min_thoughts_low: int = 3  # the system prompt asks for at least N thoughts, N uniform in [low, high]
-    min_thoughts_high: int = 7  # (SPEC §6: 3..7)
-    system_prompt_file: str = ""  # vllm: a file replacing the built-in per-task MCTS system prompt
+    # (SPEC §6: 3..7) "\n- There should be at least N thoughts before providing the final answer." is appended
+    # to the system prompt (built-in or prompt_file), as the released search does
+    min_thoughts_high: int = 7  # upper bound of N (see above)
+    # prompt_file: a text or Jinja file (as the released MCTS run script's per-domain prompts) replacing the
+    # built-in per-task MCTS system prompt; used verbatim (not stripped, not rendered, a literal "\n" kept)
+    prompt_file: str = ""  # vllm: the teacher's system prompt file (see above; "" = built-in per-task prompt)
+    prompt_unescape: bool = False  # vllm, vigorl option: each literal backslash-n of prompt_file becomes a newline
+    # stop_at_tags: released (False): no stop strings, so one output may hold think steps and an answer and is one
+    # node (terminal if it has <answer>); vigorl (True): stop at </think> / </answer>, one step or answer per output
+    stop_at_tags: bool = False  # vllm: stop teacher outputs at </think> / </answer> (see above)
 
 
 @dataclass
@@ -321,7 +336,10 @@ class MCTSJobConfig:
     search: MCTSConfig = field(default_factory=MCTSConfig)  # simulations, UCT constant, children, rollouts
     workers: int = 2  # search worker actors (questions run in parallel, one per worker)
     worker_cpus: float = 1.0  # CPUs per search worker
-    question_timeout_s: float = 600.0  # a question still searching after this is recorded as failed
+    question_timeout_s: float = 3600.0  # a question still searching after this is failed (released: 3600)
+    # judge: the outcome judge of answers (rewards/judges.py): released (the released Judge: string match with
+    # substring, point in bbox, _web_action) | vigorl (whole-word match, parse_box point in box, RL web accuracy)
+    judge: str = "released"  # released | vigorl (see above)
     limit: int = 0  # search only the first this many questions of the dataset (0: all)
     seed: int = 0  # teacher sampling and "at least N thoughts" draws (per question: seed + question id)
     make_data: int = 0  # generate this many synthetic data.task prompts at data.path if missing
@@ -330,8 +348,11 @@ class MCTSJobConfig:
 
 
 def _sft_learner() -> LearnerConfig:
-    # SPEC §7: full fine-tune, vision tower frozen, lr 1e-6 cosine with warmup 0.03; no reference model
-    return LearnerConfig(lr=1e-6, warmup_ratio=0.03, schedule="cosine", grad_clip=1.0, kl_coef=0.0, mini_batch_size=0)
+    # SPEC §7: full fine-tune, vision tower frozen, lr 1e-6 cosine with warmup 0.03; no reference model.
+    # micro_batch_size 1: the loss is each example's token mean, averaged over the examples, as the released
+    # SFT (LLaMA-Factory, per-device batch 1 x 8 GPUs x gradient accumulation 4) computed it
+    return LearnerConfig(lr=1e-6, warmup_ratio=0.03, schedule="cosine", grad_clip=1.0, kl_coef=0.0, mini_batch_size=0,
+                         micro_batch_size=1)
 
 
 @dataclass
@@ -347,8 +368,10 @@ class SFTConfig:
     epochs: int = 1  # passes over train.jsonl (released code: 1; paper: 3)
     max_steps: int = 0  # stop after this many optimizer steps (0: all epochs); the schedule spans these
     cutoff_len: int = 8192  # longer examples are bad rows (SPEC §7 sequence cutoff)
-    on_bad_row: str = "raise"  # raise (an error naming the row) | skip (counted) for missing images, points
-    # outside the image, over-long or empty rows
+    on_bad_row: str = "raise"  # raise (an error naming the row) | skip (counted by reason: console, MLflow
+    # sft/skipped_rows[/<reason>], out/summary.json) for missing images, points outside the image (or on its
+    # far border), over-long or empty rows (learner.sft.REASONS); the paper recipes skip, as the released SFT
+    # trained on such rows
     eval_every: int = 0  # validation loss every this many steps (0: once at the end; none without val.jsonl)
     seed: int = 0  # shuffling
     learner_cpus: float = 2.0  # CPUs of the learner rank
@@ -379,11 +402,13 @@ class DemoConfig:
 
 
 def _eval_sampling() -> SamplingConfig:
-    return SamplingConfig(temperature=0.5)  # SPEC §5: validation at temperature 0.5
+    # the released evaluation scripts: temperature 0.5; top-p 1.0 (eval_spatial.sh, eval_web_grounding.sh;
+    # eval_multiturn.sh uses 0.99, which the multi-turn recipes set)
+    return SamplingConfig(temperature=0.5, top_p=1.0)
 
 
 def _eval_rollout() -> RolloutConfig:
-    return RolloutConfig(group_size=1)
+    return RolloutConfig(group_size=1, forced_answer_temperature=0.0)  # released: the forced answer is greedy
 
 
 def _eval_tracking() -> TrackingConfig:
@@ -416,6 +441,13 @@ class EvalConfig:
     gallery: int = 24  # items drawn into out/gallery/index.html (failures first; 0: no gallery)
     crash_after: int = 0  # fault injection for tests: hard-exit after writing this many batches (0: never)
     verbose: bool = False  # rollout actors' and engines' output on the console too (default: out/logs/ only)
+    # official: the released evaluation's judge of the benchmark (rewards.eval_judge: string match for V*,
+    # SAT, BLINK; point in box for ScreenSpot; lenient, with its format gate); reward: the RL reward's
+    # strict accuracy (rewards.score)
+    judge: str = "official"  # official | reward
+    # false: the released --rollout_no_thinking (base models prompted without tags): the whole output is the
+    # answer (official judge only)
+    judge_thinking: bool = True  # the answer is read from <answer> tags behind the format gate
     tracking: TrackingConfig = field(default_factory=_eval_tracking)  # MLflow
 
 
@@ -426,6 +458,10 @@ OFFICIAL_SINGLE_TURN = dict(group_size=5, grad_clip=1.0, warmup_ratio=0.0, mini_
 OFFICIAL_MULTI_TURN = dict(group_size=8, grad_clip=0.2, warmup_ratio=0.05, mini_batch_sequences=64)
 OFFICIAL_MAX_PIXELS = {("visual_search", "multi_turn"): 2_850_000}  # V* multi-turn; everything else:
 DEFAULT_MAX_PIXELS = 4_194_304
+# The released evaluation scripts: images up to 3600 x 3600 px (eval_multiturn.sh, eval_web_grounding.sh);
+# spatial caps the longer side at 1260 px (eval_spatial.sh), approximated here as 1260 x 1260 px.
+EVAL_MAX_PIXELS = {"spatial": 1260 * 1260}
+DEFAULT_EVAL_MAX_PIXELS = 3600 * 3600
 
 
 def official_defaults(cfg: T) -> T:
@@ -436,7 +472,9 @@ def official_defaults(cfg: T) -> T:
     if not isinstance(getattr(cfg, "data", None), DataConfig):  # no task / mode to take defaults from
         return cfg
     multi = is_multi_turn(cfg.data.mode)
-    if cfg.model.max_pixels is None:
+    if cfg.model.max_pixels is None and isinstance(cfg, EvalConfig):
+        cfg.model.max_pixels = EVAL_MAX_PIXELS.get(cfg.data.task, DEFAULT_EVAL_MAX_PIXELS)
+    elif cfg.model.max_pixels is None:
         cfg.model.max_pixels = OFFICIAL_MAX_PIXELS.get((cfg.data.task, cfg.data.mode), DEFAULT_MAX_PIXELS)
     if not hasattr(cfg, "learner"):
         return cfg

@@ -21,7 +21,7 @@ from typing import Callable
 
 from data_gen.images import ImageError, load_rgb, resolve_under
 from data_gen.rows import PromptRow
-from rewards.tasks import register_task
+from rewards.tasks import vwa_string_match  # noqa: F401 - re-exported: the benchmark's own judge
 
 Loaded = tuple[list[PromptRow], Counter]
 LOADERS: dict[str, Callable[..., Loaded]] = {}
@@ -255,43 +255,7 @@ def sat(root, file: str = "sat.jsonl", on_error: str = "raise") -> Loaded:
 
 
 # ---- VisualWebArena ----------------------------------------------------------------------------------
-_WORD = re.compile(r"\d+(?:[.,/]\d+)*|\w+|[^\w\s]")  # numbers like 8.5 / 103,000 stay one token
-
-
-def _clean(text: str) -> str:
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        text = text[1:-1]
-    return text.lower()
-
-
-def vwa_string_match(answer: str, gold: str) -> float:
-    """VisualWebArena StringEvaluator (must_include / exact_match; alternatives split on ' |OR| '). A
-    single-token reference must equal a token of the answer, else substring (tokens: numbers, words or
-    one symbol, standing in for nltk's word_tokenize). Scores multiply across approaches."""
-    ref = json.loads(gold)
-    pred = _clean(answer)
-    tokens = set(_WORD.findall(pred))
-    score = 1.0
-    if "exact_match" in ref:
-        score *= float(pred == _clean(ref["exact_match"]))
-    for value in ref.get("must_include", []):
-        alts = [_clean(a) for a in value.split(" |OR| ")]
-        ok = any((a in tokens) if len(_WORD.findall(a)) == 1 else (a in pred) for a in alts)
-        score *= float(ok)
-    return score
-
-
-def _check_vwa_gold(gold: str) -> None:
-    try:
-        ref = json.loads(gold)
-    except ValueError:
-        raise ValueError(f"web_qa gold must be JSON reference answers, got {gold!r}") from None
-    if not isinstance(ref, dict) or not ({"must_include", "exact_match"} & set(ref)):
-        raise ValueError(f"web_qa gold needs must_include or exact_match, got {gold!r}")
-
-
-register_task("web_qa", accuracy=vwa_string_match, answer_ok=lambda a: bool(a.strip()), check_gold=_check_vwa_gold)
+# its judge, `vwa_string_match`, and the `web_qa` task live with the other judges (rewards.tasks)
 
 
 @register_loader("visualwebarena")

@@ -1,7 +1,9 @@
 """Teacher-guided Monte Carlo tree search over grounded reasoning steps (SPEC §6), after the released
 `vlmsearch/tree_search/mcts_search.py` (Gabesarch/grounded-rl @e7970c0).
 
-A node is one teacher output: a think step naming a point, or a terminal answer. One simulation:
+A node is one teacher output: think text naming a point (a teacher without stop strings may write several
+steps in one output: still one node), or a terminal answer (the answer only: reasoning the same output wrote
+before <answer> is dropped, as released; `answer_keeps_reasoning` keeps it). One simulation:
 
     select   from the root, stop at a terminal node, a leaf, or a node with an unvisited child; else go to
              the child maximising  value + c·sqrt(ln(N_parent + 1) / (n_child + 1)),  c = 2.0
@@ -53,6 +55,9 @@ class MCTSConfig:
     rollout_steps: int = 5  # at most this many more steps per rollout, the answer forced on the last
     max_depth: int = 10  # the answer is forced at this depth
     avoid_repeat_coords: bool = True  # reject non-terminal children that repeat a coordinate on their path
+    # vigorl option: a terminal child keeps the reasoning its teacher output wrote before <answer> as its text
+    # (a step on the path of its rollouts); released (False): a terminal node holds the answer only
+    answer_keeps_reasoning: bool = False  # see above
 
 
 @dataclass
@@ -140,10 +145,17 @@ def repeats_coord(out: TeacherOutput, used: frozenset[str]) -> bool:
     return out.answer is None and any(cs in used for cs in COORD_RE.findall(out.text))
 
 
-def expand(tree: Tree, leaf: int, outputs: list[TeacherOutput], avoid_repeat_coords: bool = True) -> list[int]:
-    """Add the accepted outputs as children of `leaf`; returns their ids."""
+def expand(tree: Tree, leaf: int, outputs: list[TeacherOutput], avoid_repeat_coords: bool = True,
+           answer_keeps_reasoning: bool = False) -> list[int]:
+    """Add the accepted outputs as children of `leaf`; returns their ids. An output holding an answer is
+    one terminal child; as the released `_expand` builds it (Gabesarch/grounded-rl@e7970c0:
+    src/vlmsearch/tree_search/mcts_search.py) the node keeps only the answer, any reasoning written before
+    it in the same output is dropped, unless `answer_keeps_reasoning`."""
     used = tree.nodes[leaf].used
-    return [tree.add(leaf, o).id for o in outputs if not (avoid_repeat_coords and repeats_coord(o, used))]
+    kept = [o for o in outputs if not (avoid_repeat_coords and repeats_coord(o, used))]
+    if not answer_keeps_reasoning:
+        kept = [o if o.answer is None else TeacherOutput("", o.answer) for o in kept]
+    return [tree.add(leaf, o).id for o in kept]
 
 
 def backup(tree: Tree, path: list[int], reward: float) -> None:
@@ -157,8 +169,9 @@ def backup(tree: Tree, path: list[int], reward: float) -> None:
 def rollout(tree: Tree, child: int, teacher: Teacher, judge: Judge, question: str, image,
             cfg: MCTSConfig) -> float:
     """Play on from `child` (not added to the tree): up to `rollout_steps` more steps, the answer forced on
-    the last one (or just before max_depth); without an answer the last step's text is judged (as the
-    released code does). The rollout is stored on the child; returns its reward."""
+    the last one (or just before max_depth); without an answer the last step's text is judged, a leading
+    "A. " dropped (as the released `_rollout` does). An output with reasoning and an answer adds its reasoning
+    to the steps. The rollout is stored on the child; returns its reward."""
     node = tree.nodes[child]
     steps = tree.steps(child)
     answer = node.answer
@@ -171,7 +184,7 @@ def rollout(tree: Tree, child: int, teacher: Teacher, judge: Judge, question: st
         answer = out.answer
         depth, k = depth + 1, k + 1
     if answer is None:
-        answer = steps[-1] if steps else ""
+        answer = re.sub(r"^[A-Z]\. ", "", steps[-1]) if steps else ""
     reward = float(judge(answer))
     node.rollouts.append({"steps": steps, "answer": answer, "reward": reward})
     return reward
@@ -189,7 +202,7 @@ def search(question: str, image, teacher: Teacher, judge: Judge, cfg: MCTSConfig
             backup(tree, path, leaf.value)
             continue
         outputs = ask(teacher, question, image, tree.steps(leaf.id), cfg.children, leaf.depth >= cfg.max_depth)
-        for child in expand(tree, leaf.id, outputs, cfg.avoid_repeat_coords):
+        for child in expand(tree, leaf.id, outputs, cfg.avoid_repeat_coords, cfg.answer_keeps_reasoning):
             for _ in range(cfg.rollouts_per_child):
                 backup(tree, path + [child], rollout(tree, child, teacher, judge, question, image, cfg))
     return tree

@@ -181,24 +181,61 @@ FORCE_FINAL = ("\nYour turn! Max thoughts reached. You should now provide the fi
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
 
 
+# Appended to the system prompt of every question, N drawn per question (the released search's
+# `add_thought_number_system_prompt`, on in the MCTS run script: Gabesarch/grounded-rl@e7970c0:
+# src/vlmsearch/tree_search/mcts_search.py, N = randint(3, 8) i.e. 3..7).
+MIN_THOUGHTS_SUFFIX = "\n- There should be at least {n} thoughts before providing the final answer."
+
+
+def read_prompt_file(path: str, unescape: bool = False) -> str:
+    """`teacher.prompt_file`: a text or Jinja file, as the MCTS run script's per-domain prompts are, used
+    verbatim as the system prompt: the exact bytes decoded as UTF-8, nothing stripped, no newline
+    translation, no Jinja rendering. With `unescape` (teacher.prompt_unescape), each literal backslash-n
+    becomes a newline (the run script's prompts hold literal "\\n": its shell string passes them as-is)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"teacher.prompt_file: {p} does not exist")
+    text = p.read_bytes().decode("utf-8")
+    if not text.strip():
+        raise ValueError(f"teacher.prompt_file: {p} is empty")
+    return text.replace("\\n", "\n") if unescape else text
+
+
 def mcts_messages(system: str, min_thoughts: int, question: str, steps: list[str], force_final: bool) -> list[dict]:
-    """The teacher's chat (SPEC §6): the system prompt asking for at least N thoughts; the question with the
-    image, the previous steps appended to the user text as `Previous thought k: ...` (tags stripped);
-    with force_final, a user turn asking for the final answer now."""
+    """The teacher's chat (SPEC §6), as the released `generate_single_thought` builds it
+    (Gabesarch/grounded-rl@e7970c0:src/vlmsearch/models/qwen_vllm.py): the system prompt as given, then
+    `MIN_THOUGHTS_SUFFIX` ("at least N thoughts"); the question with the image, the previous steps appended
+    to the user text as `Previous thought k: ...` (think tags removed, stripped); with force_final, a user
+    turn asking for the final answer now."""
     text = question
     for k, s in enumerate(steps, 1):
         text += f"\n\nPrevious thought {k}: " + s.replace("<think>", "").replace("</think>", "").strip()
-    msgs = [{"role": "system", "content": f"{system}\n- There should be at least {min_thoughts} thoughts before "
-                                          "providing the final answer."},
+    msgs = [{"role": "system", "content": system + MIN_THOUGHTS_SUFFIX.format(n=min_thoughts)},
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
     if force_final:
         msgs.append({"role": "user", "content": FORCE_FINAL})
     return msgs
 
 
+def sampling_kwargs(n: int, temperature: float, top_p: float, max_tokens: int, stop_at_tags: bool = False) -> dict:
+    """vLLM SamplingParams of one teacher request. Released (default): no stop strings, as the released
+    teacher calls its server (Gabesarch/grounded-rl@e7970c0:src/vlmsearch/models/qwen_vllm.py), so one
+    output may hold several think steps and an answer, and it is one node. `stop_at_tags` (vigorl): stop
+    at the first </think> or </answer> (kept in the text), one step or one answer per output."""
+    kw = {"n": n, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
+    if stop_at_tags:
+        kw |= {"stop": ["</think>", "</answer>"], "include_stop_str_in_output": True}
+    return kw
+
+
 def parse_output(text: str) -> TeacherOutput:
-    """A teacher completion -> a step, or an answer (the text inside <answer>, a leading "A. " dropped as
-    the released search does) with any reasoning before it."""
+    """A teacher completion -> a step (the whole text, stripped), or, if it holds `<answer>`, an answer: the
+    text after the first <answer> up to </answer> (or the end), stripped, a leading "A. " dropped, with the
+    reasoning written before it, as the released expansion and rollout split it
+    (Gabesarch/grounded-rl@e7970c0:src/vlmsearch/tree_search/mcts_search.py). The search decides what a
+    terminal node keeps of that reasoning (`MCTSConfig.answer_keeps_reasoning`)."""
     m = _ANSWER.search(text)
     if m is None:
         return TeacherOutput(text.strip())
@@ -211,7 +248,8 @@ class VLLMTeacher:
     parallelism on its own GPUs). One engine serves every search worker that holds a handle to it."""
 
     def __init__(self, model_path: str, *, max_model_len: int = 8192, tensor_parallel_size: int = 1,
-                 temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 512, seed: int = 0):
+                 temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 512, seed: int = 0,
+                 stop_at_tags: bool = False):
         from transformers import AutoProcessor
 
         from actors.engine import make_llm, on_gpu
@@ -220,6 +258,7 @@ class VLLMTeacher:
                             max_images=1, seed=seed, tensor_parallel_size=tensor_parallel_size)
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.temperature, self.top_p, self.max_tokens = temperature, top_p, max_tokens
+        self.stop_at_tags = stop_at_tags  # see sampling_kwargs
         self.calls = 0
 
     def generate_batch(self, requests: list[dict]) -> list[list[TeacherOutput]]:
@@ -230,9 +269,8 @@ class VLLMTeacher:
         prompts = [{"prompt": self.processor.apply_chat_template(r["messages"], add_generation_prompt=True,
                                                                  tokenize=False),
                     "multi_modal_data": {"image": r["image"]}} for r in requests]
-        params = [SamplingParams(n=r["n"], temperature=self.temperature, top_p=self.top_p,
-                                 max_tokens=self.max_tokens, stop=["</think>", "</answer>"],
-                                 include_stop_str_in_output=True) for r in requests]
+        params = [SamplingParams(**sampling_kwargs(r["n"], self.temperature, self.top_p, self.max_tokens,
+                                                   self.stop_at_tags)) for r in requests]
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         return [[parse_output(c.text) for c in o.outputs] for o in outs]
 
@@ -245,7 +283,7 @@ class RemoteTeacher:
         self.server, self.image, self.min_thoughts = server, image, min_thoughts
         if system_prompt is None and task not in MCTS_SYSTEM_PROMPTS:
             raise ValueError(f"no MCTS system prompt for task {task!r}; known: {sorted(MCTS_SYSTEM_PROMPTS)} "
-                             "(or give teacher.system_prompt_file)")
+                             "(or give teacher.prompt_file)")
         self.system = system_prompt or MCTS_SYSTEM_PROMPTS[task]
         self.calls = 0
 

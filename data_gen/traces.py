@@ -8,7 +8,11 @@ under OUT_DIR/images/ by content hash and named relative to OUT_DIR (LLaMA-Facto
     corrected chain  <think>\\n{wrong steps}\\nWait, this seems off. Let's try something else.\\n{correct steps}
                      \\n</think>\\n<answer> {correct ans} </answer>
 (steps with <think>, </think>, <answer>, </answer> removed and stripped), from every node's stored rollouts:
-a direct chain per correct rollout (reward >= 1), a corrected chain per (wrong, correct) pair.
+a direct chain per correct rollout (reward >= 1), a corrected chain per (wrong, correct) pair. As the released
+`process_text_chain` (Gabesarch/grounded-rl@e7970c0:scripts/mcts/build_reasoning_chains_from_mcts.py) reads a
+rollout: a rollout that never wrote an answer was judged on its last step, so that step is its answer and
+leaves the think text (of wrong rollouts too); a leading option letter (`A. `) is dropped from the answer, as
+the released search drops it before judging.
 """
 
 from __future__ import annotations
@@ -44,20 +48,37 @@ def clean_step(text: str) -> str:
 
 
 def chain_body(steps: list[str]) -> str:
-    return " ".join(s for s in (clean_step(x) for x in steps) if s)
+    """Cleaned steps joined by one space; an empty step is kept (the released join keeps it)."""
+    return " ".join(clean_step(x) for x in steps)
 
 
 def wrap(body: str, answer: str) -> str:
     return f"<think>\n{body}\n</think>\n<answer> {answer.strip()} </answer>"
 
 
+_OPTION_LETTER = re.compile(r"^[A-Z]\. ")
+
+
+def rollout_parts(rollout: dict) -> tuple[list[str], str]:
+    """(think steps, answer) of one stored rollout, read as the released linearisation reads its texts
+    (Gabesarch/grounded-rl@e7970c0:scripts/mcts/build_reasoning_chains_from_mcts.py `process_text_chain`:
+    the last text is the answer, the others are the think steps). A rollout that never answered stores its
+    last step as the judged answer (`mcts.rollout`): that step becomes the answer only, not a think step too.
+    The answer is cleaned of tags and of a leading option letter `A. ` (the released search's `^[A-Z]\\. `)."""
+    steps, answer = list(rollout["steps"]), rollout["answer"]
+    if steps and answer in (steps[-1], _OPTION_LETTER.sub("", steps[-1])):
+        steps = steps[:-1]
+    return steps, _OPTION_LETTER.sub("", clean_step(answer))
+
+
 def node_chains(node: dict) -> list[str]:
-    """The chains of one node's stored rollouts: corrected ones (each wrong x each correct), then direct."""
-    good = [r for r in node["rollouts"] if r["reward"] >= 1.0]
-    bad = [r for r in node["rollouts"] if r["reward"] < 1.0]
-    out = [wrap(f"{chain_body(w['steps'])}\n{BACKTRACK}\n{chain_body(c['steps'])}", c["answer"])
-           for w in bad for c in good]
-    return out + [wrap(chain_body(c["steps"]), c["answer"]) for c in good]
+    """The chains of one node's stored rollouts: corrected ones (each wrong x each correct), then direct. A
+    correct rollout whose answer is empty gives no chain (with no step either, the released code fails on it)."""
+    good = [rollout_parts(r) for r in node["rollouts"] if r["reward"] >= 1.0]
+    good = [(steps, answer) for steps, answer in good if answer]
+    bad = [rollout_parts(r)[0] for r in node["rollouts"] if r["reward"] < 1.0]
+    out = [wrap(f"{chain_body(w)}\n{BACKTRACK}\n{chain_body(c)}", a) for w in bad for c, a in good]
+    return out + [wrap(chain_body(c), a) for c, a in good]
 
 
 @dataclass
@@ -129,8 +150,11 @@ def sft_row(system: str, tree: dict, assistant: str | list[dict], images: list[s
 
 
 # ---- multi-turn conversion ----------------------------------------------------------------------------
+# After the released `convert_chain_to_dialogue`, rewritten here
+# (Gabesarch/grounded-rl@e7970c0:scripts/mcts/build_reasoning_chains_from_mcts_multiturn.py).
 
-_COORD = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)")
+_NUM = r"(\d+\.?\d*|\.\d+)"  # the released `[\d.]+`, limited to what float() reads
+_COORD = re.compile(rf"\(\s*{_NUM}\s*,\s*{_NUM}\s*\)")
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 _CHAIN = re.compile(r"<think>(.*?)</think>\s*<answer>(.*?)</answer>", re.S)
 
@@ -144,42 +168,72 @@ class MultiTurnConfig:
     dot: bool = False  # red dot at the zoom point (web grounding: true)
     max_calls: int = 5  # tool calls per dialogue
     shuffle_prob: float = 0.2  # chance that the first (call, observation) pair is moved later
-    min_pixels: int = 3136  # the multi-turn policy's image bounds: coordinates are scaled into that frame
+    # the full image is resized as the released converter does (qwen-vl-utils fetch_image with these bounds:
+    # smart_resize, factor 28, bicubic), so a small image is up-scaled to about 2.7 MP; coordinates follow
+    min_pixels: int = 2_700_000
     max_pixels: int = 2_850_000
     seed: int = 42  # the shuffle
     system_prompt_file: str = ""  # system message ("" = vigorl's multi-turn RL prompt of the task)
 
 
+def scale_coords(text: str, sx: float, sy: float) -> str:
+    """Every `(x, y)` of `text` rewritten as `(int(x * sx), int(y * sy))` (truncated, per axis); the text is
+    left as written when both scales are 1 (the released `extract_coordinates`)."""
+    if sx == 1.0 and sy == 1.0:
+        return text
+    return _COORD.sub(lambda m: f"({int(float(m.group(1)) * sx)}, {int(float(m.group(2)) * sy)})", text)
+
+
+def _point(m: re.Match) -> tuple[int, int]:
+    return int(float(m.group(1))), int(float(m.group(2)))
+
+
 def dialogue(chain: str, frame: tuple[int, int], target: tuple[int, int], cfg: MultiTurnConfig,
              rng: random.Random) -> tuple[list[dict], list[tuple[int, int]]] | None:
-    """Assistant/observation turns of one chain: per new coordinate (scaled from `frame` to `target`), a
-    think turn holding the text up to the end of that coordinate's sentence, then a tool call and an
-    observation; at most `max_calls`; the fixed final turn. Returns (turns, zoom points), or None when the
-    chain has no answer; raises _OutsideImage when a point lies outside the image."""
+    """Assistant/observation turns of one chain, as the released converter builds them. Every coordinate of
+    the chain is scaled from `frame` to `target` first (think text and answer alike). Per coordinate of the
+    think text, the text since the last one up to the end of its sentence is added to the pending reasoning;
+    a new point (at most `max_calls`) then closes a think turn holding that reasoning with a tool call,
+    followed by the observation. The answer's coordinates come last (the released converter finds them in the
+    whole chain): a GUI answer point is zoomed on before answering, its think turn the think text left after
+    the last sentence with a point, then the point. Then the fixed final turn; a coordinate answer is written
+    `(x, y)`. Returns (turns, zoom points), or None when the chain has no answer; raises _OutsideImage when a
+    zoomed point lies outside the image (x > W or y > H)."""
     m = _CHAIN.search(chain)
     if m is None:
         return None
-    text, answer = m.group(1).strip(), m.group(2).strip()
     sx, sy = target[0] / frame[0], target[1] / frame[1]
-    turns, points, cursor, pending = [], [], 0, ""
-    before, after = observation_text(cfg.dot)
+    text, answer = scale_coords(m.group(1), sx, sy).strip(), scale_coords(m.group(2), sx, sy).strip()
+    if (a := _COORD.fullmatch(answer)) is not None:
+        answer = "({}, {})".format(*_point(a))
+    spots, cursor = [], 0  # (point or None, its reasoning chunk) in text order
     for c in _COORD.finditer(text):
-        x, y = int(int(c.group(1)) * sx), int(int(c.group(2)) * sy)
-        if not (0 <= x < target[0] and 0 <= y < target[1]):
-            raise _OutsideImage
         end = _SENTENCE_END.search(text, c.end())
         stop = end.end() if end else len(text)
-        chunk = (text[cursor:c.start()] + f"({x}, {y})" + text[c.end():stop]).strip()
+        # text since the cursor (none when the point sits in the sentence already taken) to the sentence end
+        spots.append((_point(c), (text[cursor:c.start()] + text[c.start():stop]).strip()))
         cursor = max(cursor, stop)
-        pending = f"{pending}\n\n{chunk}" if pending and chunk else pending or chunk
-        if (x, y) in points or len(points) >= cfg.max_calls:
+    answer_points = list(_COORD.finditer(answer))
+    if answer_points:
+        # the released chunk of the answer point is the rest of the think text, the tags and the point; the
+        # tags are left out here (taken literally they would put "<answer> (x, y) </answer>" in the think)
+        spots.append((None, text[cursor:].strip()))
+        spots += [(_point(c), c.group(0)) for c in answer_points]
+    turns, points, pending = [], [], ""
+    before, after = observation_text(cfg.dot)
+    for point, chunk in spots:
+        if chunk:
+            pending = f"{pending}\n\n{chunk}" if pending else chunk
+        if point is None or point in points or len(points) >= cfg.max_calls:
             continue
-        points.append((x, y))
-        call = json.dumps({"name": "search_coordinate", "arguments": {"coordinate": [x, y]}})
+        if not (0 <= point[0] <= target[0] and 0 <= point[1] <= target[1]):
+            raise _OutsideImage
+        points.append(point)
+        call = json.dumps({"name": "search_coordinate", "arguments": {"coordinate": list(point)}})
         turns.append({"role": "assistant", "content": f"<think> {pending} </think>\n<tool_call>\n{call}\n</tool_call>"})
         turns.append({"role": "user", "content": f"{before}<image>{after}"})
         pending = ""
-    turns.append({"role": "assistant", "content": f"{FORCED_ANSWER_PREFIX} {_scaled_answer(answer, sx, sy)} </answer>"})
+    turns.append({"role": "assistant", "content": f"{FORCED_ANSWER_PREFIX} {answer} </answer>"})
     if len(points) >= 2 and rng.random() < cfg.shuffle_prob:
         # the released converter: take the first (call, observation) pair out and put it back after 0 .. k-2
         # of the other pairs (0 leaves it where it was; it never goes after the last pair)
@@ -188,11 +242,6 @@ def dialogue(chain: str, frame: tuple[int, int], target: tuple[int, int], cfg: M
         turns = turns[2:2 + 2 * slot] + pair + turns[2 + 2 * slot:]
         points = points[1:1 + slot] + [pt] + points[1 + slot:]
     return turns, points
-
-
-def _scaled_answer(answer: str, sx: float, sy: float) -> str:
-    m = _COORD.fullmatch(answer.strip())
-    return f"({int(int(m.group(1)) * sx)}, {int(int(m.group(2)) * sy)})" if m else answer
 
 
 class _OutsideImage(Exception):

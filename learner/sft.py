@@ -22,27 +22,37 @@ VISION = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
 class BadRow(ValueError):
-    pass
+    """A row that cannot be trained on; the message names it, `reason` says why (one of `REASONS`)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+# why a row is bad: counted by these names when `on_bad_row=skip` (console, MLflow `sft/skipped_rows/<reason>`)
+REASONS = ("not_sharegpt", "image_count", "image_unreadable", "point_outside", "too_long", "no_assistant")
 
 
 def encode_row(row: dict, data_dir: str | Path, tokenizer, image_processor, cutoff_len: int = 8192,
                where: str = "") -> Trajectory:
-    """Raises BadRow naming the row for: missing or unreadable images, `<image>` count != images, a point
-    outside the image in an assistant turn, more than `cutoff_len` tokens."""
+    """Raises BadRow naming the row (and its `reason`) for: no messages/images (not_sharegpt), `<image>` count
+    != images (image_count), missing or unreadable images (image_unreadable), a point in an assistant turn
+    outside the image, including one on its far border x == width or y == height (point_outside), more than
+    `cutoff_len` tokens (too_long), no assistant token (no_assistant)."""
     qid = str(row.get("question_id", where))
     try:
         messages, paths = row["messages"], row["images"]
     except (KeyError, TypeError):
-        raise BadRow(f"{where}: a sharegpt row needs 'messages' and 'images'") from None
+        raise BadRow(f"{where}: a sharegpt row needs 'messages' and 'images'", "not_sharegpt") from None
     n_placeholders = sum(str(m.get("content", "")).count("<image>") for m in messages)
     if n_placeholders != len(paths):
-        raise BadRow(f"{where}: {n_placeholders} <image> placeholders but {len(paths)} images")
+        raise BadRow(f"{where}: {n_placeholders} <image> placeholders but {len(paths)} images", "image_count")
     refs, images = [], []
     for k, rel in enumerate(paths):
         try:
             img = load_rgb(resolve_under(data_dir, rel))
         except ImageError as e:
-            raise BadRow(f"{where}: {e}") from None
+            raise BadRow(f"{where}: {e}", "image_unreadable") from None
         size = tuple(row["image_size"]) if k == 0 and row.get("image_size") else img.size
         refs.append(ImageRef(rel, size[0], size[1]))
         images.append(img if img.size == size else img.resize(size))
@@ -52,7 +62,8 @@ def encode_row(row: dict, data_dir: str | Path, tokenizer, image_processor, cuto
             for g in _POINT.finditer(m["content"]):
                 x, y = (int(v) for v in (g.group(1, 2) if g.group(1) is not None else g.group(3, 4)))
                 if not (0 <= x < w and 0 <= y < h):
-                    raise BadRow(f"{where}: point ({x}, {y}) in an assistant turn is outside the {w}x{h} image")
+                    raise BadRow(f"{where}: point ({x}, {y}) in an assistant turn is outside the {w}x{h} image",
+                                 "point_outside")
     grid = image_processor(images=images, return_tensors="pt")["image_grid_thw"] if images else []
     merge = getattr(image_processor, "merge_size", 2) ** 2
     counts = [int(g.prod()) // merge for g in grid]
@@ -76,9 +87,9 @@ def encode_row(row: dict, data_dir: str | Path, tokenizer, image_processor, cuto
             out_ids.append(t)
             out_mask.append(m)
     if len(out_ids) > cutoff_len:
-        raise BadRow(f"{where}: {len(out_ids)} tokens, over cutoff_len={cutoff_len}")
+        raise BadRow(f"{where}: {len(out_ids)} tokens, over cutoff_len={cutoff_len}", "too_long")
     if not any(out_mask):
-        raise BadRow(f"{where}: no assistant tokens to train on")
+        raise BadRow(f"{where}: no assistant tokens to train on", "no_assistant")
     return Trajectory(episode_id=f"{qid}@{where}", group_id="", prompt_id=qid, weight_version=0, token_ids=out_ids,
                       loss_mask=out_mask, logprobs=[0.0] * len(out_ids), prompt_len=out_mask.index(1), reward=0.0,
                       reward_format=0.0, reward_accuracy=0.0, reward_coordinate=0.0, reward_diversity=0.0,

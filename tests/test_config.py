@@ -112,6 +112,23 @@ def test_explicit_values_win_over_official_defaults():
     assert cfg.learner.warmup_ratio == 0.05  # still null in the overrides: the multi-turn default
 
 
+@pytest.mark.parametrize("recipe, task, max_pixels, top_p", [
+    ("eval_vstar_mt.yaml", "visual_search", 12_960_000, 0.99),  # eval_multiturn.sh: 3600 x 3600, top-p 0.99
+    ("eval_screenspot_v2_mt.yaml", "gui_grounding", 12_960_000, 0.99),
+    ("eval_vstar.yaml", "visual_search", 12_960_000, 1.0),  # eval_web_grounding.sh / eval_spatial.sh: 1.0
+    ("eval_sat.yaml", "spatial", 1_587_600, 1.0),  # eval_spatial.sh: longer side <= 1260
+    (None, "visual_search", 12_960_000, 1.0),  # no recipe: the released eval's values fill the nulls
+    (None, "spatial", 1_587_600, 1.0),
+])
+def test_eval_recipes_follow_the_released_eval_scripts(recipe, task, max_pixels, top_p):
+    from configs.schema import EvalConfig, official_defaults
+
+    cfg = official_defaults(load(EvalConfig, ROOT / "configs" / recipe if recipe else None,
+                                 [f"data.task={task}", "data.mode=multi_turn"]))
+    assert (cfg.model.max_pixels, cfg.sampling.top_p, cfg.sampling.temperature) == (max_pixels, top_p, 0.5)
+    assert cfg.rollout.forced_answer_temperature == 0.0 and cfg.judge == "official"  # greedy forced answer
+
+
 def test_system_prompt_file(tmp_path):
     from actors.actor import read_system_prompt
 
@@ -174,3 +191,28 @@ def test_torch_threads_share_the_run_cpus_in_sync_mode():
     assert torch_threads(ClusterConfig(learner_threads=6), "learner", sync=False) == 6
     with pytest.raises(ValueError, match="cluster.rollout_threads"):
         torch_threads(ClusterConfig(rollout_threads=-1), "rollout", sync=True)
+
+
+def test_system_prompt_file_reaches_the_engine_byte_for_byte(tmp_path):
+    """The released format_prompt/*.jinja files are one line with literal backslash-n escapes, and the released
+    RL trainer sends `f.read().strip()` as the system message: so do we (unescape is the option)."""
+    from transformers import AutoProcessor
+
+    from actors.actor import read_system_prompt
+    from actors.rollout import Rollout
+    from actors.zoom import ZoomSettings
+    from data_gen.rows import PromptRow
+    from data_gen.tiny_model import make_tiny_model
+
+    text = r'You answer {"a": [x, y]} in steps:\n- one <think> </think> each\n  a) zoom  \u00e9 {{ not jinja }}'
+    f = tmp_path / "format_prompt.jinja"
+    f.write_text("\n" + text + "\n")
+    proc = AutoProcessor.from_pretrained(make_tiny_model(tmp_path / "m", vocab="qwen", size="tiny"))
+    row = PromptRow("q1", "visual_search", "a.png", 64, 64, "What colour?", "red", ["red", "blue"])
+    for unescape, want in ((False, text), (True, text.replace("\\n", "\n"))):
+        r = Rollout(None, proc, ZoomSettings(), group_size=1, prompt="vigorl_multi_turn", mode="multi_turn",
+                    system_prompt=read_system_prompt(str(f), unescape))
+        ids = r._encode(proc.apply_chat_template(r.messages(row), add_generation_prompt=True, tokenize=False))
+        sent = r.tok.decode(ids)  # the token ids vLLM is sent, as text
+        assert sent.startswith(f"<|im_start|>system\n{want}<|im_end|>\n<|im_start|>user\n")
+    assert "\\n" in text and "\n" not in text  # the default kept the two characters backslash, n

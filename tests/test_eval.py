@@ -70,3 +70,54 @@ def test_released_checkpoint_system_prompt_comes_from_its_chat_template(tmp_path
         texts[prompt] = proc.apply_chat_template(r.messages(row), add_generation_prompt=True, tokenize=False)
     assert "<|im_start|>system\nYou are ViGoRL, think in points.<|im_end|>" in texts["from_chat_template"]
     assert "ViGoRL" not in texts["vigorl_single_turn"] and "grounded steps" in texts["vigorl_single_turn"]
+
+
+def test_eval_judges_items_with_the_released_judge_by_default(tmp_path):
+    """`vigorl eval`'s per-episode verdict (`cluster.eval_job.judged`): judge=official reads what the model
+    wrote with `rewards.eval_judge` (a capitalised, punctuated answer is right; a multi-turn episode is its
+    assistant turns), judge=reward keeps the RL reward's strict accuracy."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    import rewards
+    from cluster.eval_job import judged
+    from configs.schema import EvalConfig, load
+    from data_gen.rows import PromptRow
+    from data_gen.tiny_model import make_tiny_model
+
+    tok = AutoTokenizer.from_pretrained(make_tiny_model(tmp_path / "m", vocab="qwen", size="tiny"))
+    row = PromptRow("q1", "visual_search", "a.png", 64, 64, "What colour?", "red", ["red", "blue"])
+    prompt = tok.encode("<|im_start|>user\nWhat colour?<|im_end|>\n<|im_start|>assistant\n")
+    single = "<think>The ball at (3, 4).</think>\n<answer>Red.</answer>"
+    call = '<think>Zoom.</think>\n<tool_call>\n{"name": "search_coordinate", "arguments": {"coordinate": [3, 4]}}\n</tool_call>'
+    multi = (f"{call}<|im_end|>\n<|im_start|>user\n<observation>\nHere is the crop:\n<|vision_start|><|image_pad|>"
+             f"<|vision_end|>\n</observation><|im_end|>\n<|im_start|>assistant\n{single}<|im_end|>")
+    for mode, text in (("single_turn", single), ("multi_turn", multi)):
+        t = SimpleNamespace(token_ids=prompt + tok.encode(text), prompt_len=len(prompt))
+        reward = rewards.score(tok.decode(t.token_ids[t.prompt_len:], skip_special_tokens=True), "red",
+                               task="visual_search", mode=mode)
+        assert reward.accuracy == 0.0  # the RL reward compares 'red.' with 'red'
+        official = load(EvalConfig, None, [f"data.mode={mode}", "benchmark=vstar"])
+        assert judged(tok, t, row, (64, 64), official, reward) == (True, "Red.", "")
+        strict = load(EvalConfig, None, [f"data.mode={mode}", "judge=reward"])
+        assert judged(tok, t, row, (64, 64), strict, reward)[0] is False
+
+
+def test_the_forced_answer_turn_is_sampled_at_its_own_temperature(tmp_path):
+    """The released evaluation generates the forced final answer greedily (qwen_vllm.py: no_sample when
+    force_final); `rollout.forced_answer_temperature` (eval default 0) applies to that turn only."""
+    from types import SimpleNamespace
+
+    from transformers import AutoProcessor
+
+    from actors.rollout import Rollout
+    from actors.zoom import ZoomSettings
+    from data_gen.tiny_model import make_tiny_model
+
+    proc = AutoProcessor.from_pretrained(make_tiny_model(tmp_path / "m", vocab="small", size="tiny"))
+    for forced, want in ((0.0, 0.0), (None, 0.5)):
+        r = Rollout(None, proc, ZoomSettings(), group_size=1, mode="multi_turn", temperature=0.5, top_p=1.0,
+                    forced_answer_temperature=forced)
+        turn, answer = SimpleNamespace(prefix=""), SimpleNamespace(prefix="<think> Based on")
+        assert r._params(turn, 64).temperature == 0.5 and r._params(answer, 64).temperature == want

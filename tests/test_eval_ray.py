@@ -35,6 +35,9 @@ def run_eval(out, model, *overrides, check=True):
 
 
 def test_killed_eval_resumes_then_writes_items_summary_mlflow_gallery(tmp_path, stack):
+    from actors.rollout import split_turns
+    from rewards.eval_judge import TASK_JUDGES, eval_verdict
+
     root, ids = stack
     args = (f"data.path={root / 'data'}", "rollout.group_size=2", "batch=2")
     killed = run_eval(tmp_path, root / "model", *args, "crash_after=1", check=False)
@@ -54,8 +57,12 @@ def test_killed_eval_resumes_then_writes_items_summary_mlflow_gallery(tmp_path, 
         for x1, y1, x2, y2 in x["crop_boxes"]:
             assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h  # original-image pixels
         assert set(x["reward"]) == {"overall", "format", "accuracy", "coordinate", "diversity"}
-        assert x["correct"] == (x["reward"]["accuracy"] >= 1.0) and x["seconds"] > 0
+        assert x["seconds"] > 0 and x["judge"] == "official"  # the released judge decides `correct`
+        verdict = eval_verdict(split_turns(x["response"]), x["gold"], benchmark="", mode="multi_turn",
+                               judge=TASK_JUDGES[x["task"]])
+        assert (x["correct"], x["answer"]) == (verdict.score >= 1.0, verdict.answer)
     s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["judge"] == "official" and "string_match" in s["judge_detail"] and s["top_p"] == 1.0
     o = s["overall"]
     assert (o["n"], o["samples"]) == (N, 2 * N) and "pass@2" in o and o["format_rate"] > 0 and o["zooms"] >= 1
     assert o["accuracy"] == round(sum(x["correct"] for x in items) / (2 * N), 4)

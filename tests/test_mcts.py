@@ -62,11 +62,99 @@ def test_expand_rejects_repeated_coordinate_strings():
     kept = expand(tree, first.id, [step("again (10, 20)"), step("again (10,20)"), answer("red", "at (10, 20)"),
                                    step("new (30, 40)")])
     texts = [tree.nodes[k].text for k in kept]
-    # the exact string repeats; "(10,20)" is another string (the released code compares strings); answers pass
-    assert texts == ["again (10,20)", "at (10, 20)", "new (30, 40)"]
+    # the exact string repeats; "(10,20)" is another string (the released code compares strings); answers pass,
+    # and a terminal node keeps the answer only (the released _expand drops the reasoning before <answer>)
+    assert texts == ["again (10,20)", "", "new (30, 40)"]
     assert tree.nodes[kept[2]].coord == "(30, 40)" and tree.nodes[kept[2]].used == {"(10, 20)", "(30, 40)"}
-    assert tree.nodes[kept[1]].terminal and tree.nodes[kept[1]].coord is None
+    assert tree.nodes[kept[1]].terminal and tree.nodes[kept[1]].coord is None and tree.nodes[kept[1]].answer == "red"
     assert len(expand(tree, first.id, [step("again (10, 20)")], avoid_repeat_coords=False)) == 1
+    # vigorl option: the terminal child keeps its reasoning
+    [k] = expand(tree, first.id, [answer("red", "at (10, 20)")], answer_keeps_reasoning=True)
+    assert (tree.nodes[k].text, tree.nodes[k].answer, tree.nodes[k].terminal) == ("at (10, 20)", "red", True)
+
+
+def test_teacher_sampling_params_have_no_stop_strings_by_default():
+    """Released teacher (qwen_vllm.py generate_single_thought): no stop strings; vigorl's stop_at_tags option
+    stops at </think> / </answer>."""
+    import inspect
+
+    from configs.schema import TeacherConfig
+    from data_gen.teachers import VLLMTeacher, sampling_kwargs
+
+    assert sampling_kwargs(3, 1.0, 1.0, 512) == {"n": 3, "temperature": 1.0, "top_p": 1.0, "max_tokens": 512}
+    assert sampling_kwargs(1, 0.7, 0.9, 64, stop_at_tags=True) == {
+        "n": 1, "temperature": 0.7, "top_p": 0.9, "max_tokens": 64, "stop": ["</think>", "</answer>"],
+        "include_stop_str_in_output": True}
+    assert TeacherConfig().stop_at_tags is False
+    assert inspect.signature(VLLMTeacher).parameters["stop_at_tags"].default is False
+
+
+def test_one_output_with_steps_and_an_answer_is_one_node():
+    """Without stop strings one output may hold think steps and an answer. As the released mcts_search.py:
+    in expansion it is ONE terminal node holding the answer only (text after <answer>, "A. " dropped); in a
+    rollout its reasoning is a step of the rollout; an output of several think steps is one non-terminal node
+    whose coordinates all count as used."""
+    from data_gen.teachers import parse_output
+
+    both = "<think> It is red (2, 2). </think>\n<answer> A. red </answer> trailing"
+    assert parse_output(both) == TeacherOutput("<think> It is red (2, 2). </think>", "red")
+    assert parse_output("<think> x </think><answer> blue") == TeacherOutput("<think> x </think>", "blue")
+    two = "<think> a (4, 4) </think>\n<think> b (5, 5) </think>"
+    teacher = Queue([parse_output(t) for t in ("<think> look (1, 1) </think>", both, two,
+                                               "<think> more (3, 3) </think> <answer> blue </answer>",
+                                               "<answer>red</answer>")])
+    tree = search("q?", None, teacher, lambda a: float(a == "red"),
+                  MCTSConfig(simulations=1, children=3, rollouts_per_child=1))
+    root, a, t, m = tree.nodes
+    assert (t.terminal, t.text, t.answer, t.visits, t.value) == (True, "", "red", 1, 1.0)
+    assert t.rollouts == [{"steps": [], "answer": "red", "reward": 1.0}]
+    assert a.rollouts == [{"steps": ["<think> look (1, 1) </think>", "<think> more (3, 3) </think>"],
+                           "answer": "blue", "reward": 0.0}]
+    assert (m.terminal, m.text, m.coord, m.used) == (False, two, "(4, 4)", {"(4, 4)", "(5, 5)"})
+    assert m.rollouts[0]["steps"] == [two] and m.rollouts[0]["reward"] == 1.0
+
+
+def test_a_rollout_without_an_answer_judges_its_last_step_less_a_choice_letter():
+    teacher = Queue([step("A (1, 1)"), step("B. red (2, 2)")])  # the forced answer never comes
+    tree = search("q?", None, teacher, lambda a: float(a == "red (2, 2)"),
+                  MCTSConfig(simulations=1, children=1, rollouts_per_child=1, rollout_steps=1))
+    assert tree.nodes[1].rollouts == [{"steps": ["A (1, 1)", "B. red (2, 2)"], "answer": "red (2, 2)", "reward": 1.0}]
+
+
+def test_teacher_prompt_file_is_the_system_message_byte_for_byte(tmp_path):
+    """teacher.prompt_file is read verbatim (a literal backslash-n, CRLF, spaces and the final newline kept;
+    no Jinja rendering) and is what the teacher sends as its system message, followed by the released
+    "at least N thoughts" line; teacher.prompt_unescape turns each literal backslash-n into a newline."""
+    from configs.schema import MCTSJobConfig
+    from cluster.mcts_job import SearchWorker
+    from data_gen.teachers import RemoteTeacher, read_prompt_file
+
+    raw = "You help.\\n<think> {step} (x, y) </think>\r\n  {{ not_jinja }} caf\u00e9 \n".encode()
+    path = tmp_path / "prompt.jinja"
+    path.write_bytes(raw)
+    cfg = MCTSJobConfig()
+    cfg.teacher.kind, cfg.teacher.prompt_file = "vllm", str(path)
+    worker = SearchWorker(cfg)
+    assert worker.system == raw.decode("utf-8")
+
+    class Server:
+        def __init__(self):
+            self.requests = []
+
+        def generate_batch(self, requests):
+            self.requests += requests
+            return [[TeacherOutput("x (1, 1)")] * r["n"] for r in requests]
+
+    server = Server()
+    RemoteTeacher(server, "visual_search", None, worker.system, 4).generate("q?", None, [], 2, False)
+    system = server.requests[0]["messages"][0]
+    assert system["role"] == "system"
+    assert system["content"].encode("utf-8") == raw + (b"\n- There should be at least 4 thoughts before providing "
+                                                       b"the final answer.")
+    assert read_prompt_file(str(path), unescape=True) == raw.decode().replace("\\n", "\n")
+    assert read_prompt_file(str(path), unescape=True).startswith("You help.\n<think>")
+    with pytest.raises(FileNotFoundError, match="teacher.prompt_file"):
+        read_prompt_file(str(tmp_path / "missing.txt"))
 
 
 def test_search_hand_worked_two_simulations():
@@ -114,18 +202,88 @@ def test_tree_json_line_format():
                                                                                               "red", 2)
 
 
+# Hand-worked from the released Judge (reward_funcs/judge.py): string match (gold lower-cased; both stripped,
+# ASCII punctuation and ' ' removed, lower-cased; equal or gold inside the answer), point in bbox, _web_action.
 @pytest.mark.parametrize("task,gold,answer,reward", [
-    ("visual_search", "red", "It is red.", 1.0),
-    ("visual_search", "red", "reddish", 0.0),
-    ("spatial", "left of", "A. Left of", 1.0),
+    ("visual_search", "Red", "red", 1.0),  # the gold is lower-cased
+    ("visual_search", "red", "It is RED.", 1.0),  # "itisred" holds "red"
+    ("visual_search", "red", "reddish", 1.0),  # a substring counts
+    ("visual_search", "red car", "Red car!", 1.0),
+    ("visual_search", "red car", "red\tcar", 0.0),  # only ' ' is removed, not tabs
+    ("visual_search", "Yes", "  yes!\n", 1.0),
+    ("spatial", "left of", "A. Left of", 1.0),  # "aleftof" holds "leftof"
+    ("spatial", "2", "12", 1.0),  # the released judge's known false positive
+    ("spatial", "12", "2", 0.0),
+    ("spatial", "left of", "right of", 0.0),
     ("spatial", "left of", "", 0.0),
+    ("web_qa", "$1,299.99", "1299.99", 1.0),  # punctuation gone on both sides
+    ("web_qa", "(e) none", "E: None", 1.0),
     ("gui_grounding", "(10, 20, 30, 40)", "(25, 30)", 1.0),
+    ("gui_grounding", "(10, 20, 30, 40)", "(10, 40)", 1.0),  # borders inside
+    ("gui_grounding", "(10, 20, 30, 40)", "[25, 30]", 1.0),  # any literal of 2 ints
+    ("gui_grounding", "(10, 20, 30, 40)", "25, 30", 1.0),
     ("gui_grounding", "(10, 20, 30, 40)", "(5, 30)", 0.0),
-    ("web_action", "click [3]", "click [3]", 1.0),
-    ("web_action", "click [3]", "click [4]", 0.5),
+    ("gui_grounding", "(10, 20, 30, 40)", "(25.0, 30)", 0.0),  # ints only
+    ("gui_grounding", "(10, 20, 30, 40)", "(25, 30, 1)", 0.0),
+    ("gui_grounding", "(10, 20, 30, 40)", "point (25, 30)", 0.0),  # not a literal
+    ("gui_grounding", "(10, 20, 30, 40)", "__import__('os').getcwd()", 0.0),  # never eval
+    ("gui_grounding", "(10.5, 20, 30, 40)", "(25, 30)", 0.0),  # gold must be 4 ints
+    ("web_action", "click [12]", "click [12]", 1.0),
+    ("web_action", "click [12]", "Click [12]", 1.0),  # lower-cased
+    ("web_action", "click [12]", "click [13]", 0.0),
+    ("web_action", "click [12]", "click [1]", 0.0),  # "[1]" is not in "click [12]"
+    ("web_action", "click [12]", "click on [12]", 0.0),  # not exactly 2 parts
+    ("web_action", "type [3] [hello]", "type [3] [hello]", 1.0),
+    ("web_action", "type [3] [hello]", "type [3] [bye]", 1.0),  # the text is not compared
+    ("web_action", "type [3] [hello world]", "type [3] [hello world]", 0.0),  # 4 parts
+    ("web_action", "type [3] [hello]", "type [3]", 0.0),
+    ("web_action", "scroll [down]", "scroll [up]", 1.0),  # no direction check
+    ("web_action", "stop [42]", "stop [7]", 1.0),
+    ("web_action", "go_back", "GO_BACK", 1.0),
+    ("web_action", "click [12]", "scroll [down]", 0.0),
+    ("web_action", "click [12]", "press [12]", 0.0),
 ])
 def test_judges(task, gold, answer, reward):
-    assert get_judge(task)(answer, gold) == reward
+    score = get_judge(task)(answer, gold)
+    assert score == reward and type(score) is float
+
+
+@pytest.mark.parametrize("task,gold,answer,reward", [
+    ("visual_search", "red", "It is red.", 1.0),
+    ("visual_search", "red", "reddish", 0.0),  # whole words
+    ("spatial", "2", "12", 0.0),
+    ("spatial", "left of", "A. Left of", 1.0),
+    ("gui_grounding", "(10, 20, 30, 40)", "(25, 30)", 1.0),
+    ("web_action", "click [3]", "click [4]", 0.5),  # the RL accuracy's partial credit
+    ("web_action", "scroll [down]", "scroll [up]", 0.0),
+])
+def test_vigorl_judges(task, gold, answer, reward):
+    assert get_judge(task, "vigorl")(answer, gold) == reward
+
+
+def test_released_judge_functions_are_pure_and_shared():
+    from rewards.judges import released_point_in_bbox, released_string_match
+
+    assert released_string_match("anything", "") == 1.0  # an empty gold is inside every answer (released)
+    assert released_string_match(" A. Red (the umbrella) ", "red") == 1.0
+    assert released_point_in_bbox("(True, 1)", "(0, 0, 5, 5)") == 1.0  # bools are ints to isinstance (released)
+    assert released_point_in_bbox("(1, 1)", "[0, 0, 5, 5]") == 1.0
+    assert released_point_in_bbox("((1, 1)", "(0, 0, 5, 5)") == 0.0
+    with pytest.raises(ValueError, match="judge kind"):
+        get_judge("spatial", "lenient")
+
+
+def test_question_timeout_default_is_the_released_3600_s():
+    from pathlib import Path
+
+    import yaml
+
+    from configs.schema import MCTSJobConfig
+
+    assert MCTSJobConfig().question_timeout_s == 3600.0 and MCTSJobConfig().judge == "released"
+    for task in ("spatial", "visual_search", "web_action", "web_grounding"):
+        recipe = yaml.safe_load((Path(__file__).parent.parent / "configs" / f"mcts_{task}.yaml").read_text())
+        assert recipe.get("question_timeout_s", 3600) == 3600, task
 
 
 def test_scripted_teacher_search_beats_its_top1(tmp_path):

@@ -18,7 +18,7 @@ def test_mcts_linearize_multiturn_sft_train(tmp_path):
     vigorl("mcts", "--config", ROOT / "configs/mcts_local.yaml", f"out={mcts}", f"data.path={data}", "make_data=4")
     out = vigorl("linearize", mcts / "trees.jsonl", lin)
     assert json.loads(out.split("] ", 1)[1].split(" -> ")[0])["chains"] > 0
-    vigorl("to-multiturn", lin, mt, "out_size=336")
+    vigorl("to-multiturn", lin, mt, "out_size=336", "min_pixels=3136")  # tiny scenes stay small (no 2.7 MP up-scale)
     rows = [json.loads(x) for x in (mt / "train.jsonl").read_text().splitlines()]
     assert rows and all(len(r["images"]) == 1 + sum(m["content"].count("<tool_call>") for m in r["messages"]
                                                      if m["role"] == "assistant") for r in rows)
