@@ -14,7 +14,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench learn learn-base soak clean
+.PHONY: install demo test test-fast lint bench learn learn-base soak clean
 
 install: $(STAMP)
 
@@ -32,10 +32,19 @@ $(STAMP): pyproject.toml Makefile actors/compat.py
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m cluster.cli train --config configs/local_cpu.yaml
+	@# --overwrite: a second `make demo` starts afresh in runs/train (a run into an out with checkpoints stops)
+	$(PY) -m cluster.cli train --config configs/local_cpu.yaml --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# The edit-test loop: every test that starts no Ray, vLLM or GPU (tests/conftest.py marks them by file name)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not ray and not vllm and not gpu" tests
+
+# pyproject.toml [tool.ruff]; .ci/run runs it before the tests
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf runs .pytest_cache

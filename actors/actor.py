@@ -31,27 +31,48 @@ def read_system_prompt(path: str, unescape: bool = False) -> str | None:
     return text
 
 
+def check_rollout(cfg: TrainConfig | EvalConfig) -> None:
+    """What an actor's constructor would otherwise only fail on after its engine loaded: the prompt name
+    (actors.prompts registry) and the system prompt file. Run by the driver before Ray starts
+    (cluster/cli.py) and first thing in the constructor; raises ConfigError naming the key, which the
+    driver treats as the run's error, not as an actor fault to retry (cluster/pool.py `config_error`)."""
+    from actors.prompts import PROMPTS
+    from configs.schema import ConfigError, did_you_mean
+
+    r = cfg.rollout
+    if r.prompt not in PROMPTS:
+        raise ConfigError(f"bad value for config key 'rollout.prompt': unknown prompt {r.prompt!r}"
+                          f"{did_you_mean(r.prompt, PROMPTS)}; valid: {', '.join(sorted(PROMPTS))}")
+    try:
+        read_system_prompt(r.system_prompt_file, r.system_prompt_unescape)
+    except (OSError, ValueError) as e:  # missing, a directory, unreadable, empty, not UTF-8
+        key = "rollout.system_prompt_file"
+        raise ConfigError(str(e) if str(e).startswith(key) else f"{key}: {r.system_prompt_file}: {e}") from None
+
+
 class RolloutActor:
     """`cfg`'s model, sampling, zoom, data, rollout and cluster parts configure it (a training or an
-    evaluation recipe); `rows` (default: data.path's prompts.parquet) are the items it may be handed, their
-    images resolved under data.path; `log_file` (default: the console) takes the actor's and its engine's
-    output."""
+    evaluation recipe); `rows` (default: data.path read by `data_gen.formats.load_prompts`) are the items it may
+    be handed, their images resolved under `data_gen.formats.image_root(cfg.data)`; `log_file` (default: the
+    console) takes the actor's and its engine's output."""
 
     def __init__(self, cfg: TrainConfig | EvalConfig, index: int = 0, rows: list | None = None,
                  log_file: str = ""):
         from actors.process import redirect_output, use_threads
 
         redirect_output(log_file)  # first: the engine's start-up output follows it
+        check_rollout(cfg)  # a bad prompt name or file: ConfigError now, not after the engine loaded
         from transformers import AutoProcessor
 
         from actors.engine import make_llm
         from actors.rollout import Rollout
         from actors.zoom import ZoomSettings
-        from data_gen.rows import read_rows
+        from data_gen.formats import load_prompts
 
         self.cfg, self.index, self.version = cfg, index, 0
         self._reader = None  # actors.shm.WeightReader, made at the first shared-memory load
-        self.rows = {r.prompt_id: r for r in (read_rows(cfg.data.path) if rows is None else rows)}
+        # the driver's loader (data_gen.formats: any data format, or `benchmark=`), on this actor's node
+        self.rows = {r.prompt_id: r for r in (load_prompts(cfg)[0] if rows is None else rows)}
         nccl = nccl_sync(cfg.cluster)
         loop = getattr(cfg, "loop", None)  # an eval has no learner to take turns with
         use_threads(torch_threads(cfg.cluster, "rollout", loop is not None and loop.mode == "sync"))
@@ -74,11 +95,12 @@ class RolloutActor:
 
     def _image(self, row):
         from actors.zoom import resize_for_model
+        from data_gen.formats import image_root
         from data_gen.images import load_rgb, resolve_under
 
         if row.prompt_id not in self._images:
             self._images[row.prompt_id] = resize_for_model(
-                load_rgb(resolve_under(self.cfg.data.path, row.image)), self.cfg.model.min_pixels,
+                load_rgb(resolve_under(image_root(self.cfg.data), row.image)), self.cfg.model.min_pixels,
                 self.cfg.model.max_pixels)
         return self._images[row.prompt_id]
 
@@ -107,13 +129,22 @@ class RolloutActor:
         when this actor runs on the learner's node — then the version is the one the file holds, which may be
         newer than `version` (async mode) — else from the object store. Returns seconds."""
         from actors.shm import WeightReader, this_node
-        from actors.weights import load_weights, unpack
+        from actors.weights import load_weights, load_weights_from_file, unpack
 
         t0 = time.perf_counter()
+        tp = self.cfg.cluster.tensor_parallel_size > 1  # workers in other processes: they map a file themselves
         if "shm" in where and where["node"] == this_node():
             self._reader = self._reader or WeightReader()
-            self.version = self._reader.read(where["shm"], lambda state: load_weights(self.llm, state),
-                                             self.cfg.cluster.sync_timeout_s)
+            path = where["shm"]
+            self.version = self._reader.read(
+                path, (lambda _: load_weights_from_file(self.llm, path)) if tp else (lambda state: load_weights(self.llm, state)),
+                self.cfg.cluster.sync_timeout_s)
+        elif "packed" in where and tp:  # from the object store into this node's own weight file, then as above
+            from actors.shm import WeightFile
+
+            self._own_file = getattr(self, "_own_file", None) or WeightFile()
+            load_weights_from_file(self.llm, self._own_file.write(version, unpack(where["packed"])))
+            self.version = version
         elif "packed" in where:
             load_weights(self.llm, unpack(where["packed"]))
             self.version = version

@@ -1,7 +1,7 @@
 """vLLM engine wrapper: one place that knows how to start vLLM on this CPU machine or on a GPU, and the
 turn grammar for constrained decoding. Episodes are played by `actors.rollout.Rollout`, the one loop.
 
-CPU facts (ARCHITECTURE.md): bind no cores (`VLLM_CPU_OMP_THREADS_BIND=nobind`), 1 GiB KV cache, the
+CPU facts (docs/architecture.md): bind no cores (`VLLM_CPU_OMP_THREADS_BIND=nobind`), 1 GiB KV cache, the
 in-process engine (~3 s init instead of ~20 s); the torchvision-free processor (actors.compat).
 """
 
@@ -30,7 +30,15 @@ def set_cpu_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def make_llm(model_path: str, *, dtype: str = "float32", max_model_len: int = 8192, max_images: int = 5,
+def engine_dtype(dtype: str, gpu: bool) -> str:
+    """The vLLM dtype of `model.dtype`: `auto` is the learner's dtype, bfloat16 on GPU and float32 on CPU (not
+    vLLM's own `auto`, the checkpoint's dtype, which would serve a bf16 checkpoint in bf16 to an fp32 CPU learner
+    and an fp32 tiny model in fp32 on GPU); anything else as written."""
+    dtype = str(getattr(dtype, "value", dtype))
+    return ("bfloat16" if gpu else "float32") if dtype == "auto" else dtype
+
+
+def make_llm(model_path: str, *, dtype: str = "auto", max_model_len: int = 8192, max_images: int = 5,
              seed: int = 0, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.8,
              nccl_weight_sync: bool = False, in_process: bool = False):
     """A vLLM `LLM` for a local Qwen2.5-VL dir (tiny or real). Images only: video is disabled.
@@ -45,7 +53,7 @@ def make_llm(model_path: str, *, dtype: str = "float32", max_model_len: int = 81
         set_cpu_env()
     from vllm import LLM
 
-    kwargs = dict(model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
+    kwargs = dict(model=model_path, dtype=engine_dtype(dtype, gpu), max_model_len=max_model_len, seed=seed,
                   limit_mm_per_prompt={"image": max_images, "video": 0})
     if gpu and in_process:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read when the LLM is built
@@ -66,7 +74,7 @@ def make_llm(model_path: str, *, dtype: str = "float32", max_model_len: int = 81
 
 @dataclass(frozen=True)
 class TurnGrammar:
-    """Regular expressions of well-formed assistant turns (SPEC §2), for constrained decoding."""
+    """Regular expressions of well-formed assistant turns (docs/algorithm.md §2), for constrained decoding."""
 
     turn: str  # a think step naming a point, then a zoom tool call or the answer
     zoom: str  # a think step naming a point, then a zoom tool call (no answer yet)

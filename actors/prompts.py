@@ -2,7 +2,7 @@
 
 `plain` (alias `from_chat_template`) sends the image and the question with no system message, so the
 checkpoint's chat template supplies its own (a released ViGoRL checkpoint carries its training system
-prompt there, SPEC §2). `vigorl_multi_turn` / `vigorl_single_turn` spell the output
+prompt there, docs/algorithm.md §2). `vigorl_multi_turn` / `vigorl_single_turn` spell the output
 format out in a per-task system prompt (`system_prompt`, also the system message of the SFT data vigorl
 builds), for base models. Register more with `register_prompt`.
 """
@@ -61,7 +61,7 @@ def _user(row: PromptRow) -> dict:
 
 register_prompt("plain", lambda row: [_user(row)])
 # The same, named for what it does: no system message, so the checkpoint's chat template supplies its own
-# (the released ViGoRL checkpoints carry their training system prompt there, SPEC §2).
+# (the released ViGoRL checkpoints carry their training system prompt there, docs/algorithm.md §2).
 register_prompt("from_chat_template", PROMPTS["plain"])
 register_prompt("vigorl_multi_turn", lambda row: [{"role": "system", "content": system_prompt(row.task, True)},
                                                   _user(row)])

@@ -1,6 +1,6 @@
 """Token-level rollouts: play G episodes per prompt against vLLM and turn each into a scored `Trajectory`.
 
-Multi-turn (SPEC §2, §5): each episode's next turn is queued as soon as its last turn ends (no lock-step
+Multi-turn (docs/algorithm.md §2, §5): each episode's next turn is queued as soon as its last turn ends (no lock-step
 barrier). A turn stops at `</tool_call>` or `</answer>` (kept) or at EOS. Token ids are kept exactly as
 generated, never re-tokenised from text: vLLM gets prompts with one `<|image_pad|>` per image and expands
 them itself; its returned `prompt_token_ids` (expanded) are the training ids, and each turn's prompt must
@@ -198,7 +198,7 @@ class Rollout:
         (seed, draw, episode, turn) (module docstring); None: the engine's stream."""
         self._draw = draw
         episodes = []
-        for row, image, source in batch:
+        for row, image, _source in batch:
             text = self.processor.apply_chat_template(self.messages(row), add_generation_prompt=True, tokenize=False)
             ids = self._encode(text)
             gid = uuid.uuid4().hex
@@ -268,7 +268,7 @@ class Rollout:
             ep.end = "answer" if ep.finish == "stop" else "length"
             return False
         step = ep.env.step(ep.prefix + c.text)
-        if ep.finish != "stop":  # cut by a token limit: no EOS / stop string, no gradient (SPEC §5)
+        if ep.finish != "stop":  # cut by a token limit: no EOS / stop string, no gradient (docs/algorithm.md §5)
             ep.truncated, ep.end = True, "truncated"
             return False
         if not gen or gen[-1] != self.end_id:  # stopped on a stop string: close the turn as the chat

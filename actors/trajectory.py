@@ -26,7 +26,7 @@ class ImageRef:
     width: int  # size of the full image as the model saw it (after smart_resize), px
     height: int
     point: tuple[int, int] | None = None  # zoom point on the full image; None for the full image itself
-    half_size: int = 0  # crop half side o (SPEC §3)
+    half_size: int = 0  # crop half side o (docs/algorithm.md §3)
     out_size: int = 0  # crop output side r before smart_resize rounding
     dot: bool = False  # a red dot was drawn at the zoom point
 
@@ -37,7 +37,7 @@ class Trajectory:
 
     loss_mask is 1 on trained tokens: those the policy generated, the `<|im_end|>` closing each assistant
     turn, the forced answer prefix; 0 on prompt, observation, image and chat-template tokens. A trajectory
-    cut by a token limit is masked entirely (SPEC §5). logprobs are the behaviour policy's (vLLM's) for
+    cut by a token limit is masked entirely (docs/algorithm.md §5). logprobs are the behaviour policy's (vLLM's) for
     sampled tokens (also in a masked, cut episode), NaN for the tokens the environment forced and trains (no
     policy sampled them), 0.0 on prompt and observation tokens."""
 

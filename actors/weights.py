@@ -10,9 +10,9 @@ small model (2 x 151k x hidden with the Qwen vocab) and `reload_weights` builds 
 layer, then a copy back) and also re-packs the input embedding for a matmul it never does (vLLM 0.32:
 `UnquantizedEmbeddingMethod.process_weights_after_loading` -> `dispatch_cpu_unquantized_gemm`). Here they
 are copied into place by their own weight loader (vocab padding and sharding as vLLM does it), and only a
-table that serves as an LM head gets its oneDNN matmul rebuilt (that handle holds its own packed copy:
+table that serves as an LM head (itself, or tied to a separate head module) gets its oneDNN matmul rebuilt (that handle holds its own packed copy:
 measured, an in-place copy alone leaves the logits unchanged). The tiny Qwen-vocab model's load: 70-80 ms
--> 25 ms, the same logits to the last bit (README "Performance").
+-> 25 ms, the same logits to the last bit (docs/results/performance.md).
 """
 
 from __future__ import annotations
@@ -39,6 +39,34 @@ def load_weights(llm, state_dict: dict[str, torch.Tensor]) -> float:
     return time.perf_counter() - t0
 
 
+def load_weights_from_file(llm, path: str) -> float:
+    """Reload the weights in the vigorl weight file at `path` (actors.shm) into every worker of `llm`, each
+    worker mapping the file itself: the message to a worker is the path, a few bytes, where `load_weights`
+    pickles the whole state dict to every tensor-parallel worker (~15 GB per sync for a 7B at TP 2: 2 x 7.6 GB).
+    Each worker copies out only its own shard (vLLM's weight loaders slice the full tensor). Returns seconds."""
+    t0 = time.perf_counter()
+    llm.collective_rpc(reload_from_file, args=(path,))
+    llm.reset_prefix_cache()
+    llm.reset_mm_cache()
+    llm.llm_engine.reset_encoder_cache()
+    return time.perf_counter() - t0
+
+
+def reload_from_file(worker, path: str) -> None:
+    """Worker side of `load_weights_from_file` (runs in each vLLM worker process: `collective_rpc` calls it
+    with the worker). The file's tensors alias a read-only mapping; the loaders copy out of them."""
+    from actors.engine import on_gpu
+    from actors.shm import WeightReader
+
+    reader = WeightReader()
+    reader._open(path)
+    state = reader.views
+    direct = set() if on_gpu() else _load_vocab_tables(state, worker.get_model())  # as `load_weights` does
+    rest = [(k, v) for k, v in state.items() if k not in direct]
+    if rest:
+        worker.reload_weights(weights_iterator=iter(rest), is_checkpoint_format=True)
+
+
 def _load_vocab_tables(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]:
     """Copy the tensors of `state_dict` that are unquantized vocabulary tables of `model` (a vLLM model, CPU)
     into place; rebuild the matmul of those that are an LM head. Returns the HF names it loaded."""
@@ -46,7 +74,7 @@ def _load_vocab_tables(state_dict: dict[str, torch.Tensor], model: torch.nn.Modu
                                                                      VocabParallelEmbedding)
 
     mapper = getattr(model, "hf_to_vllm_mapper", None)
-    heads = {id(m.lm_head) for m in model.modules() if isinstance(getattr(m, "lm_head", None), torch.nn.Module)}
+    heads = [m.lm_head for m in model.modules() if isinstance(getattr(m, "lm_head", None), torch.nn.Module)]
     loaded = set()
     for name, tensor in state_dict.items():
         vllm_name = mapper.map_name(name) if mapper is not None else name
@@ -61,8 +89,11 @@ def _load_vocab_tables(state_dict: dict[str, torch.Tensor], model: torch.nn.Modu
             continue
         param = getattr(module, param_name)
         param.weight_loader(param, tensor)
-        if id(module) in heads:
-            module.quant_method.process_weights_after_loading(module)
+        # the LM head this table is, or (tied embeddings, Qwen2.5-VL-3B) whose weight it shares: vLLM ties a
+        # separate ParallelLMHead to the embedding's parameter, and its packed matmul must be rebuilt too
+        for head in heads:
+            if head is module or getattr(head, "weight", None) is param:
+                head.quant_method.process_weights_after_loading(head)
         loaded.add(name)
     return loaded
 

@@ -1,5 +1,5 @@
-"""The zoom environment core: Qwen's smart_resize, crop geometry (SPEC §3), observation turns, and the
-episode state machine of multi-turn ViGoRL (SPEC §2). Pure and deterministic; no vLLM here.
+"""The zoom environment core: Qwen's smart_resize, crop geometry (docs/algorithm.md §3), observation turns, and the
+episode state machine of multi-turn ViGoRL (docs/algorithm.md §2). Pure and deterministic; no vLLM here.
 
 Coordinates are integer pixels on the image as the model sees it (after smart_resize). A crop is always
 taken from that full resized image, never from a previous crop.
@@ -71,14 +71,14 @@ def _clipped_box(point: Point, image_size: tuple[int, int], half_size: int) -> t
 def crop_point(point: Point, image_size: tuple[int, int], half_size: int) -> Point:
     """The point the crop is taken at: the model's point as written, even outside the image (the released
     rollout applies the box formula to it unchanged); only when the clipped box would be empty is the
-    point clamped into the image (the released code then crops a degenerate 1-px box; SPEC §3)."""
+    point clamped into the image (the released code then crops a degenerate 1-px box; docs/algorithm.md §3)."""
     x1, y1, x2, y2 = _clipped_box(point, image_size, half_size)
     return point if x2 > x1 and y2 > y1 else clamp_point(point, image_size)
 
 
 def crop_box(point: Point, image_size: tuple[int, int], half_size: int) -> tuple[int, int, int, int]:
     """`(max(0, x-o), max(0, y-o), min(W, x+o), min(H, y+o))` — clipped at the borders, not shifted
-    inside (SPEC §3); a point at (W, H) gives (W-o, H-o, W, H). Never empty (see `crop_point`)."""
+    inside (docs/algorithm.md §3); a point at (W, H) gives (W-o, H-o, W, H). Never empty (see `crop_point`)."""
     return _clipped_box(crop_point(point, image_size, half_size), image_size, half_size)
 
 
@@ -100,7 +100,7 @@ def crop(image: Image.Image, point: Point, half_size: int, out_size: int, dot: b
 
 
 def observation_text(dot: bool) -> tuple[str, str]:
-    """The observation user turn, as the text before and after its image (SPEC §2)."""
+    """The observation user turn, as the text before and after its image (docs/algorithm.md §2)."""
     head = "<observation>\nHere is the crop of the image centered on the coordinate"
     if dot:
         head += ", with a red dot at the coordinate location"
@@ -109,7 +109,7 @@ def observation_text(dot: bool) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class ZoomSettings:
-    """Crop settings per recipe (SPEC §3 table)."""
+    """Crop settings per recipe (docs/algorithm.md §3 table)."""
 
     half_size: int = 182  # o: half side of the crop box, px on the resized image
     out_size: int = 672  # r: crops are resized to r x r (then smart_resize-rounded)

@@ -1,6 +1,6 @@
 """GPU check (not a test): the parts of vigorl's GPU path that run without vLLM and Ray, on one CUDA GPU.
 The GPU machines lent to development sessions have torch and transformers but no vLLM, Ray or DeepSpeed and
-no package registry; DeepSpeed and its pure-Python needs travel there as wheels (README "GPU clusters").
+no package registry; DeepSpeed and its pure-Python needs travel there as wheels (docs/install.md, "GPU clusters").
 `python -m bench.gpu_check` (also runs on CPU: fp32, gloo) checks, and exits 0 when all hold:
 
 1. logprobs — the learner's batched right-padded micro-batch forward (mask-free causal attention,

@@ -16,7 +16,7 @@ prompts 2, held-out 3 (never used for any training data).
 
 Every stage is the real command (`vigorl mcts`, `linearize`, `sft`, `train`, `eval`) from a recipe in
 configs/ (learn_*.yaml); evaluation plays episodes with the training rollout code (vLLM, no structured
-outputs) at SPEC §5's evaluation temperature 0.5, one sample per item.
+outputs) at docs/algorithm.md §5's evaluation temperature 0.5, one sample per item.
 """
 
 from __future__ import annotations
@@ -115,8 +115,12 @@ def base_info(stages: int) -> list[dict]:
 # ---- running the real commands --------------------------------------------------------------------------
 
 def vigorl(*args, log: Path) -> str:
-    """Run `vigorl ARGS`, its output to `log`; the driver's own lines ("[...]") echo to the console."""
-    cmd = [sys.executable, "-m", "cluster.cli", *map(str, args)]
+    """Run `vigorl ARGS`, its output to `log`; the driver's own lines ("[...]") echo to the console. A command
+    with an `out=DIR` logs to its own MLflow store DIR/mlflow.db (what the results name), not the project's."""
+    args = tuple(map(str, args))
+    outs = [a[4:] for a in args if a.startswith("out=")]
+    store = [f"tracking.uri=sqlite:///{Path(outs[-1]).resolve() / 'mlflow.db'}"] if outs else []
+    cmd = [sys.executable, "-m", "cluster.cli", *args, *store]
     lines = []
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     with open(log, "w") as f, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -151,7 +155,7 @@ def run_id(output: str) -> str:
 def evaluate(model: Path, data: Path, out: Path, multi_turn: bool = False) -> dict:
     """`vigorl eval` of `model` on the rows at `data` (configs/learn_eval.yaml, or learn_eval_mt.yaml with the
     zoom tool: the training rollout code, no structured outputs, one sample per item at temperature 0.5,
-    SPEC §5) into `out`, plus how often the think-step points fall inside the object the question names."""
+    docs/algorithm.md §5) into `out`, plus how often the think-step points fall inside the object the question names."""
     from data_gen.rows import read_rows
     from data_gen.teachers import scene_of
 

@@ -1,5 +1,5 @@
 """What a `make learn` base model perceives: `python -m bench.probe MODEL_DIR [DATA_DIR]`. A diagnostic
-for the learning proof (README "The learning proof"), never part of the tests.
+for the learning proof (docs/results/learning-proof.md), never part of the tests.
 
 Two measurements, on scenes that are not the held-out set (DATA_DIR defaults to a learn run's RL prompts,
 seed 2; the tower probe draws its own scenes):

@@ -244,7 +244,7 @@ def bench_loop(out: Path) -> tuple[float, float, float]:
         cmd = [sys.executable, "-m", "cluster.cli", "train", "--config", str(ROOT / "configs/local_cpu.yaml"),
                f"out={run_dir}", f"model.path={out / 'model'}", f"data.path={out / 'data'}", "loop.steps=6",
                f"loop.mode={mode}", "loop.prompts_per_step=2", "rollout.group_size=4", "tracking.picture_every=0",
-               "tracking.run_name=" + mode]
+               "tracking.run_name=" + mode, f"tracking.uri=sqlite:///{run_dir.resolve() / 'mlflow.db'}"]
         subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=1200)
         client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
         run = client.search_runs([client.get_experiment_by_name("vigorl-demo").experiment_id],

@@ -47,7 +47,7 @@ def run_vigorl(model: Path, data_path: Path, out: Path, steps: int) -> dict:
            f"loop.steps={steps}", f"loop.prompts_per_step={PROMPTS}", "loop.mode=sync", f"learner.lr={LR}",
            f"learner.kl_coef={KL}", "learner.mini_batch_size=0", "learner.grad_clip=1.0",
            "learner.warmup_ratio=0.0", "tracking.picture_every=0", "tracking.checkpoint_every=0",
-           "tracking.experiment=bench-trl"]
+           "tracking.experiment=bench-trl", f"tracking.uri=sqlite:///{Path(out).resolve() / 'mlflow.db'}"]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - t0

@@ -3,14 +3,18 @@
 The episodes are the training actor's (`actors.actor.RolloutActor`, token level, the recipe's single- or
 multi-turn mode), judged as the released evaluation judges them (`rewards.eval_judge`, `judge=official`, the
 default) or by the RL reward's accuracy (`judge=reward`); there is no learner. Items come from a
-benchmark loader (`data_gen.benchmarks.LOADERS`, `benchmark=` and its folder in `data.path`) or from a
-dataset's prompts.parquet (`vigorl make-data`). `rollout.group_size` samples per item (default 1 at
-temperature 0.5, SPEC §5); with k > 1 the summary adds pass@k.
+benchmark loader (`data_gen.benchmarks.LOADERS`, `benchmark=` and its folder, or a released evaluation file, in
+`data.path`) or from data.path in any format `data_gen.formats` reads (a dataset's prompts.parquet, `vigorl
+make-data`; the released RL data; verl; `datasets`). `rollout.group_size` samples per item (default 1 at
+temperature 0.5, docs/algorithm.md §5); with k > 1 the summary adds pass@k.
 
 Outputs under `out`:
   items.jsonl   one line per (item, sample), written as each actor batch comes back: item id, subgroup,
                 response, points / tool calls / crop boxes in original-image pixels, answer, correct,
                 reward parts, end, seconds. A rerun with the same `out` skips the items already there.
+  eval_settings.json  the model fingerprint and scoring settings the items were made with, written before the
+                first item (cluster/prelaunch.py): a rerun with another model or settings stops naming each
+                difference (or, with --overwrite, scores afresh).
   summary.json  n, accuracy with a 95 % Wilson score interval, format rate, mean reward, mean zooms,
                 overall and per subgroup; items skipped, counted by reason.
   gallery/      index.html + items/*.png: where the model looked, failures first (cluster.gallery).
@@ -55,22 +59,15 @@ def subgroup(row) -> str:
 def load_items(cfg: EvalConfig) -> tuple[list, Counter]:
     """The rows to score and the rows skipped, by reason. Every image is opened here, before any actor
     starts: a missing or corrupt one is skipped (counted) or, with on_bad_item=raise, an error naming it."""
-    from data_gen.benchmarks import LOADERS
+    from data_gen.formats import image_root, load_prompts
     from data_gen.images import ImageError, load_rgb, resolve_under
-    from data_gen.rows import read_rows
 
     if cfg.on_bad_item not in ("skip", "raise"):
         raise ValueError(f"on_bad_item must be skip or raise, got {cfg.on_bad_item!r}")
-    root = Path(cfg.data.path)
-    if not root.exists():
-        raise FileNotFoundError(f"data.path: {root} does not exist")
-    if cfg.benchmark:
-        if cfg.benchmark not in LOADERS:
-            raise ValueError(f"benchmark must be one of {sorted(LOADERS)}, got {cfg.benchmark!r}")
-        kwargs = {"file": cfg.benchmark_file} if cfg.benchmark_file else {}
-        rows, skipped = LOADERS[cfg.benchmark](root, on_error=cfg.on_bad_item, **kwargs)
-    else:
-        rows, skipped = read_rows(root), Counter()
+    # a benchmark's loader (its folder or a released evaluation file), or data.path in any format
+    # data_gen/formats.py reads; images under data.image_root (default: data.path's dir)
+    rows, skipped = load_prompts(cfg, on_error=str(cfg.on_bad_item), limit=cfg.limit)
+    root = image_root(cfg.data)
     rows = rows[: cfg.limit] if cfg.limit else rows
     good = []
     for row in rows:
@@ -117,7 +114,7 @@ def item_lines(trajs: list, rows: dict, tok, cfg: EvalConfig) -> list[dict]:
         size = (full.width, full.height)
         sx, sy = row.width / full.width, row.height / full.height
 
-        def orig(p):
+        def orig(p, sx=sx, sy=sy):
             return [round(p[0] * sx), round(p[1] * sy)]
 
         s = score_response(tok, t.token_ids, t.prompt_len, t.end == "truncated", row, size, cfg.data.mode)
@@ -219,8 +216,9 @@ def run(cfg: EvalConfig) -> dict:
     from actors.trajectory import from_batch
     from cluster.gallery import write_gallery
     from cluster.raystart import init_ray, log_file
-    from cluster.tracking import Tracker, job
+    from cluster.tracking import Tracker, job, ready_nodes
     from configs.schema import official_defaults
+    from data_gen.formats import image_root
 
     official_defaults(cfg)
     judge = check_judge(cfg)
@@ -239,14 +237,11 @@ def run(cfg: EvalConfig) -> dict:
         judge = judge.replace("by row task", ", ".join(sorted({f"{r.task}: {TASK_JUDGES[r.task]}" for r in rows})))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    done = read_items(out / ITEMS, k)
-    other = {x.get("judge", "reward") for x in done} - {cfg.judge}
-    if other:
-        raise ValueError(f"{out / ITEMS} holds items scored with judge={sorted(other)[0]}, this run has "
-                         f"judge={cfg.judge}: use another out, or the same judge")
+    done = read_items(out / ITEMS, k)  # scored with this run's model and settings: cluster/prelaunch.py checked
     seen = {x["item_id"] for x in done}
     todo = [r for r in rows if r.prompt_id not in seen]
-    print(f"[eval] {len(rows)} items ({cfg.benchmark or 'prompts.parquet'} at {cfg.data.path}), {len(seen)} already "
+    print(f"[eval] {len(rows)} items ({cfg.benchmark or f'data.format={cfg.data.format}'} at {cfg.data.path}), "
+          f"{len(seen)} already "
           f"in {out / ITEMS}, {len(todo)} to score; {k} sample(s) each, {cfg.data.mode}, temperature "
           f"{cfg.sampling.temperature}" + (f"; skipped {dict(skipped)}" if skipped else ""))
     tok = AutoTokenizer.from_pretrained(cfg.model.path)
@@ -258,6 +253,8 @@ def run(cfg: EvalConfig) -> dict:
         n_actors = max(1, min(c.rollout_actors, math.ceil(len(todo) / max(1, cfg.batch)))) if todo else 0
         actors = [ray.remote(RolloutActor).options(num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus).remote(
             cfg, i, todo, log_file(cfg.out, f"rollout-{i}", cfg.verbose)) for i in range(n_actors)]
+        nodes = [a.node_id.remote() for a in actors]
+        tracker.watch_gpus(ray, lambda: {"rollout": ready_nodes(ray, nodes)})  # GPU metrics of their nodes
         queue = [[r.prompt_id for r in todo[i:i + cfg.batch]] for i in range(0, len(todo), cfg.batch)]
         in_flight: dict = {}
         batches = 0
@@ -283,17 +280,18 @@ def run(cfg: EvalConfig) -> dict:
                 tracker.metrics({"eval/items_done": float(len({x["item_id"] for x in done}))}, len(done) // k)
         bar.close()
         summary = summarize(done, k, skipped) | {
-            "model": cfg.model.path, "benchmark": cfg.benchmark or "prompts.parquet", "data": cfg.data.path,
+            "model": cfg.model.source or cfg.model.path, "model_path": cfg.model.path,  # as given; the local dir
+            "benchmark": cfg.benchmark or "prompts.parquet", "data": cfg.data.path,
             "mode": cfg.data.mode, "judge": cfg.judge, "judge_detail": judge,
             "temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p, "samples_per_item": k,
             "run_id": tracker.run_id}
         (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         tracker.metrics(_metrics(summary), len(done) // k)
-        tracker.mlflow.log_artifact(str(out / ITEMS))
-        tracker.mlflow.log_artifact(str(out / SUMMARY))
+        tracker.artifact(out / ITEMS)
+        tracker.artifact(out / SUMMARY)
         if cfg.gallery:
-            page = write_gallery(done, cfg.data.path, out / "gallery", cfg.gallery, summary=summary,
-                                 title=f"vigorl eval: {Path(cfg.model.path).name} on {summary['benchmark']}")
+            page = write_gallery(done, image_root(cfg.data), out / "gallery", cfg.gallery, summary=summary,
+                                 title=f"vigorl eval: {summary['model']} on {summary['benchmark']}")
             tracker.artifacts(page.parent, "gallery")
             print(f"[eval] gallery: {page}")
     o = summary["overall"]

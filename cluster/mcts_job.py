@@ -1,4 +1,4 @@
-"""`vigorl mcts`: teacher-guided MCTS trace generation as its own Ray job (SPEC §6).
+"""`vigorl mcts`: teacher-guided MCTS trace generation as its own Ray job (docs/algorithm.md §6).
 
 The driver shards the questions over search-worker actors (one question in flight per worker) and writes
 each finished tree as one line of `<out>/trees.jsonl` the moment it arrives. A question whose teacher
@@ -62,6 +62,7 @@ class SearchWorker:
 
     def _search(self, row, deadline: float) -> tuple[dict, int]:
         from actors.zoom import resize_for_model
+        from data_gen.formats import image_root
         from data_gen.images import load_rgb, resolve_under
         from data_gen.mcts import search
         from data_gen.rows import gold_for_model
@@ -69,7 +70,7 @@ class SearchWorker:
         from rewards.judges import get_judge
 
         cfg, t = self.cfg, self.cfg.teacher
-        image = resize_for_model(load_rgb(resolve_under(cfg.data.path, row.image)), cfg.model.min_pixels,
+        image = resize_for_model(load_rgb(resolve_under(image_root(cfg.data), row.image)), cfg.model.min_pixels,
                                  cfg.model.max_pixels)
         gold = gold_for_model(row, image.size)
         rng = random.Random(f"{cfg.seed}/{row.prompt_id}")
@@ -84,7 +85,7 @@ class SearchWorker:
         judge = get_judge(row.task, cfg.judge)
         tree = search(row.question, image, _Deadline(teacher, deadline, cfg.question_timeout_s),
                       lambda answer: judge(answer, gold), cfg.search)
-        path = str(resolve_under(cfg.data.path, row.image).resolve())
+        path = str(resolve_under(image_root(cfg.data), row.image).resolve())
         line = {"question_id": row.prompt_id, "task": row.task, "image": path, "question": row.question,
                 "gold": gold, "image_size": list(image.size), "nodes": tree.to_json()}
         return line, teacher.calls
@@ -114,7 +115,8 @@ def run(cfg: MCTSJobConfig) -> dict:
     from cluster.raystart import init_ray
     from cluster.tracking import Tracker, job
     from configs.schema import official_defaults
-    from data_gen.rows import PROMPTS_FILE, read_rows
+    from data_gen.formats import load_prompts
+    from data_gen.rows import PROMPTS_FILE
     from rewards.judges import JUDGE_KINDS
 
     official_defaults(cfg)
@@ -126,12 +128,12 @@ def run(cfg: MCTSJobConfig) -> dict:
         from data_gen.teachers import read_prompt_file
 
         read_prompt_file(cfg.teacher.prompt_file, cfg.teacher.prompt_unescape)
-    if cfg.make_data and not (Path(cfg.data.path) / PROMPTS_FILE).is_file():
+    if cfg.make_data and not (Path(cfg.data.path) / PROMPTS_FILE).is_file() and not Path(cfg.data.path).is_file():
         from data_gen.synthetic import make_dataset
 
         print(f"[mcts] generating {cfg.make_data} synthetic {cfg.data.task} prompts in {cfg.data.path}")
         make_dataset(cfg.data.task, cfg.make_data, seed=cfg.seed, out=cfg.data.path)
-    rows = read_rows(cfg.data.path)
+    rows = load_prompts(cfg)[0]  # data.path in any format data_gen/formats.py reads
     rows = rows[: cfg.limit] if cfg.limit else rows
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,6 +144,7 @@ def run(cfg: MCTSJobConfig) -> dict:
     cpus = cfg.workers * cfg.worker_cpus + (cfg.teacher.cpus if cfg.teacher.kind == "vllm" else 0)
     ray = init_ray(cfg.address, cpus)
     tracker = Tracker(cfg)
+    tracker.write_run_file(out)  # lineage: linearize / to-multiturn carry it on, `vigorl sft` links to this run
     totals = {"done": 0, "failed": 0, "correct_path": 0.0, "correct_rollouts": 0.0, "seconds": 0.0, "teacher_calls": 0}
     with job(tracker, ray):
         server = _teacher_server(ray, cfg)

@@ -11,6 +11,7 @@ replacement cannot start (no memory, no node) — and each new actor gets a fres
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from cluster.control import ScaleRequest
 from cluster.ledger import Ledger
 from cluster.raystart import log_file, say
-from configs.schema import TrainConfig
+from configs.schema import ConfigError, TrainConfig
 
 # NCCL weight sync builds one process group of the learner and the engines at start: no member joins later
 NO_NCCL_GROWTH = ("adding a rollout actor to an NCCL weight-sync group is not supported yet "
@@ -29,11 +30,30 @@ class StartError(RuntimeError):
     """No new rollout actor came up in `cluster.restart_attempts` tries."""
 
 
+class SyncTimeout(RuntimeError):
+    """A weight load did not finish `cluster.sync_timeout_s` after it started (NCCL: no replacement possible)."""
+
+
 def faults(ray) -> tuple[type, ...]:
     """Ray's errors that mean "this actor (or its node) is gone or hung" — not a bug in the actor's code, which
     arrives as RayTaskError and stops the run."""
     e = ray.exceptions
     return e.RayActorError, e.GetTimeoutError, e.OutOfMemoryError, e.ObjectLostError
+
+
+def config_error(e: BaseException) -> ConfigError | None:
+    """The rule for an actor whose constructor raised: a `configs.schema.ConfigError` (its own checks,
+    `actors.actor.check_rollout`: a bad prompt name, a missing or empty prompt file) is deterministic — a
+    replacement would fail the same way — so it is the run's error, returned here to be raised at once;
+    anything else in a constructor (no memory, a lost node, an engine that did not start) stays a fault,
+    retried `cluster.restart_attempts` times. Ray 2.60 hands the caller an ActorDiedError with
+    `actor_init_failed` and only the constructor's formatted traceback, whose last exception line is
+    `configs.schema.ConfigError: <message>`; that message is returned as a ConfigError."""
+    if not getattr(e, "actor_init_failed", False):
+        return None
+    text = str(e)
+    found = list(re.finditer(r"^(?:[\w.]+\.)?ConfigError: ", text, re.M))
+    return ConfigError(text[found[-1].end():].strip()) if found else None
 
 
 class RolloutPool:
@@ -60,6 +80,32 @@ class RolloutPool:
 
     def __len__(self) -> int:
         return len(self.slots)
+
+    def nodes(self) -> list[str]:
+        """The Ray node ids of the current actors that have said where they run (for the GPU metrics of their
+        nodes, read from another thread: never waits)."""
+        found = []
+        for actor in list(self.slots):
+            ref = self._nodes.get(actor)
+            if ref is None:
+                continue
+            try:
+                found.append(self.ray.get(ref, timeout=0))
+            except faults(self.ray):  # not up yet, or gone
+                continue
+        return found
+
+    def wait_started(self) -> None:
+        """Block until every actor's engine is up (`cluster.start_timeout_s`, then an error naming the slot).
+        On a GPU shared with the learner the engines start first: vLLM sizes its share from the GPU's free
+        memory at start-up, which a learner loading at the same moment would take."""
+        for slot, actor in enumerate(self.slots):
+            try:
+                self.ray.get(actor.get_version.remote(), timeout=self.cfg.cluster.start_timeout_s)
+            except self.ray.exceptions.GetTimeoutError:
+                raise StartError(f"rollout slot {slot}: its engine was not up after cluster.start_timeout_s="
+                                 f"{self.cfg.cluster.start_timeout_s:g}s (waited before starting the learner, "
+                                 "which shares its GPU)") from None
 
     def _new(self, index: int):
         actor = self._cls.remote(self.cfg, index, log_file=log_file(self.cfg.out, f"rollout-{index}", self.cfg.verbose))
@@ -98,6 +144,8 @@ class RolloutPool:
                 version = ray.get(actor.get_version.remote())
             except faults(ray) as e:
                 self._kill(actor)
+                if err := config_error(e):
+                    raise err from None  # deterministic: another try would fail the same way
                 if attempt == c.restart_attempts:
                     raise StartError(f"rollout slot {slot}: no new actor started in {attempt} tries "
                                      f"(cluster.restart_attempts); last error: {e}") from e
@@ -157,14 +205,32 @@ class RolloutPool:
     def shrink(self) -> None:
         self._kill(self.slots.pop())
 
-    def load_all(self, loads: list) -> list[float]:
+    def load_all(self, loads: list, ahead: dict[int, list] | None = None) -> list[float]:
         """Wait for one load call per slot (seconds each); a slot whose actor died meanwhile is replaced (the
-        replacement loads the same weights)."""
+        replacement loads the same weights). `ahead[slot]`: the calls queued on that actor before its load
+        (async rollouts; Ray runs an actor's calls in order): `cluster.sync_timeout_s` counts from when they
+        are all back, i.e. from when the loads start, not from when they were queued — a long rollout ahead of
+        a load is not a slow load (under NCCL every engine must be receiving before any load can end)."""
+        from configs.schema import nccl_sync
+
+        c = self.cfg.cluster
+        pending = [r for refs in (ahead or {}).values() for r in refs]
+        if pending:  # a hung rollout is the queue's to handle (rollout_timeout_s); here it only delays the clock
+            self.ray.wait(pending, num_returns=len(pending), timeout=c.rollout_timeout_s or None)
+        deadline = time.monotonic() + c.sync_timeout_s
         seconds = []
         for slot, ref in enumerate(loads):
             try:
-                seconds.append(self.ray.get(ref, timeout=self.cfg.cluster.sync_timeout_s))
+                seconds.append(self.ray.get(ref, timeout=max(0.0, deadline - time.monotonic())))
             except faults(self.ray) as e:
+                if err := config_error(e):
+                    raise err from None
+                if nccl_sync(c) and isinstance(e, self.ray.exceptions.GetTimeoutError):
+                    raise SyncTimeout(
+                        f"weight sync: rollout actor in slot {slot} had not received the new weights "
+                        f"cluster.sync_timeout_s={c.sync_timeout_s:g}s after the loads started (every rollout "
+                        "queued ahead of them had ended). An NCCL broadcast has no timeout of its own: a lost or "
+                        "stuck engine shows as this") from None
                 self.replace(slot, f"failed in a weight load ({type(e).__name__})")
         return seconds
 
@@ -210,6 +276,8 @@ class RolloutQueue:
             try:
                 s = ray.get(c.stats, timeout=timeout)
             except faults(ray) as e:
+                if err := config_error(e):  # its constructor refused the config: the run's error, not a fault
+                    raise err from None
                 self.lose(c.slot, "hung (no result in cluster.rollout_timeout_s)"
                           if isinstance(e, ray.exceptions.GetTimeoutError) else f"died ({type(e).__name__})")
                 continue
@@ -218,6 +286,14 @@ class RolloutQueue:
             taken.append(c)
             stats.append(s)
         return taken, stats
+
+    def in_flight(self) -> dict[int, list]:
+        """slot -> the refs of its rollout calls dispatched and not yet taken (they run before any call
+        made on that actor now)."""
+        out: dict[int, list] = {}
+        for c in self.chunks:
+            out.setdefault(c.slot, []).append(c.batch)
+        return out
 
     def follow(self, request: "ScaleRequest | None") -> None:
         """Apply the newest `vigorl scale` request, once (a request that could not be met is not retried)."""
@@ -233,9 +309,16 @@ class RolloutQueue:
         exit."""
         if k < 1:
             raise ValueError(f"rollout actors: need at least 1, got {k}")
+        from configs.schema import nccl_sync
+
         before = len(self.pool)
         while len(self.pool) < k and self.pool.grow():
             pass
+        if len(self.pool) > k and nccl_sync(self.pool.cfg.cluster):
+            # the NCCL group's world size is fixed at start: a broadcast would wait for the removed engine forever
+            say(f"[train] scale: removing a rollout actor from an NCCL weight-sync group is not supported "
+                f"(cluster.weight_sync=shm or object_store is); request for {k} ignored")
+            return
         while len(self.pool) > k:
             self._hand_back(len(self.pool) - 1)
             self.pool.shrink()

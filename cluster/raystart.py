@@ -26,8 +26,18 @@ def log_file(out: str, name: str, verbose: bool) -> str:
     return "" if verbose else str(Path(out).resolve() / "logs" / f"{name}.log")
 
 
+def other_local_ray() -> tuple[str, bool] | None:
+    """The cluster a `ray start --head` on this machine recorded in Ray's temp dir (RAY_TMPDIR/ray or
+    /tmp/ray, `ray_current_cluster`) and whether its GCS still runs; None when there is no such file."""
+    from ray._private.services import find_bootstrap_address, find_gcs_addresses
+
+    recorded = find_bootstrap_address(None)
+    return None if not recorded else (recorded, recorded in find_gcs_addresses())
+
+
 def init_ray(address: str, cpus: float, verbose: bool = True):
-    """Connect to `address` (or RAY_ADDRESS), else start a local Ray on 127.0.0.1 with `cpus` CPUs. The
+    """Connect to `address` (or RAY_ADDRESS; `auto` joins the cluster `ray start` left on this machine), else
+    start a local Ray of this run's own on 127.0.0.1 with `cpus` CPUs, whatever other Ray runs here. The
     vLLM CPU settings of this process travel to every worker. Not verbose: Ray's own INFO lines are off."""
     import ray
 
@@ -38,7 +48,16 @@ def init_ray(address: str, cpus: float, verbose: bool = True):
     level = logging.INFO if verbose else logging.WARNING
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, logging_level=level)
-    else:
-        ray.init(num_cpus=max(1, math.ceil(cpus)), include_dashboard=False, runtime_env={"env_vars": env},
-                 log_to_driver=True, logging_level=level)
+        return ray
+    # ray.init() without an address joins the cluster recorded in ray_current_cluster (Ray 2.60,
+    # ray._private.services.get_ray_address_from_environment): after a `ray start --head` here, live or
+    # dead, a local run would then fail ("When connecting to an existing cluster, num_cpus and num_gpus
+    # must not be provided") or hang on a dead GCS. "local" always starts a new one (canonicalize_bootstrap_address).
+    other = other_local_ray()
+    n = max(1, math.ceil(cpus))
+    ray.init(address="local", num_cpus=n, include_dashboard=False, runtime_env={"env_vars": env},
+             log_to_driver=True, logging_level=level)
+    note = "" if other is None else (f"; the {'running' if other[1] else 'stopped'} Ray cluster at {other[0]} that "
+                                     "`ray start` recorded on this machine is not used (--address auto joins it)")
+    say(f"[ray] started a local Ray for this run ({n} CPU{'s' * (n > 1)}, 127.0.0.1){note}")
     return ray

@@ -153,8 +153,9 @@ def write_config(cfg, out: str | Path) -> Path:
 
 
 def clear(out: str | Path) -> int:
-    """A new run in `out` removes the resumable checkpoints an earlier run left there (so `--resume` can
-    never pick up the other run's state); returns how many it removed. HF exports stay."""
+    """Remove every resumable checkpoint in `out` (complete or cut short); returns how many. HF exports stay.
+    A new run no longer does this by itself: it stops before Ray starts, and `--overwrite` removes OUT/resume,
+    OUT/checkpoints and OUT/lineage once every check has passed (cluster/prelaunch.py)."""
     found = step_dirs(out)
     for p in found:
         shutil.rmtree(p)

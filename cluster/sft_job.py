@@ -1,5 +1,8 @@
-"""`vigorl sft`: supervised fine-tuning (SPEC §7) on the sharegpt rows `vigorl linearize` / `to-multiturn` write
-(or any LLaMA-Factory sharegpt file with images), with the RL learner's own DeepSpeed code in a Ray actor:
+"""`vigorl sft`: supervised fine-tuning (docs/algorithm.md §7) on the sharegpt rows `vigorl linearize` / `to-multiturn` write
+(`data=DIR`), a LLaMA-Factory dataset_info.json entry (`data=DIR dataset=NAME`: its file_name, formatting,
+columns, tags) or one file of sharegpt / alpaca rows (`data=FILE`, .json array, .jsonl, .parquet;
+data_gen/formats.py), each chat rendered with the checkpoint's own chat template (learner/sft.py), with the RL
+learner's own DeepSpeed code in a Ray actor:
 next-token loss on assistant tokens only, `batch_size` examples per optimizer step in micro-batches, a cosine
 schedule with warmup, the vision tower frozen by default. Writes an HF-format checkpoint to `<out>/model`
 (loadable by transformers, vLLM and `vigorl train model.path=...`), logs loss curves to MLflow and writes
@@ -19,37 +22,44 @@ from pathlib import Path
 from configs.schema import SFTConfig
 
 
-def load_examples(cfg: SFTConfig, split: str, tokenizer, image_processor) -> tuple[list, dict[str, list[str]]]:
-    """Encode `<data>/<split>.jsonl`; returns (examples, skipped rows: reason -> the BadRow messages, which
-    name the rows; reasons as in `learner.sft.REASONS`). A bad row raises naming it unless `on_bad_row=skip`;
-    a corrupt JSON line always raises."""
+def sft_data(cfg: SFTConfig):
+    """What `vigorl sft` reads (data_gen.formats.sft_sources): {"train": [(file, LLaMA-Factory attributes or None:
+    detected from the rows)], "val": [...]} and the image root. `data=DIR` is vigorl's train.jsonl / val.jsonl;
+    `data=DIR dataset=NAME` a dataset_info.json entry; `data=FILE` one .json / .jsonl / .parquet file."""
+    from data_gen.formats import sft_sources
+
+    return sft_sources(cfg.data, cfg.dataset, cfg.val_dataset, cfg.image_root)
+
+
+def load_examples(cfg: SFTConfig, split: str, tokenizer, image_processor, chat_template: str | None = None
+                  ) -> tuple[list, dict[str, list[str]]]:
+    """Encode the rows of `split` (`sft_data`), rendered with the checkpoint's chat template (`chat_template`,
+    default the tokenizer's); returns (examples, skipped rows: reason -> the BadRow messages, which name the
+    rows; reasons as in `learner.sft.REASONS`; a row that is not a conversation LLaMA-Factory would read is
+    `not_sharegpt`). A bad row raises naming it unless `on_bad_row=skip`; a corrupt JSON line always raises."""
     from tqdm import tqdm
 
+    from data_gen.formats import FormatError, SFTAttr, read_records, to_chat
     from learner.sft import BadRow, encode_row
 
     if cfg.on_bad_row not in ("raise", "skip"):
         raise ValueError(f"on_bad_row must be raise or skip, got {cfg.on_bad_row!r}")
-    path = Path(cfg.data) / f"{split}.jsonl"
-    if not path.is_file():
-        if split == "train":
-            raise FileNotFoundError(f"{path}: no training data (run `vigorl linearize` first)")
-        return [], {}
+    sources, root = sft_data(cfg)
     examples, skipped = [], {}
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(tqdm(lines, desc=f"sft {split} rows", unit="row", file=sys.stdout), 1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise ValueError(f"{where}: not JSON ({e})") from None
-        try:
-            examples.append(encode_row(row, cfg.data, tokenizer, image_processor, cfg.cutoff_len, where))
-        except BadRow as e:
-            if cfg.on_bad_row == "raise":
-                raise
-            skipped.setdefault(e.reason, []).append(str(e))
+    for path, attr in sources[split]:
+        records = list(read_records(path))
+        for where, obj in tqdm(records, desc=f"sft {split} rows", unit="row", file=sys.stdout):
+            try:
+                try:
+                    row = to_chat(obj, attr or SFTAttr.detect(obj, where), where)
+                except FormatError as e:
+                    raise BadRow(str(e), "not_sharegpt") from None
+                examples.append(encode_row(row, root, tokenizer, image_processor, cfg.cutoff_len, where,
+                                           chat_template=chat_template))
+            except BadRow as e:
+                if cfg.on_bad_row == "raise":
+                    raise
+                skipped.setdefault(e.reason, []).append(str(e))
     return examples, skipped
 
 
@@ -78,19 +88,22 @@ def run(cfg: SFTConfig) -> dict:
     from transformers import AutoProcessor
 
     from actors.trajectory import to_batch
-    from cluster.tracking import Tracker, job
+    from cluster.tracking import Tracker, job, ready_nodes
     from cluster.raystart import init_ray
     from learner.actor import LearnerActor
 
     processor = AutoProcessor.from_pretrained(cfg.model.path)
-    train, train_skipped = load_examples(cfg, "train", processor.tokenizer, processor.image_processor)
-    val, val_skipped = load_examples(cfg, "val", processor.tokenizer, processor.image_processor)
+    template = getattr(processor, "chat_template", None)  # the checkpoint's own (else its tokenizer's)
+    train, train_skipped = load_examples(cfg, "train", processor.tokenizer, processor.image_processor, template)
+    val, val_skipped = load_examples(cfg, "val", processor.tokenizer, processor.image_processor, template)
+    image_root = sft_data(cfg)[1]
     skipped = {"train": train_skipped, "val": val_skipped}
     counts = skip_counts(skipped)
     if counts["sft/skipped_rows"]:
         print(skip_report(skipped))
     if not train:
-        raise ValueError(f"{cfg.data}/train.jsonl: no usable examples ({counts['sft/skipped_rows_train']} skipped)")
+        raise ValueError(f"data={cfg.data}{f' dataset={cfg.dataset}' if cfg.dataset else ''}: no usable training "
+                         f"examples ({counts['sft/skipped_rows_train']} skipped)")
     per_epoch = -(-len(train) // cfg.batch_size)
     steps = min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)
     print(f"[sft] {len(train)} train / {len(val)} val examples ({counts['sft/skipped_rows']} bad rows skipped, "
@@ -100,7 +113,9 @@ def run(cfg: SFTConfig) -> dict:
     summary: dict = {}
     with job(tracker, ray):
         learner = ray.remote(LearnerActor).options(num_cpus=cfg.learner_cpus, num_gpus=cfg.learner_gpus).remote(
-            cfg.model.path, cfg.learner, cfg.data, steps)
+            cfg.model.path, cfg.learner, str(image_root), steps)
+        node = learner.node_id.remote()
+        tracker.watch_gpus(ray, lambda: {"learner": ready_nodes(ray, [node])})  # GPU metrics of its node
         tracker.metrics({k: float(v) for k, v in counts.items()}, 0)
         rng = random.Random(cfg.seed)
         val_ref = ray.put(to_batch(val)) if val else None
@@ -122,11 +137,11 @@ def run(cfg: SFTConfig) -> dict:
                 summary = m
         bar.close()
         model_dir = Path(cfg.out).resolve() / "model"
-        ray.get(learner.save_hf.remote(str(model_dir)))
-        tracker.artifacts(model_dir, "model")
+        ray.get(learner.save_hf.remote(str(model_dir), tracker.run_info(step)))  # with its lineage file
+        tracker.checkpoint(model_dir, "model")  # to MLflow too with tracking.log_checkpoints
     reasons = {k.rsplit("/", 1)[1]: v for k, v in counts.items() if k.startswith("sft/skipped_rows/")}
     summary = summary | {
-        "model": str(model_dir), "run_id": tracker.run_id, "steps": step, "train_examples": len(train),
+        "model": str(model_dir), "base_model": cfg.model.source or cfg.model.path, "run_id": tracker.run_id, "steps": step, "train_examples": len(train),
         "val_examples": len(val), "on_bad_row": cfg.on_bad_row, "skipped_rows": counts["sft/skipped_rows"],
         "skipped_rows_by_reason": reasons,
         "skipped_rows_by_split": {sp: {r: len(v) for r, v in by.items()} for sp, by in skipped.items()},

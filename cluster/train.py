@@ -19,12 +19,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from actors.process import rss_mb
-from cluster import resume
+from cluster import resume, waits
 from cluster.control import driver_file, requested_scale, stop_requested
 from cluster.ledger import Ledger
 from cluster.pool import RolloutPool, RolloutQueue
 from cluster.raystart import say
-from configs.schema import TrainConfig, torch_threads
+from cluster.plan import check_before_launch
+from configs.schema import TrainConfig, shares_gpu, torch_threads
 
 
 def prepare(cfg: TrainConfig) -> None:
@@ -37,7 +38,7 @@ def prepare(cfg: TrainConfig) -> None:
         print(f"[train] building a tiny random Qwen2.5-VL ({cfg.make_tiny} vocab) in {cfg.model.path}")
         make_tiny_model(cfg.model.path, vocab=cfg.make_tiny, min_pixels=cfg.model.min_pixels,
                         max_pixels=cfg.model.max_pixels)
-    if cfg.make_data and not (Path(cfg.data.path) / PROMPTS_FILE).is_file():
+    if cfg.make_data and not (Path(cfg.data.path) / PROMPTS_FILE).is_file() and not Path(cfg.data.path).is_file():
         from data_gen.synthetic import make_dataset
 
         print(f"[train] generating {cfg.make_data} synthetic {cfg.data.task} prompts in {cfg.data.path}")
@@ -84,7 +85,7 @@ def log_lineage(tracker, batches: list[pa.RecordBatch], step: int, cfg: TrainCon
     path = Path(cfg.out) / "lineage" / f"step_{step:05d}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(lineage_table(batches, step, cfg), path)
-    tracker.mlflow.log_artifact(str(path), artifact_path="lineage")
+    tracker.artifact(path, "lineage")
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -95,7 +96,7 @@ def run(cfg: TrainConfig) -> dict:
     from cluster.raystart import init_ray
     from cluster.tracking import Tracker, job
     from configs.schema import nccl_sync, official_defaults
-    from data_gen.rows import read_rows
+    from data_gen.formats import image_root, load_prompts
 
     official_defaults(cfg)  # null fields -> the released recipe's values for data.task / data.mode
     if cfg.loop.mode not in ("sync", "async"):
@@ -104,12 +105,17 @@ def run(cfg: TrainConfig) -> dict:
         raise ValueError(f"rollout.group_size must be >= 2 (group advantages need a spread), got "
                          f"{cfg.rollout.group_size}")
     nccl = nccl_sync(cfg.cluster)  # also refuses GPU placements that cannot run
+    check_before_launch(cfg)  # a GPU layout whose memory plan cannot fit stops here (`vigorl plan`)
     ckpt = resume.latest(cfg.out) if cfg.resume else None  # before Ray starts: a bad resume fails fast
     changes = resume.check(ckpt, cfg) if ckpt else []
-    if not ckpt and (n := resume.clear(cfg.out)):
-        say(f"[train] a new run in {cfg.out}: removed the {n} resumable checkpoint(s) an earlier run left there")
+    if not ckpt and (old := resume.complete_dirs(cfg.out)):  # cluster/prelaunch.py stops such a run first; a
+        # new run's saves must never sit beside another run's, where `--resume` could pick the other's
+        raise ValueError(f"out={cfg.out} holds an earlier run's resumable checkpoints ({old[-1].name}): "
+                         f"`vigorl train --resume {cfg.out}` goes on from it, --overwrite removes them")
     prepare(cfg)
-    ledger = open_ledger([r.prompt_id for r in read_rows(cfg.data.path)], cfg, ckpt)
+    # data.path in any format data_gen/formats.py reads, or a benchmark's items (`benchmark=`); the rollout actors
+    # read it with the same loader
+    ledger = open_ledger([r.prompt_id for r in load_prompts(cfg)[0]], cfg, ckpt)
     c = cfg.cluster
     ray = init_ray(c.address, c.rollout_actors * c.rollout_cpus + c.learner_ranks * c.learner_cpus, cfg.verbose)
     tracker = Tracker(cfg, run_id=ckpt.state["run_id"] if ckpt else None, changes=changes)
@@ -117,8 +123,13 @@ def run(cfg: TrainConfig) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     n_actors, per_step = cfg.cluster.rollout_actors, cfg.loop.prompts_per_step
     pool = RolloutPool(ray, cfg, n_actors)
+    if shares_gpu(cfg.cluster):
+        pool.wait_started()  # vLLM sizes its share of the shared GPU at start-up: it goes first
     learners = make_learner(ray, cfg)
-    pool.learner_node = ray.get(learners[0].node_id.remote())
+    learner_nodes = waits.get(ray, [r.node_id.remote() for r in learners], cfg.cluster.start_timeout_s,
+                              f"{len(learners)} learner rank(s) starting", "cluster.start_timeout_s")
+    pool.learner_node = learner_nodes[0]
+    tracker.watch_gpus(ray, lambda: {"learner": learner_nodes, "rollout": pool.nodes()})  # GPU metrics per role
     pool.republish = lambda: put_weights(ray, learners, pool, cfg.learner.zero_stage, store=True)
     if nccl:  # one NCCL group: learner rank 0 + every vLLM worker, once every engine is up (the group's store
         # waits 300 s for its members; N engines loading a 7B VLM can take longer)
@@ -150,12 +161,15 @@ def run(cfg: TrainConfig) -> dict:
             queue.fill()
             taken, stats = queue.take(chunks_per_step)
             t1 = time.perf_counter()
-            m = ray.get([r.train_step.remote([c.batch for c in taken], cfg.loop.max_staleness, cfg.loop.staleness_mode,
-                                             cfg.loop.tis_cap, cfg.loop.learner_delay_s) for r in learners])[0]
+            m = waits.get(ray, [r.train_step.remote([c.batch for c in taken], cfg.loop.max_staleness,
+                                                    cfg.loop.staleness_mode, cfg.loop.tis_cap, cfg.loop.learner_delay_s)
+                                for r in learners], cfg.cluster.learner_timeout_s, f"learner train_step of step {step}",
+                          "cluster.learner_timeout_s")[0]
+            ahead = queue.in_flight()  # async: calls each actor runs before its load
             loads, sends = publish(ray, learners, pool, nccl, cfg.learner.zero_stage)
             t2 = time.perf_counter()
             if cfg.loop.mode == "sync" or nccl:  # async: the loads queue behind the actors' running rollouts
-                waited = pool.load_all(loads) + ray.get(sends, timeout=cfg.cluster.sync_timeout_s)
+                waited = pool.load_all(loads, ahead) + ray.get(sends, timeout=cfg.cluster.sync_timeout_s)
                 m["weight_sync_actor_s"] = max(waited, default=0.0)
             t3 = time.perf_counter()
             learner_busy += t2 - t1
@@ -173,10 +187,10 @@ def run(cfg: TrainConfig) -> dict:
             tracker.metrics(m, step)
             log_lineage(tracker, batches, step, cfg)
             if step == 1:
-                say(show_first_episode(batches[0], tokenizer, cfg.data.path, Path(cfg.out) / "first_episode"))
+                say(show_first_episode(batches[0], tokenizer, image_root(cfg.data), Path(cfg.out) / "first_episode"))
             if cfg.tracking.picture_every and (step == 1 or step % cfg.tracking.picture_every == 0):
-                figure = episode_figure(batches[0], tokenizer, cfg.data.path, k=3)
-                tracker.image(figure, f"episodes/step_{step:05d}.png")
+                figure = episode_figure(batches[0], tokenizer, image_root(cfg.data), k=3)
+                tracker.image(figure, key="episodes", step=step)  # the UI's image slider
             if cfg.tracking.checkpoint_every and step % cfg.tracking.checkpoint_every == 0:
                 save_checkpoint(ray, learners, tracker, cfg, step, ledger)
             bar.update()
@@ -203,11 +217,15 @@ def make_learner(ray, cfg: TrainConfig) -> list:
         raise ValueError(f"cluster.learner_ranks must be >= 1, got {n}")
     cls = ray.remote(LearnerActor).options(num_cpus=cfg.cluster.learner_cpus, num_gpus=cfg.cluster.learner_gpus)
     threads = torch_threads(cfg.cluster, "learner", cfg.loop.mode == "sync")
-    ranks = [cls.remote(cfg.model.path, cfg.learner, cfg.data.path, cfg.loop.steps, r, n,
+    from data_gen.formats import image_root
+
+    ranks = [cls.remote(cfg.model.path, cfg.learner, str(image_root(cfg.data)), cfg.loop.steps, r, n,
                         log_file(cfg.out, f"learner-{r}", cfg.verbose), threads) for r in range(n)]
     if n > 1:
-        addr, port = ray.get(ranks[0].master_endpoint.remote())
-        ray.get([r.setup.remote(addr, port) for r in ranks])
+        addr, port = waits.get(ray, ranks[0].master_endpoint.remote(), cfg.cluster.start_timeout_s,
+                               "learner rank 0 starting", "cluster.start_timeout_s")
+        waits.get(ray, [r.setup.remote(addr, port) for r in ranks], cfg.cluster.start_timeout_s,
+                  f"{n} learner ranks joining their process group", "cluster.start_timeout_s")
     return ranks
 
 
@@ -241,15 +259,16 @@ def put_weights(ray, learners: list, pool: RolloutPool, zero_stage: int, store: 
 
 
 def save_checkpoint(ray, learners: list, tracker, cfg: TrainConfig, step: int, ledger: Ledger) -> None:
-    """The HF export (OUT/checkpoints/step_N, also logged to MLflow), then the resumable checkpoint beside it
+    """The HF export (OUT/checkpoints/step_N with its lineage file, cluster.tracking.RUN_FILE; also uploaded to
+    MLflow in the background with tracking.log_checkpoints), then the resumable checkpoint beside it
     (OUT/resume/step_N: cluster.resume). The ledger is read here, at the step boundary: prompts queued for
     later steps (async) count as not done and are generated again by a resumed run."""
     from configs.schema import to_flat_dict
 
     path = Path(cfg.out).resolve() / "checkpoints" / f"step_{step:05d}"
-    ray.get([r.save_hf.remote(str(path)) for r in learners])
-    tracker.artifacts(path, f"checkpoints/step_{step:05d}")
-    state = {"ledger": ledger.state_dict(), "run_id": tracker.run_id,
+    ray.get([r.save_hf.remote(str(path), tracker.run_info(step)) for r in learners])
+    tracker.checkpoint(path, f"checkpoints/step_{step:05d}")
+    state = {"ledger": ledger.state_dict(), "run_id": tracker.run_id, "tracking_uri": tracker.uri,
              "model_fingerprint": resume.model_fingerprint(cfg.model.path),
              "config": {k: str(v) for k, v in to_flat_dict(cfg).items()}}
     where = resume.save(ray, learners, cfg.out, step, state, cfg.tracking.keep_resume)

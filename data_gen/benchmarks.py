@@ -1,10 +1,10 @@
-"""Benchmark loaders: real benchmark formats -> PromptRows (SPEC §8). Registered by name in `LOADERS`.
+"""Benchmark loaders: real benchmark formats -> PromptRows (docs/algorithm.md §8). Registered by name in `LOADERS`.
 
 Every loader takes (root, on_error) and returns (rows, skipped): `root` is the benchmark folder; images
 are resolved under it and a path that escapes it is refused. on_error="raise" stops at the first bad row
 with an error naming it; on_error="skip" drops it and counts the reason in `skipped`.
 
-Box conventions are the classic silent trap (SPEC §8): ScreenSpot v1 and the original v2 store
+Box conventions are the classic silent trap (docs/algorithm.md §8): ScreenSpot v1 and the original v2 store
 [x, y, w, h]; ScreenSpot-Pro and the converted v2 store [x1, y1, x2, y2] + img_size. Each loader knows
 which it reads and checks the box against the image size, so a file of the other convention fails loudly
 instead of scoring against wrong boxes.

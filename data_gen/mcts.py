@@ -1,4 +1,4 @@
-"""Teacher-guided Monte Carlo tree search over grounded reasoning steps (SPEC §6), after the released
+"""Teacher-guided Monte Carlo tree search over grounded reasoning steps (docs/algorithm.md §6), after the released
 `vlmsearch/tree_search/mcts_search.py` (Gabesarch/grounded-rl @e7970c0).
 
 A node is one teacher output: think text naming a point (a teacher without stop strings may write several

@@ -49,7 +49,7 @@ class PromptRow:
 
 def scale_box_gold(gold: str, original: tuple[int, int], resized: tuple[int, int]) -> str:
     """A `(x1, y1, x2, y2)` gold in original pixels -> the same box on the resized image the model sees
-    (per-axis scale factors, SPEC §2). Outer corners are floored/ceiled so the box never shrinks."""
+    (per-axis scale factors, docs/algorithm.md §2). Outer corners are floored/ceiled so the box never shrinks."""
     x1, y1, x2, y2 = parse_box(gold)
     sx, sy = resized[0] / original[0], resized[1] / original[1]
     return f"({math.floor(x1 * sx)}, {math.floor(y1 * sy)}, {math.ceil(x2 * sx)}, {math.ceil(y2 * sy)})"
@@ -78,10 +78,13 @@ def pa_table(rows: list[PromptRow]):
 
 
 def read_rows(dataset_dir: str | Path) -> list[PromptRow]:
-    path = Path(dataset_dir) / PROMPTS_FILE
+    """The rows of `dataset_dir/prompts.parquet` (or of a prompts file named directly), read by selecting and
+    casting PromptRow's columns (`data_gen.formats`: any column order, extra columns, large_string, int widths);
+    every row validated, a bad one named by file, row and column. Other formats: `data_gen.formats.load_prompts`."""
+    from data_gen.formats import read_prompts
+
+    path = Path(dataset_dir)
+    path = path / PROMPTS_FILE if path.is_dir() or not path.suffix else path
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no prompts file (make one with `vigorl make-data`)")
-    rows = records.from_batch(pq.read_table(path), PromptRow)
-    for i, r in enumerate(rows):
-        r.validate(f"{path} line {i}: ")
-    return rows
+    return read_prompts(str(path), "vigorl", root=path.parent)[0]

@@ -157,7 +157,7 @@ class ScriptedTeacher:
 # ---- a VLM teacher served by vLLM ------------------------------------------------------------------------
 
 # vigorl's MCTS system prompts, by task (the released ones differ per domain the same way): one grounded
-# step or the final answer per response; "at least N thoughts" is appended per question (SPEC §6).
+# step or the final answer per response; "at least N thoughts" is appended per question (docs/algorithm.md §6).
 _STEP_RULES = (
     "Reason step by step about the image, grounding every step in one specific (x, y) point of the image.\n"
     "Each response is EITHER one reasoning step OR the final answer, never both:\n"
@@ -204,7 +204,7 @@ def read_prompt_file(path: str, unescape: bool = False) -> str:
 
 
 def mcts_messages(system: str, min_thoughts: int, question: str, steps: list[str], force_final: bool) -> list[dict]:
-    """The teacher's chat (SPEC §6), as the released `generate_single_thought` builds it
+    """The teacher's chat (docs/algorithm.md §6), as the released `generate_single_thought` builds it
     (Gabesarch/grounded-rl@e7970c0:src/vlmsearch/models/qwen_vllm.py): the system prompt as given, then
     `MIN_THOUGHTS_SUFFIX` ("at least N thoughts"); the question with the image, the previous steps appended
     to the user text as `Previous thought k: ...` (think tags removed, stripped); with force_final, a user

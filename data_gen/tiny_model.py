@@ -176,8 +176,9 @@ def build_tokenizer(vocab_kind: str):
 
 
 def make_tiny_model(out: str | Path, vocab: str = "small", size: str = "tiny", seed: int = 0,
-                    max_pixels: int = 1024 * 28 * 28, min_pixels: int = 16 * 28 * 28) -> Path:
-    """Write a randomly initialised Qwen2.5-VL model dir (config, safetensors, tokenizer, processor)."""
+                    max_pixels: int = 1024 * 28 * 28, min_pixels: int = 16 * 28 * 28, tied: bool = False) -> Path:
+    """Write a randomly initialised Qwen2.5-VL model dir (config, safetensors, tokenizer, processor).
+    `tied`: the LM head shares the input embedding, as Qwen2.5-VL-3B's does (7B's is untied)."""
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -200,7 +201,7 @@ def make_tiny_model(out: str | Path, vocab: str = "small", size: str = "tiny", s
             num_hidden_layers=s.layers, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
             max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
             rope_scaling={"type": "mrope", "rope_type": "default", "mrope_section": mrope},
-            tie_word_embeddings=False, torch_dtype="float32",
+            tie_word_embeddings=tied, torch_dtype="float32",
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
         ),
@@ -211,7 +212,7 @@ def make_tiny_model(out: str | Path, vocab: str = "small", size: str = "tiny", s
         ),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False, torch_dtype="float32",
+        tie_word_embeddings=tied, torch_dtype="float32",
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)

@@ -1,4 +1,4 @@
-"""From MCTS trees to SFT data (SPEC §6): linearisation into single-turn chains, and conversion of chains into
+"""From MCTS trees to SFT data (docs/algorithm.md §6): linearisation into single-turn chains, and conversion of chains into
 multi-turn zoom dialogues. Output rows are LLaMA-Factory sharegpt rows (`messages`, `images`) plus
 `gt_answer`, `question_id`, `task` and `image_size` (the frame of the coordinates); images are stored once
 under OUT_DIR/images/ by content hash and named relative to OUT_DIR (LLaMA-Factory's media dir): readable by
@@ -161,9 +161,9 @@ _CHAIN = re.compile(r"<think>(.*?)</think>\s*<answer>(.*?)</answer>", re.S)
 
 @dataclass
 class MultiTurnConfig:
-    """`vigorl to-multiturn IN_DIR OUT_DIR`: single-turn chains -> multi-turn zoom dialogues (SPEC §6)."""
+    """`vigorl to-multiturn IN_DIR OUT_DIR`: single-turn chains -> multi-turn zoom dialogues (docs/algorithm.md §6)."""
 
-    half_size: int = 182  # crop half side o (SPEC §3: web grounding SFT 100, V* 182)
+    half_size: int = 182  # crop half side o (docs/algorithm.md §3: web grounding SFT 100, V* 182)
     out_size: int = 672  # crop side r (web grounding SFT 512, V* 672)
     dot: bool = False  # red dot at the zoom point (web grounding: true)
     max_calls: int = 5  # tool calls per dialogue

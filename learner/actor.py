@@ -125,9 +125,16 @@ class LearnerActor:
         self._staged = {}
         return time.perf_counter() - t0
 
-    def save_hf(self, path: str) -> str:
-        """An HF-format model dir (loads unchanged in transformers and vLLM)."""
+    def save_hf(self, path: str, run_info: dict | None = None) -> str:
+        """An HF-format model dir (loads unchanged in transformers and vLLM). `run_info` (the driver's MLflow run:
+        cluster.tracking.Tracker.run_info) goes beside it as vigorl_run.json, written here on the node that
+        writes the model, so a run started from this dir links to the run that made it."""
+        import json
+        from pathlib import Path
+
         self.learner.save_hf(path)
+        if run_info is not None and self.learner.rank == 0:
+            Path(path, "vigorl_run.json").write_text(json.dumps(run_info, indent=1) + "\n")  # tracking.RUN_FILE
         return path
 
     def save_state(self, path: str) -> None:

@@ -1,4 +1,4 @@
-"""GRPO math (SPEC §5) as small pure functions on tensors. Sources: the released ViGoRL code
+"""GRPO math (docs/algorithm.md §5) as small pure functions on tensors. Sources: the released ViGoRL code
 (Gabesarch/grounded-rl, built on EasyR1's `core_algos.py`) for the formulas; shapes in the docstrings.
 
 Advantages are computed where rollouts are scored (actors); the learner only runs `policy_loss` and
@@ -84,6 +84,6 @@ def truncated_is_weights(prox_logp: torch.Tensor, behaviour_logp: torch.Tensor, 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 ("low_var_kl") estimate of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1, clamped
-    to [-10, 10] (EasyR1 `compute_kl`, SPEC §5). Shapes: [B, T] -> [B, T]."""
+    to [-10, 10] (EasyR1 `compute_kl`, docs/algorithm.md §5). Shapes: [B, T] -> [B, T]."""
     kl = (ref_logp - logp).clamp(-20.0, 20.0)
     return (kl.exp() - kl - 1.0).clamp(-10.0, 10.0)

@@ -36,7 +36,9 @@ def init_process_group(rank: int = 0, world_size: int = 1, master_addr: str = "1
     os.environ.setdefault("LOCAL_RANK", "0" if not torch.cuda.is_available() else str(torch.cuda.current_device()))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
-    os.environ["MASTER_PORT"] = str(master_port or os.environ.get("MASTER_PORT") or free_port())
+    # a learner of one rank takes a fresh port: an inherited MASTER_PORT may be one a parent process still listens on
+    inherited = os.environ.get("MASTER_PORT") if world_size > 1 else None
+    os.environ["MASTER_PORT"] = str(master_port or inherited or free_port())
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
@@ -80,7 +82,8 @@ def minibatch_layout(n: int, mini_batch: int, micro_batch: int, world_size: int,
         if lengths is not None:
             chunk.sort(key=lambda i: -lengths[i])
         mine = chunk[rank::world_size]
-        count = -(-(-(-len(chunk) // world_size)) // micro_batch)
+        per_rank = -(-len(chunk) // world_size)  # ceil: every rank runs as many micro-batches
+        count = -(-per_rank // micro_batch)
         out.append([mine[i * micro_batch:(i + 1) * micro_batch] for i in range(count)])
     return out
 
@@ -123,7 +126,15 @@ class Learner:
             self.ref = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype).eval()
             self.ref.requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.offload_optimizer:  # ZeRO-Offload: DeepSpeed's CPU Adam steps the CPU-resident fp32 state
+            if not gpu:
+                raise ValueError("learner.offload_optimizer=true needs a GPU learner (it moves GPU optimizer "
+                                 "state to CPU memory); on CPU leave it false")
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer = DeepSpeedCPUAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, adamw_mode=True)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ds_config = {
             "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
             # The learner owns the accumulation boundary: backward() per micro-batch only accumulates, and
@@ -131,7 +142,8 @@ class Learner:
             "gradient_accumulation_steps": 1,
             "managed_gradient_accumulation": False,
             "gradient_clipping": cfg.grad_clip,
-            "zero_optimization": {"stage": cfg.zero_stage},
+            "zero_optimization": {"stage": cfg.zero_stage} | (
+                {"offload_optimizer": {"device": "cpu", "pin_memory": True}} if cfg.offload_optimizer else {}),
             "bf16": {"enabled": gpu},
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
@@ -274,7 +286,7 @@ class Learner:
 
     def train_step(self, trajectories: list[Trajectory], max_staleness: int = 0, staleness_mode: str = "drop",
                    tis_cap: float = 2.0) -> dict[str, float]:
-        """One rollout step (SPEC §5): old and reference log-probs recomputed by the current weights, then
+        """One rollout step (docs/algorithm.md §5): old and reference log-probs recomputed by the current weights, then
         `ppo_epochs` passes of one optimizer step per mini-batch of `mini_batch_size` sequences; the version
         goes up by one. Trajectories whose loss mask is all zero are never forwarded (they still count in
         their micro-batch, as in the released trainer); samples more than `max_staleness` versions behind
@@ -414,8 +426,11 @@ class Learner:
         vision tower with `freeze_vision`): what a weight sync must send, since the engines loaded them from
         the same model dir and vLLM keeps a layer's weights when a reload brings none for it (README)."""
         module = self.engine.module
-        # remove_duplicate=False: every name of a tied weight (lm_head = embed_tokens) is kept
-        named = {n: p for n, p in module.named_parameters(remove_duplicate=False)
+        # A tied weight (lm_head = embed_tokens, Qwen2.5-VL-3B) has two names. An HF export keeps both (save_pretrained
+        # de-duplicates); a sync sends it once, under its first name, the embedding's, which is the one vLLM loads:
+        # its Qwen2 loader skips `lm_head.*` when tied, and the NCCL receiver, loading one tensor at a time, raises
+        # when the alias arrives without its original.
+        named = {n: p for n, p in module.named_parameters(remove_duplicate=trained_only)
                  if p.requires_grad or not trained_only}
         if self.cfg.zero_stage == 3:
             return self._gathered(module, named, trained_only)

@@ -1,4 +1,4 @@
-"""ViGoRL rewards (SPEC §4) as pure functions. Public entry point: `rewards.score`.
+"""ViGoRL rewards (docs/algorithm.md §4) as pure functions. Public entry point: `rewards.score`.
 
     score(response, gold, *, task, mode, image_size=None, config=ScoreConfig()) -> Score
 

@@ -1,4 +1,4 @@
-"""The released evaluation's judges (SPEC §8), as one pure function: `eval_judge`.
+"""The released evaluation's judges (docs/algorithm.md §8), as one pure function: `eval_judge`.
 
     eval_judge(response, gold, *, benchmark, mode, options=None) -> float   # 1.0 right, 0.0 wrong
 
@@ -22,13 +22,14 @@ taken one by one as nodes; once they run out the *whole response* is the next no
 that holds `<answer>` is terminal: if it also holds `<think>`, the text before the first `<answer>`
 (stripped) is one more thought node, and the answer is the text after the first `<answer>`, up to the
 next `<answer>` if any, cut at the first `</answer>`, stripped (a missing `</answer>` still scores). Every
-other node is a thought; after more than 10 thoughts the rollout ends unanswered (wrong).
+other node is a thought; after more than 10 thoughts the rollout ends unanswered (wrong). The text before
+`<answer>` in the answering node is never format-checked (so `<think>I see <answer>red</answer>` is right).
 multi_turn (`--max_depth` 4, MAX_TURNS): each assistant turn is one node. The turn generated at depth 4 is
 the forced one: the released eval sends the prefix `<think> Based on all the information I've gathered,
 I'll now provide my final answer. </think>\\n<answer>` and prepends `<answer>` to its output when the output
 lacks one; a turn list that holds the prefix (vigorl's transcripts do) reads the same.
 Format gate (both modes): every thought node must hold both `<think>` and `</think>` (`Judge.format_check`),
-else the item scores 0 whatever its answer. The root and the answer node are not checked, so a lone
+else the item scores 0 whatever its answer. The root and the answering node are not checked, so a lone
 `<answer>red</answer>` passes while a bare `red` never answers.
 `thinking=False` is the released `--rollout_no_thinking` (base models): the whole response is the answer.
 
@@ -97,9 +98,10 @@ class Verdict:
 
 
 def _terminal(node: str) -> tuple[list[str], str]:
-    """A node holding `<answer>`: the thought before it (only when the node holds `<think>`) and the answer."""
-    thought = [node.split(ANSWER_OPEN)[0].strip()] if THINK_OPEN in node else []
-    return thought, node.split(ANSWER_OPEN)[1].strip().split(ANSWER_CLOSE)[0].strip()
+    """A node holding `<answer>`: the answer. The released rollout also makes the text before `<answer>` a
+    thought node when the node holds `<think>`, but never appends it to the path the format gate walks
+    (`_do_single_rollout` sets `current_node` to it, `path` gets only the leaf): it is not checked."""
+    return [], node.split(ANSWER_OPEN)[1].strip().split(ANSWER_CLOSE)[0].strip()
 
 
 def _walk_single(text: str) -> tuple[list[str], str | None]:

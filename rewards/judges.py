@@ -1,4 +1,4 @@
-"""MCTS judges (SPEC §6): the outcome reward of a final answer during trace generation, per task, by name.
+"""MCTS judges (docs/algorithm.md §6): the outcome reward of a final answer during trace generation, per task, by name.
 A judge takes (answer text without tags, gold in the frame of the image as the model sees it) and returns a
 reward in [0, 1]; an answer counts as correct at >= 1.0.
 

@@ -100,7 +100,7 @@ def think_points(text: str) -> list[Point]:
 
 def single_turn_answer(text: str) -> str | None:
     """If the whole text matches `<think>.*?</think>\\s*<answer>.*?</answer>` (re.fullmatch, DOTALL; no
-    stripping, SPEC §4), the content of its first `<answer>` block (unstripped); else None. Linear: the
+    stripping, docs/algorithm.md §4), the content of its first `<answer>` block (unstripped); else None. Linear: the
     full match holds iff the text starts with <think>, ends with </answer>, and `</think>\\s*<answer>`
     stands between them."""
     if not (text.startswith("<think>") and text.endswith("</answer>")):

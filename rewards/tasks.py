@@ -1,4 +1,4 @@
-"""Task accuracies and answer checks (SPEC §4), registered by name so a new task plugs in without touching
+"""Task accuracies and answer checks (docs/algorithm.md §4), registered by name so a new task plugs in without touching
 the scorer. Each is the released ViGoRL reward function's behaviour (Gabesarch/grounded-rl @e7970c0,
 `examples/reward_function/`), named beside it.
 

@@ -14,6 +14,23 @@ import pytest
 
 BIN = Path(sys.executable).parent
 _EXIT_STATUS = 0
+# MLflow: a test that reads a run back gives its command a store of its own (`store(out)`); every other command
+# logs to this session's scratch store, never to the checkout's runs/mlflow.db (the default store), which tests
+# running side by side would share. The user's own MLFLOW_* settings stay out of the tests.
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='vigorl-mlflow-')}/mlflow.db"
+os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
+
+
+# Tests are marked by what they need, from their file name (DEVELOPERS: test_*_ray.py starts Ray, *_vllm.py a vLLM
+# engine, *_gpu.py a CUDA GPU): `make test-fast` runs the rest (`-m "not ray and not vllm and not gpu"`).
+NEEDS = (("_ray.py", "ray"), ("_vllm.py", "vllm"), ("_gpu.py", "gpu"))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for suffix, mark in NEEDS:
+            if item.path.name.endswith(suffix):
+                item.add_marker(getattr(pytest.mark, mark))
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -170,6 +187,11 @@ def stop_cluster(temp: str) -> None:
                 pass
 
 
+def store(out) -> str:
+    """The override that gives a command its own MLflow store, out/mlflow.db (what `runs(out)` reads)."""
+    return f"tracking.uri=sqlite:///{Path(out).resolve() / 'mlflow.db'}"
+
+
 def runs(out):
     import mlflow
 
@@ -182,3 +204,24 @@ def lineage_of(client, run, step: int):
     import pyarrow.parquet as pq
 
     return pq.read_table(client.download_artifacts(run.info.run_id, f"lineage/step_{step:05d}.parquet"))
+
+
+def hf_cache(model_dir, cache, repo: str = "vigorl-test/tiny-vl", rev: str = "") -> str:
+    """Put the files of `model_dir` into the HF hub cache `cache` as huggingface_hub lays a download out
+    (file_download.py): models--org--name/blobs/<hash> holds each file, snapshots/<commit>/<file> is a relative
+    symlink to its blob, refs/main names the commit. Returns the commit (40 hex digits)."""
+    import hashlib
+
+    rev = rev or hashlib.sha1(repo.encode()).hexdigest()
+    base = Path(cache) / ("models--" + repo.replace("/", "--"))
+    for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        data = f.read_bytes()
+        blob = base / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = base / "snapshots" / rev / f.relative_to(model_dir)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (base / "refs").mkdir(parents=True, exist_ok=True)
+    (base / "refs" / "main").write_text(rev)
+    return rev

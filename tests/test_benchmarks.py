@@ -75,7 +75,9 @@ def test_visualwebarena_real_configs():
     assert sum(skipped.values()) == 26 and skipped["no input image"] == 15
     r = next(r for r in rows if r.prompt_id == "vwa-102")
     assert r.task == "web_qa" and r.width > 0
-    answer = lambda a: f"<think>(1, 1)</think><answer>{a}</answer>"
+    def answer(a):
+        return f"<think>(1, 1)</think><answer>{a}</answer>"
+
     assert score(answer("It is 8.5 inches"), r.gold, task="web_qa", mode="single_turn").accuracy == 1.0
     assert score(answer("18.5"), r.gold, task="web_qa", mode="single_turn").accuracy == 0.0
 

@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import BIN, lineage_of, runs
+from conftest import BIN, lineage_of, runs, store
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every event waits for the run to take in the one before; after the last, `vigorl stop` ends the run at its
@@ -52,7 +52,7 @@ def test_actor_kills_and_scaling_mid_run_lose_nothing(ray_head, tmp_path):
            "make_data=6", f"loop.steps={STEPS}", "loop.mode=async", "loop.max_staleness=1", "loop.max_queue=2",
            "loop.prompts_per_step=2", "rollout.group_size=2", "sampling.max_tokens_per_turn=96",
            "loop.learner_delay_s=0.5", "tracking.picture_every=0", "tracking.checkpoint_every=0",
-           "cluster.restart_backoff_s=1"]
+           "cluster.restart_backoff_s=1", store(out)]
     p = subprocess.Popen(cmd, cwd=ROOT, env=ray_head.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True)
     lines: list[str] = []

@@ -32,7 +32,9 @@ FORCED = "<think> Based on all the information I've gathered, I'll now provide m
     ("<think>unclosed <answer>red</answer>", "red", 1.0),  # the answer block alone is a node
     ("Sure. " + T + "then <answer>red</answer> done", "red", 1.0),  # text outside the blocks is ignored
     (T + "<answer>blue</answer><answer>red</answer>", "red", 0.0),  # the first answer counts
-    ("<answer>red<think>x</think>", "red", 0.0),  # the thought before <answer> is empty: format gate
+    ("<answer>red<think>x</think>", "red", 1.0),  # answer 'red<think>x</think>': the gold occurs in it
+    ("<think>I see <answer>red</answer></think>", "red", 1.0),  # the answering node's own text is never gated
+    ("<answer><think>x</think>red</answer>", "red", 1.0),
     (T * 10 + "<answer>red</answer>", "red", 1.0),  # 10 thoughts: max_depth 10
     (T * 11 + "<answer>red</answer>", "red", 0.0),  # 11: the rollout ends unanswered
 ])
@@ -43,7 +45,9 @@ def test_string_match_single_turn(benchmark, response, gold, right):
 @pytest.mark.parametrize("turns, gold, right", [
     ([CALL, "<think>It is red.</think>\n<answer> Red </answer>"], "red", 1.0),
     (['<tool_call>{"arguments": {"coordinate": [1, 2]}}</tool_call>', T + "<answer>red</answer>"], "red", 0.0),
-    ([CALL, "<think>no close <answer>red</answer>"], "red", 0.0),  # its thought '<think>no close' fails the gate
+    ([CALL, "<think>no close <answer>red</answer>"], "red", 1.0),  # the answering turn is never gated
+    (["<answer>red</answer><think>ok</think>"], "red", 1.0),
+    ([CALL] * 4 + [" red <think>"], "red", 1.0),  # forced: '<answer> red <think>' -> 'red <think>'
     ([CALL] * 4 + [" red </answer>"], "red", 1.0),  # the forced turn: <answer> prepended as released
     ([CALL] * 4 + [FORCED + " red </answer>"], "red", 1.0),  # vigorl's transcript holds the prefix
     ([CALL] * 3 + [" red </answer>"], "red", 0.0),  # not forced yet: no answer tag, a thought without tags

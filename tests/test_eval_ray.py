@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import chromium_dom, jsonl, vigorl
+from conftest import chromium_dom, jsonl, store, vigorl
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -30,7 +30,7 @@ def stack(tmp_path_factory):
 def run_eval(out, model, *overrides, check=True):
     # guided turns: the random tiny model then writes points, zooms and answers that can be checked
     return vigorl("eval", "--config", ROOT / "configs" / "eval_local.yaml", f"out={out}", f"model.path={model}",
-                  "rollout.guided=true", "rollout.min_zooms=1", "sampling.max_tokens_per_turn=200", *overrides,
+                  "rollout.guided=true", "rollout.min_zooms=1", "sampling.max_tokens_per_turn=200", store(out), *overrides,
                   check=check)
 
 

@@ -1,4 +1,4 @@
-"""GRPO functions against hand-worked numbers (SPEC §5)."""
+"""GRPO functions against hand-worked numbers (docs/algorithm.md §5)."""
 
 import math
 from types import SimpleNamespace

@@ -1,4 +1,4 @@
-"""Teacher-guided MCTS (SPEC §6): selection, expansion, rollouts and backup as pure functions, with
+"""Teacher-guided MCTS (docs/algorithm.md §6): selection, expansion, rollouts and backup as pure functions, with
 hand-worked numbers on a deterministic teacher; the scripted teacher on the synthetic families; judges."""
 
 import math
@@ -297,7 +297,7 @@ def test_scripted_teacher_search_beats_its_top1(tmp_path):
     found, top1 = 0, 0
     for k, row in enumerate(rows):
         size = load_rgb(tmp_path / row.image).size
-        judge = lambda a, g=row.gold: get_judge(row.task)(a, g)  # noqa: E731
+        judge = lambda a, g=row.gold, task=row.task: get_judge(task)(a, g)  # noqa: E731
         tree = search(row.question, None, ScriptedTeacher(scene_of(row, size), 0.5, seed=k), judge, MCTSConfig())
         found += any(r["reward"] >= 1.0 for n in tree.nodes for r in n.rollouts)
         greedy, steps = ScriptedTeacher(scene_of(row, size), 0.5, seed=100 + k), []

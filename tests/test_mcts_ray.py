@@ -5,7 +5,7 @@ MLflow metrics, and resume after a killed job (a half-written last line dropped,
 from pathlib import Path
 
 import pytest
-from conftest import jsonl, vigorl
+from conftest import jsonl, store, vigorl
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 8  # questions; the last one's scene is broken, so its teacher raises
@@ -25,7 +25,7 @@ def data(tmp_path_factory):
 
 def mcts(out, data_dir, *overrides, check=True):
     return vigorl("mcts", "--config", ROOT / "configs" / "mcts_local.yaml", f"out={out}", f"data.path={data_dir}",
-                  "workers=2", *overrides, check=check)
+                  "workers=2", store(out), *overrides, check=check)
 
 
 def test_trees_failures_and_metrics(tmp_path, data):

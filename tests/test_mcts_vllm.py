@@ -1,4 +1,4 @@
-"""The vLLM teacher (any local model dir) on the tiny random model: the teacher prompt of SPEC §6 and a
+"""The vLLM teacher (any local model dir) on the tiny random model: the teacher prompt of docs/algorithm.md §6 and a
 search over its outputs that completes with a well-formed tree (a random model writes garbage steps; the
 tree still records them)."""
 

@@ -1,4 +1,4 @@
-"""Rewards on hand-written responses of every task and mode, with hand-worked expected values (SPEC §4, which
+"""Rewards on hand-written responses of every task and mode, with hand-worked expected values (docs/algorithm.md §4, which
 states the released reward functions' behaviour; vigorl's stricter checks are options, off by default)."""
 
 import json
@@ -167,7 +167,7 @@ def test_web_action_single_turn_format_is_the_regex_alone():
 
 
 @pytest.mark.parametrize("gold,answer,acc", [
-    ("click [12]", "type [12] [x]", 0.5),  # SPEC §4: the id matches, the action does not
+    ("click [12]", "type [12] [x]", 0.5),  # docs/algorithm.md §4: the id matches, the action does not
     ("click [12]", "click the button", 0.0),  # click with no [id]
     ("click [12]", "I will click [12] now", 1.0),  # substring tests, not a parse
     ("type [4] [red]", "type into the box", 0.0),  # type with no [...]

@@ -1,4 +1,4 @@
-"""Trees -> SFT data (SPEC §6): linearisation texts, dedupe, cap and split; multi-turn conversion with crops;
+"""Trees -> SFT data (docs/algorithm.md §6): linearisation texts, dedupe, cap and split; multi-turn conversion with crops;
 bad lines named; hand-written trees with known rollouts."""
 
 import json

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import lineage_of, runs
+from conftest import lineage_of, runs, store
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "configs" / "local_cpu.yaml"
@@ -22,7 +22,7 @@ RECIPE = ROOT / "configs" / "local_cpu.yaml"
 def command(tmp_path, out, *overrides):
     return [sys.executable, "-m", "cluster.cli", "train", "--config", str(RECIPE), f"out={out}",
             f"model.path={tmp_path}/model", f"data.path={tmp_path}/data", "make_data=6", "loop.prompts_per_step=2",
-            "rollout.group_size=2", "sampling.max_tokens_per_turn=96", *overrides]
+            "rollout.group_size=2", "sampling.max_tokens_per_turn=96", store(out), *overrides]
 
 
 def train(tmp_path, *overrides):
@@ -35,7 +35,7 @@ def train(tmp_path, *overrides):
 @pytest.fixture(scope="module")
 def sync_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sync")
-    return tmp, *train(tmp, "loop.steps=3", "loop.mode=sync", "tracking.picture_every=2")
+    return tmp, *train(tmp, "loop.steps=3", "loop.mode=sync", "tracking.picture_every=2", "tracking.log_checkpoints=true")
 
 
 def test_sync_run_logs_everything(sync_run):
@@ -65,8 +65,10 @@ def test_sync_run_logs_everything(sync_run):
     assert run.data.metrics["ledger/done"] == 6 and run.data.metrics["ledger/in_flight"] == 0
     # resident memory of every process, per step (what `make soak` reads)
     assert all(run.data.metrics[f"memory/{p}_rss_mb"] > 100 for p in ("driver", "rollout", "learner"))
-    arts = [a.path for a in client.list_artifacts(run.info.run_id, "episodes")]
-    assert arts == ["episodes/step_00001.png", "episodes/step_00002.png"]
+    # episode pictures under one key, a step each: the UI's image slider (images/episodes+step+N+...png)
+    arts = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+    assert sorted(int(a.split("+step+")[1].split("+")[0]) for a in arts) == [1, 2]
+    assert all(a.startswith("images/episodes+step+") for a in arts)
     # lineage: every trained sample of every step, traceable to the weight version that generated it
     lineage = [a.path for a in client.list_artifacts(run.info.run_id, "lineage")]
     assert lineage == [f"lineage/step_{k:05d}.parquet" for k in (1, 2, 3)]

@@ -12,18 +12,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import runs
+from conftest import runs, store
 
 ROOT = Path(__file__).resolve().parent.parent
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 MISMATCH = 0.1  # nats per token; bf16 learner vs bf16 vLLM kernels on the tiny model
 
 
-def train(tmp_path: Path, *overrides: str):
+def train(tmp_path: Path, tied: bool, *overrides: str):
+    from data_gen.tiny_model import make_tiny_model
+
+    make_tiny_model(tmp_path / "model", vocab="small", tied=tied)  # tied: the LM head is the embedding (3B's layout)
     cmd = [sys.executable, "-m", "cluster.cli", "train", "--config", str(ROOT / "configs/local_cpu.yaml"),
            f"out={tmp_path}/run", f"model.path={tmp_path}/model", f"data.path={tmp_path}/data", "make_data=4",
            "model.dtype=bfloat16", "loop.steps=3", "loop.prompts_per_step=2", "rollout.group_size=2",
-           "rollout.guided=false", "tracking.picture_every=0", *overrides]
+           "rollout.guided=false", "tracking.picture_every=0", store(tmp_path / "run"), *overrides]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-5000:])
     assert "[train] step 3/3" in p.stdout
@@ -33,13 +36,23 @@ def train(tmp_path: Path, *overrides: str):
 
 
 @pytest.mark.skipif(GPUS < 1, reason="needs a CUDA GPU")
-def test_one_gpu_learner_and_vllm_share_it(tmp_path):
+@pytest.mark.parametrize("tied", [False, True])
+def test_one_gpu_learner_and_vllm_share_it(tmp_path, tied):
     """Learner and one vLLM engine on one GPU; weights through the learner's shared-memory file (the default
     on one node) into the in-process engine."""
-    train(tmp_path, "cluster.rollout_gpus=0.5", "cluster.learner_gpus=0.5", "cluster.gpu_memory_utilization=0.3")
+    train(tmp_path, tied, "cluster.rollout_gpus=0.5", "cluster.learner_gpus=0.5", "cluster.gpu_memory_utilization=0.3")
 
 
 @pytest.mark.skipif(GPUS < 2, reason="needs two CUDA GPUs (NCCL weight sync)")
-def test_nccl_weight_sync_on_two_gpus(tmp_path):
-    train(tmp_path, "cluster.rollout_gpus=1", "cluster.learner_gpus=1", "cluster.weight_sync=nccl",
+@pytest.mark.parametrize("tied", [False, True])
+def test_nccl_weight_sync_on_two_gpus(tmp_path, tied):
+    train(tmp_path, tied, "cluster.rollout_gpus=1", "cluster.learner_gpus=1", "cluster.weight_sync=nccl",
           "cluster.sync_timeout_s=300")
+
+
+@pytest.mark.skipif(GPUS < 3, reason="needs three CUDA GPUs (a learner and a tensor-parallel engine of 2)")
+def test_tensor_parallel_engine_workers_map_the_weight_file(tmp_path):
+    """TP 2 without NCCL: each vLLM worker maps the learner's shared-memory weight file itself
+    (`actors.weights.load_weights_from_file`), nothing pickled per worker."""
+    train(tmp_path, True, "cluster.rollout_gpus=2", "cluster.tensor_parallel_size=2", "cluster.learner_gpus=1",
+          "cluster.weight_sync=shm")

@@ -1,4 +1,4 @@
-"""The zoom environment core: smart_resize, crop geometry (SPEC §3), observation text, episode machine."""
+"""The zoom environment core: smart_resize, crop geometry (docs/algorithm.md §3), observation text, episode machine."""
 
 import pytest
 from PIL import Image
