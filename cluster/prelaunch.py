@@ -82,6 +82,10 @@ def prelaunch(cmd: str, cfg, *, overwrite: bool = False, dry_run: bool = False):
     notes = resolve_models(cmd, cfg, download=not dry_run)
     plan = guard(cmd, cfg, overwrite)  # before the data: a forgotten --resume is named before a slow load
     notes += check_data(cmd, cfg, full=dry_run or bool(plan.remove))
+    if cmd == "train":  # the GPU memory plan is a check too: nothing is removed for a run that cannot fit
+        from cluster.plan import check_before_launch
+
+        check_before_launch(cfg)
     if dry_run:
         notes += [f"would remove {p}" for p in plan.remove] + [f"would write {p}" for p in plan.write]
         print("".join(f"[{cmd}] --dry-run: {n}\n" for n in notes), end="")

@@ -259,3 +259,22 @@ def test_sft_and_mcts_outs_keep_their_settings(tmp_path, data):
     pre.prelaunch("mcts", mcts("workers=4", "limit=2"))  # placement and how many: not settings, it resumes
     with pytest.raises(pre.PrelaunchError, match="search.simulations: 8 -> 20"):
         pre.prelaunch("mcts", mcts("search.simulations=20"))
+
+
+def test_overwrite_keeps_the_checkpoints_of_a_layout_whose_memory_plan_cannot_fit(tmp_path, data):
+    """The GPU memory plan is one of the checks --overwrite waits for (cluster/plan.py)."""
+    import shutil
+
+    from cluster.plan import PlanError
+
+    out, model = tmp_path / "run", tmp_path / "model"
+    model.mkdir()
+    shutil.copy(Path(__file__).resolve().parent.parent / "configs/models/qwen2_5_vl_7b/config.json", model)
+    (model / "model.safetensors").write_bytes(b"\0" * 16)
+    ck = checkpoint(out)
+    cfg = config.load(config.TrainConfig, None, [f"out={out}", f"model.path={model}", f"data.path={data}",
+                                                 "cluster.learner_gpus=1", "cluster.rollout_gpus=1",
+                                                 "learner.zero_stage=2"])
+    with pytest.raises(PlanError, match="DOES NOT FIT"):
+        pre.prelaunch("train", config.official_defaults(cfg), overwrite=True)
+    assert (ck / resume.COMPLETE).is_file() and (out / "checkpoints" / "step_00003").is_dir()
