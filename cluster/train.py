@@ -24,7 +24,6 @@ from cluster.control import driver_file, requested_scale, stop_requested
 from cluster.ledger import Ledger
 from cluster.pool import RolloutPool, RolloutQueue
 from cluster.raystart import say
-from cluster.plan import check_before_launch
 from configs.schema import TrainConfig, shares_gpu, torch_threads
 
 
@@ -105,7 +104,6 @@ def run(cfg: TrainConfig) -> dict:
         raise ValueError(f"rollout.group_size must be >= 2 (group advantages need a spread), got "
                          f"{cfg.rollout.group_size}")
     nccl = nccl_sync(cfg.cluster)  # also refuses GPU placements that cannot run
-    check_before_launch(cfg)  # a GPU layout whose memory plan cannot fit stops here (`vigorl plan`)
     ckpt = resume.latest(cfg.out) if cfg.resume else None  # before Ray starts: a bad resume fails fast
     changes = resume.check(ckpt, cfg) if ckpt else []
     if not ckpt and (old := resume.complete_dirs(cfg.out)):  # cluster/prelaunch.py stops such a run first; a
