@@ -8,36 +8,19 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from configs.schema import EvalConfig, TrainConfig, nccl_sync, torch_threads
-
-
-def read_system_prompt(path: str, unescape: bool = False) -> str | None:
-    """The system prompt file's text, stripped, as the released RL trainer reads its format prompt
-    (Gabesarch/grounded-rl@e7970c0:src/trainer/rl/verl/utils/dataset.py: `f.read()`, then `.strip()` as the
-    system message; not rendered as Jinja, so literal `\n` escapes stay as written). `unescape`: each literal
-    `\n` becomes a newline. None when no file is configured."""
-    from pathlib import Path
-
-    if not path:
-        return None
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"rollout.system_prompt_file: {p} does not exist")
-    text = p.read_text(encoding="utf-8").strip()
-    if unescape:
-        text = text.replace("\\n", "\n")
-    if not text:
-        raise ValueError(f"rollout.system_prompt_file: {p} is empty")
-    return text
+from configs.jobs import EvalConfig
+from configs.placement import nccl_sync, torch_threads
+from configs.schema import TrainConfig
+from data_gen.prompts import read_system_prompt
 
 
 def check_rollout(cfg: TrainConfig | EvalConfig) -> None:
     """What an actor's constructor would otherwise only fail on after its engine loaded: the prompt name
-    (actors.prompts registry) and the system prompt file. Run by the driver before Ray starts
+    (data_gen.prompts registry) and the system prompt file. Run by the driver before Ray starts
     (cluster/cli.py) and first thing in the constructor; raises ConfigError naming the key, which the
     driver treats as the run's error, not as an actor fault to retry (cluster/pool.py `config_error`)."""
-    from actors.prompts import PROMPTS
-    from configs.schema import ConfigError, did_you_mean
+    from configs.base import ConfigError, did_you_mean
+    from data_gen.prompts import PROMPTS
 
     r = cfg.rollout
     if r.prompt not in PROMPTS:
@@ -94,14 +77,12 @@ class RolloutActor:
         self._images: dict[str, object] = {}
 
     def _image(self, row):
-        from actors.zoom import resize_for_model
         from data_gen.formats import image_root
-        from data_gen.images import load_rgb, resolve_under
+        from data_gen.images import policy_image
 
         if row.prompt_id not in self._images:
-            self._images[row.prompt_id] = resize_for_model(
-                load_rgb(resolve_under(image_root(self.cfg.data), row.image)), self.cfg.model.min_pixels,
-                self.cfg.model.max_pixels)
+            self._images[row.prompt_id] = policy_image(image_root(self.cfg.data), row.image,
+                                                       self.cfg.model.min_pixels, self.cfg.model.max_pixels)
         return self._images[row.prompt_id]
 
     def rollout_batch(self, prompt_ids: list[str], draw: int | None = None):

@@ -38,6 +38,14 @@ def engine_dtype(dtype: str, gpu: bool) -> str:
     return ("bfloat16" if gpu else "float32") if dtype == "auto" else dtype
 
 
+def nccl_engine_kwargs() -> dict:
+    """The engine config that lets `actors.weights.nccl_join` / `nccl_receive` broadcast weights into it:
+    vLLM's weight-transfer protocol with the NCCL backend."""
+    from vllm.config import WeightTransferConfig
+
+    return {"weight_transfer_config": WeightTransferConfig(backend="nccl")}
+
+
 def make_llm(model_path: str, *, dtype: str = "auto", max_model_len: int = 8192, max_images: int = 5,
              seed: int = 0, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.8,
              nccl_weight_sync: bool = False, in_process: bool = False):
@@ -60,8 +68,6 @@ def make_llm(model_path: str, *, dtype: str = "auto", max_model_len: int = 8192,
     if gpu:
         kwargs.update(tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization)
         if nccl_weight_sync:
-            from actors.weights import nccl_engine_kwargs
-
             kwargs.update(nccl_engine_kwargs())
     else:
         # No chunked prefill on CPU: a prompt prefilled over several steps has its sampled token discarded,

@@ -54,7 +54,7 @@ def episode_figure(batch, tokenizer, data_root: str, k: int = 1) -> Image.Image:
     and crops on each image, turns as text (for the training run's MLflow images)."""
     from actors.rollout import transcript
     from actors.trajectory import from_batch, rebuild_images
-    from actors.zoom import crop_box
+    from data_gen.geometry import crop_box
 
     panels = []
     for t in from_batch(batch.slice(0, k)):

@@ -54,7 +54,7 @@ def _malloc_trim():
 
 def use_threads(n: int) -> int:
     """Run torch's (OpenMP) kernels of this process on `n` threads, at most the machine's cores; returns the
-    count. Ray sets OMP_NUM_THREADS to an actor's num_cpus; `configs.schema.torch_threads` says when a
+    count. Ray sets OMP_NUM_THREADS to an actor's num_cpus; `configs.placement.torch_threads` says when a
     process may use more. Call before building a vLLM engine: on CPU it refuses later changes."""
     import torch
 

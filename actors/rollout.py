@@ -40,12 +40,12 @@ from PIL import Image
 
 import rewards
 from actors.engine import turn_grammar
-from actors.prompts import get_prompt
 from actors.trajectory import ImageRef, Trajectory
-from actors.zoom import (FORCED_ANSWER_PREFIX, STOP_STRINGS, ZoomEpisode, ZoomSettings, crop_point,
-                         observation_text)
+from actors.zoom import STOP_STRINGS, ZoomEpisode, ZoomSettings
+from data_gen.geometry import FORCED_ANSWER_PREFIX, crop_point, observation_text
+from data_gen.prompts import get_prompt
 from data_gen.rows import PromptRow, gold_for_model
-from learner.grpo import group_advantages
+from rewards.advantages import group_advantages
 
 # A random or young policy samples vision placeholders, which would ask vLLM for images that do not exist:
 # sampling never emits them (`bad_words`, a 5-token mask, O(1) per request unlike an allowed-ids list; the

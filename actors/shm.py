@@ -21,9 +21,12 @@ reports (its samples are tagged with what they were really generated under).
 from __future__ import annotations
 
 import atexit
+import fcntl
 import json
 import mmap
 import os
+import re
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -37,6 +40,9 @@ FIXED = 40  # magic + [seq, version, layout bytes, data offset] as int64
 PAGE = 4096
 ALIGN = 64
 SHM_DIR = Path("/dev/shm")
+PREFIX = "vigorl-weights-"
+# vigorl-weights-<writer pid>-<8 hex>: nothing else in /dev/shm is ever swept
+_NAME = re.compile(re.escape(PREFIX) + r"(\d+)-[0-9a-f]{8}")
 
 
 def available() -> bool:
@@ -83,13 +89,31 @@ def _signature(state: dict[str, torch.Tensor]) -> list[tuple]:
 
 def sweep(directory: Path = SHM_DIR) -> list[Path]:
     """Remove the weight files of learners that are gone (a killed process cannot remove its own; they would
-    hold a model's worth of shared memory until reboot). Returns what it removed."""
+    hold a model's worth of shared memory until reboot). Returns what it removed.
+
+    A file is removed only when all of these hold: its name is vigorl's (`vigorl-weights-<pid>-<hex>`), it is a
+    regular file of this user, its writer's pid is not alive here, and nobody holds its lock — the writer keeps an
+    exclusive `flock` on it for its life, which also covers a writer in another PID namespace (containers that
+    share /dev/shm see each other's files but not each other's pids). Anything else — another user's file, a
+    file that vanishes meanwhile, one we may not open — is left alone, never an error."""
     gone = []
-    for f in directory.glob("vigorl-weights-*"):
-        pid = f.name.split("-")[2]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            f.unlink(missing_ok=True)
-            gone.append(f)
+    for f in directory.glob(PREFIX + "*"):
+        m = _NAME.fullmatch(f.name)
+        if m is None:
+            continue
+        try:
+            st = f.lstat()
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or Path(f"/proc/{m.group(1)}").exists():
+                continue
+            fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its writer lives
+                f.unlink()
+                gone.append(f)
+            finally:
+                os.close(fd)
+        except OSError:  # vanished, locked, or not ours to open: leave it
+            continue
     return gone
 
 
@@ -99,8 +123,9 @@ class WeightFile:
 
     def __init__(self, directory: Path = SHM_DIR):
         sweep(Path(directory))
-        self.path = Path(directory) / f"vigorl-weights-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.path = Path(directory) / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._buf: mmap.mmap | None = None
+        self._lock: int | None = None  # the fd whose exclusive flock tells `sweep` this file's writer lives
 
     def write(self, version: int, state: dict[str, torch.Tensor]) -> str:
         """Publish `state` as `version`; returns the file's path."""
@@ -123,19 +148,24 @@ class WeightFile:
         layout = json.dumps(entries).encode()
         start = -(-(FIXED + len(layout)) // PAGE) * PAGE
         total = start + max(size, 1)
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_EXCL, 0o600)
+        # created under a name `sweep` never matches, locked, then renamed: no moment where another run's sweep
+        # could take the file for a dead writer's
+        hidden = self.path.with_name("." + self.path.name)
+        fd = os.open(hidden, os.O_CREAT | os.O_RDWR | os.O_EXCL, 0o600)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # reserve every page now: a full /dev/shm is this clear error, not a SIGBUS in the middle of a write
             os.posix_fallocate(fd, 0, total)
             self._buf = mmap.mmap(fd, total)
+            os.rename(hidden, self.path)
         except OSError as e:
-            self.path.unlink(missing_ok=True)
+            os.close(fd)
+            hidden.unlink(missing_ok=True)
             free = os.statvfs(self.path.parent)
             raise OSError(f"weight file {self.path}: {total / 2**30:.2f} GiB needed, {free.f_bavail * free.f_frsize / 2**30:.2f}"
                           f" GiB free in {self.path.parent} ({e.strerror}): free some or set "
                           f"cluster.weight_sync=object_store") from e
-        finally:
-            os.close(fd)
+        self._lock = fd  # held open (and locked) until close()
         self._buf[:8] = MAGIC
         self._buf[FIXED:FIXED + len(layout)] = layout
         self._counters = _counters(self._buf)
@@ -147,7 +177,9 @@ class WeightFile:
     def close(self) -> None:
         """Remove the file (readers that mapped it keep their mapping until they drop it)."""
         self.path.unlink(missing_ok=True)
-        self._views, self._counters, self._buf = {}, None, None
+        if self._lock is not None:
+            os.close(self._lock)
+        self._views, self._counters, self._buf, self._lock = {}, None, None, None
 
 
 class WeightReader:

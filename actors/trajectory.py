@@ -19,8 +19,8 @@ from data_gen import records
 @dataclass
 class ImageRef:
     """An image of the episode, by reference: the learner rebuilds pixels without shipping them twice.
-    The full image is the source resized to (width, height); a crop is `actors.zoom.crop(full, point,
-    half_size, out_size, dot)` and its box `actors.zoom.crop_box(point, (width, height), half_size)`."""
+    The full image is the source resized to (width, height); a crop is `data_gen.geometry.crop(full, point,
+    half_size, out_size, dot)` and its box `data_gen.geometry.crop_box(point, (width, height), half_size)`."""
 
     source: str  # dataset-relative path of the original image, or "sha256:<hex>" of its bytes
     width: int  # size of the full image as the model saw it (after smart_resize), px
@@ -86,7 +86,7 @@ def rebuild_images(refs: list[ImageRef], root: str | Path) -> list:
     by the learner (its forward pass) and by the episode pictures."""
     from PIL import Image
 
-    from actors.zoom import crop
+    from data_gen.geometry import crop
     from data_gen.images import load_rgb, resolve_under
 
     out, full_cache = [], {}

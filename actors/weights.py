@@ -129,12 +129,7 @@ def unpack(packed: dict) -> dict[str, torch.Tensor]:
 # for engine i of tensor-parallel size tp); per sync start_weight_update -> update_weights(names, dtypes,
 # shapes) while the trainer broadcasts each tensor in that order -> finish_weight_update. vLLM resets no
 # cache after an update, so we do. Not exercised on this CPU machine (no GPU was lent to this session).
-
-def nccl_engine_kwargs() -> dict:
-    from vllm.config import WeightTransferConfig
-
-    return {"weight_transfer_config": WeightTransferConfig(backend="nccl")}
-
+# The engine side of the config is `actors.engine.nccl_engine_kwargs` (the engine is built before any load).
 
 def nccl_join(llm, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
     """Engine side: join the trainer's group (blocks until every member has joined)."""

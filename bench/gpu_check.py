@@ -36,16 +36,16 @@ def trajectories(proc, data: Path, n: int = 4) -> list:
     """`n` episodes of one group over the dataset's first rows: full image + one crop turn in the prompt, then
     20 + 37k 'generated' tokens (loss-masked in, different lengths: real padding), advantages +-1."""
     from actors.trajectory import ImageRef, Trajectory
-    from actors.zoom import crop, resize_for_model
-    from data_gen.images import load_rgb
-    from data_gen.rows import read_rows
+    from data_gen.formats import read_rows
+    from data_gen.geometry import crop
+    from data_gen.images import policy_image
 
     rng = random.Random(0)
     rows = list(read_rows(data))
     out = []
     for k in range(n):
         row = rows[k % len(rows)]
-        img = resize_for_model(load_rgb(data / row.image))
+        img = policy_image(data, row.image)
         point = (100 + 40 * (k % 3), 90)
         text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
                                          "text": row.question}]}], add_generation_prompt=True, tokenize=False)
@@ -68,7 +68,8 @@ def check_logprobs(model_dir: Path, data: Path, proc, trajs) -> bool:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from actors.trajectory import rebuild_images
-    from learner.logprobs import batch_inputs, model_inputs, token_logprobs
+    from learner.inputs import batch_inputs, model_inputs
+    from learner.logprobs import token_logprobs
 
     image_id = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     images = [rebuild_images(t.images, data) for t in trajs]

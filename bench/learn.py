@@ -76,11 +76,10 @@ def build_base(n_captions: int, stages: int) -> Path:
     final = root / f"stage-{stages}"
     if (final / "info.json").is_file():
         return final / "model"
-    from data_gen.tiny_model import make_tiny_model
+    from data_gen.tiny_model import ensure_tiny_model
 
     prev = root / "stage-0"
-    if not (prev / "model" / "config.json").is_file():
-        make_tiny_model(prev / "model", vocab="small", size="small", seed=0)
+    ensure_tiny_model(prev / "model", vocab="small", size="small", seed=0)
     for k in range(1, stages + 1):
         stage = root / f"stage-{k}"
         if (stage / "info.json").is_file():
@@ -156,7 +155,7 @@ def evaluate(model: Path, data: Path, out: Path, multi_turn: bool = False) -> di
     """`vigorl eval` of `model` on the rows at `data` (configs/learn_eval.yaml, or learn_eval_mt.yaml with the
     zoom tool: the training rollout code, no structured outputs, one sample per item at temperature 0.5,
     docs/algorithm.md §5) into `out`, plus how often the think-step points fall inside the object the question names."""
-    from data_gen.rows import read_rows
+    from data_gen.formats import read_rows
     from data_gen.teachers import scene_of
 
     shutil.rmtree(out, ignore_errors=True)  # `vigorl eval` resumes from what is there: start clean
@@ -192,7 +191,7 @@ def zoom_stats(items: list[dict], scenes: dict) -> dict:
 def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int, captions: int,
              base_stages: int, describe: bool = False, sft_epochs: int | None = None,
              multi_turn: bool = False, chains: int = 8) -> dict:
-    from data_gen.synthetic import make_dataset
+    from data_gen.synthetic import ensure_dataset
 
     out = out.resolve()
     logs = out / "logs"
@@ -203,8 +202,7 @@ def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int,
     data = {}
     for name, n in (("mcts", n_mcts), ("rl", n_rl), ("heldout", n_heldout)):
         data[name] = out / "data" / name
-        if not (data[name] / "prompts.parquet").is_file():
-            make_dataset(TASK, n, seed=SEEDS[name], out=data[name], progress=False)
+        ensure_dataset(TASK, n, seed=SEEDS[name], out=data[name], progress=False)
     times, runs, outputs = {}, {}, {}
 
     def stage(name: str, *args) -> None:

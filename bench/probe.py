@@ -54,7 +54,7 @@ def captions(cap: Captioner, data: Path, n: int) -> dict:
     """Rates over the first `n` `object_colour` rows of `data` (see the module docstring)."""
     from PIL import Image
 
-    from data_gen.rows import read_rows
+    from data_gen.formats import read_rows
     from data_gen.synthetic import COLORS
     from data_gen.teachers import scene_of
 

@@ -27,16 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def setup(out: Path):
-    from data_gen.rows import read_rows
-    from data_gen.synthetic import make_dataset
-    from data_gen.tiny_model import make_tiny_model
+    from data_gen.formats import read_rows
+    from data_gen.synthetic import ensure_dataset
+    from data_gen.tiny_model import ensure_tiny_model
 
-    if not (out / "model" / "config.json").is_file():
-        make_tiny_model(out / "model", vocab="small")
-    if not (out / "model_qwen" / "config.json").is_file():
-        make_tiny_model(out / "model_qwen", vocab="qwen")
-    if not (out / "data" / "prompts.parquet").is_file():
-        make_dataset("visual_search", 8, seed=0, out=out / "data", progress=False)
+    ensure_tiny_model(out / "model", vocab="small")
+    ensure_tiny_model(out / "model_qwen", vocab="qwen")
+    ensure_dataset("visual_search", 8, seed=0, out=out / "data", progress=False)
     return read_rows(out / "data")
 
 
@@ -45,12 +42,12 @@ def bench_rollout(out: Path, rows) -> tuple[float, list]:
     from actors.engine import make_llm
     from actors.rollout import Rollout
     from actors.trajectory import to_batch
-    from actors.zoom import ZoomSettings, resize_for_model
-    from data_gen.images import load_rgb, resolve_under
+    from actors.zoom import ZoomSettings
+    from data_gen.images import policy_image
 
     llm = make_llm(str(out / "model"), max_model_len=8192, seed=0)
     proc = AutoProcessor.from_pretrained(out / "model")
-    batch = [(r, resize_for_model(load_rgb(resolve_under(out / "data", r.image))), r.image) for r in rows]
+    batch = [(r, policy_image(out / "data", r.image), r.image) for r in rows]
     G = 4
     ro = Rollout(llm, proc, ZoomSettings(half_size=182, out_size=336), group_size=G, prompt="vigorl_multi_turn",
                  max_tokens_per_turn=256, response_budget=8000, guided=True)
@@ -200,7 +197,8 @@ def bench_learner(out: Path) -> dict:
     import ray
 
     from actors.trajectory import from_batch, to_batch
-    from configs.schema import ClusterConfig, LearnerConfig, torch_threads
+    from configs.placement import torch_threads
+    from configs.schema import ClusterConfig, LearnerConfig
     from learner.actor import LearnerActor
 
     trajs = from_batch(pa.ipc.open_file(str(out / "trajectories.arrow")).read_all())[:8]

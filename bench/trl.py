@@ -27,12 +27,10 @@ TASK = "gui_grounding"
 
 
 def data(out: Path) -> Path:
-    from data_gen.synthetic import make_dataset
+    from data_gen.synthetic import ensure_dataset
 
     path = out / "data_gui"
-    if not (path / "prompts.parquet").is_file():
-        make_dataset(TASK, 16, seed=0, out=path, progress=False)
-    return path
+    return ensure_dataset(TASK, 16, seed=0, out=path, progress=False)
 
 
 def run_vigorl(model: Path, data_path: Path, out: Path, steps: int) -> dict:
@@ -75,9 +73,9 @@ def run_trl(model: Path, data_path: Path, out: Path, steps: int) -> dict:
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from actors.prompts import system_prompt
+    from data_gen.formats import read_rows
     from data_gen.images import load_rgb, resolve_under
-    from data_gen.rows import read_rows
+    from data_gen.prompts import system_prompt
     from rewards import score
 
     rows = read_rows(data_path)
@@ -130,11 +128,10 @@ def run_trl(model: Path, data_path: Path, out: Path, steps: int) -> dict:
 
 
 def side_by_side(out: Path, vocab: str, steps: int) -> dict:
-    from data_gen.tiny_model import make_tiny_model
+    from data_gen.tiny_model import ensure_tiny_model
 
     model = out / ("model" if vocab == "small" else "model_qwen")
-    if not (model / "config.json").is_file():
-        make_tiny_model(model, vocab=vocab)
+    ensure_tiny_model(model, vocab=vocab)
     data_path = data(out)
     v = run_vigorl(model, data_path, out / f"trl_vigorl_{vocab}", steps)
     p = subprocess.run([sys.executable, "-m", "bench.trl", "--only-trl", "--out", str(out), "--vocab", vocab,

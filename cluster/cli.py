@@ -24,7 +24,7 @@ from pathlib import Path
 
 
 JOBS = {"demo": "DemoConfig", "train": "TrainConfig", "mcts": "MCTSJobConfig", "sft": "SFTConfig",
-        "eval": "EvalConfig"}  # the job commands and their configs.schema dataclass
+        "eval": "EvalConfig"}  # the job commands and their config dataclass (configs/schema.py, configs/jobs.py)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,12 +38,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def config_help(schema_name: str) -> str:
-    """The `key=value` fields of a config schema, one line each: key = default [type]  doc (configs/schema.py)."""
-    from configs import schema as config
+    """The `key=value` fields of a config schema, one line each: key = default [type]  doc (configs/schema.py,
+    configs/jobs.py)."""
+    from configs import jobs, schema
+    from configs.fields import describe
 
-    rows = config.describe(getattr(config, schema_name))
+    cls = getattr(schema, schema_name, None) or getattr(jobs, schema_name)
+    rows = describe(cls)
     width = max(len(f"{k} = {d}") for k, _, d, _ in rows)
-    return (f"\nconfig keys (key=value; configs.schema.{schema_name}; defaults before a recipe, null: the "
+    return (f"\nconfig keys (key=value; {cls.__module__}.{schema_name}; defaults before a recipe, null: the "
             "official value for data.task / data.mode):\n"
             + "".join(f"  {f'{k} = {d}':<{width}}  [{t}]  {doc}\n" for k, t, d, doc in rows))
 
@@ -52,7 +55,7 @@ def check_names(cmd: str, cfg) -> None:
     """The config values only layers above configs/ can check, once paths are anchored (cluster/home.py):
     the rollout prompt name and system prompt file (`actors.actor.check_rollout`, which every rollout actor's
     constructor runs too) and the MCTS teacher's prompt file. ConfigError naming the key."""
-    from configs.schema import ConfigError
+    from configs.base import ConfigError
 
     if hasattr(cfg, "rollout"):
         from actors.actor import check_rollout
@@ -105,7 +108,7 @@ def _main(argv: list[str]) -> int:
     d.add_argument("--seed", type=int, default=0)
 
     e = sub.add_parser("demo", help="play and score one zoom episode with the tiny model")
-    e.add_argument("--config", default=None, help="YAML recipe (configs.schema.DemoConfig)")
+    e.add_argument("--config", default=None, help="YAML recipe (configs.jobs.DemoConfig)")
     e.add_argument("overrides", nargs="*", help="key=value overrides, e.g. zoom.dot=true")
     e.schema = JOBS["demo"]
 
@@ -121,7 +124,7 @@ def _main(argv: list[str]) -> int:
         j = sub.add_parser(name, help=help_)
         j.schema = schema
         j.add_argument("--config", action="append", default=None,
-                       help=f"YAML recipe (configs.schema.{schema}); repeat to layer, e.g. a configs/layouts/ file")
+                       help=f"YAML recipe ({schema}, keys below); repeat to layer, e.g. a configs/layouts/ file")
         j.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
         j.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
         j.add_argument("--overwrite", action="store_true",
@@ -192,25 +195,29 @@ def _main(argv: list[str]) -> int:
               if args.cmd == "scale" else f"[stop] asked in {path}; the run ends after its step in progress")
     elif args.cmd == "plan":
         from cluster import plan as planning
-        from configs import schema as config
+        from configs.base import ConfigError
+        from configs.load import load
+        from configs.released import official_defaults
+        from configs.schema import TrainConfig
 
         try:
-            cfg = config.official_defaults(config.load(config.TrainConfig, args.config, args.overrides))
+            cfg = official_defaults(load(TrainConfig, args.config, args.overrides))
             gb = args.gpu_memory_gb or planning.visible_gpu_gb() or 80.0
             result = planning.with_knobs(cfg, gb, planning.model_shapes(cfg.model.path))
-        except (config.ConfigError, ValueError, FileNotFoundError) as e:
+        except (ConfigError, ValueError, FileNotFoundError) as e:
             print(f"vigorl plan: {e}", file=sys.stderr)
             return 2
         print(json.dumps(planning.summary(result), indent=2) if args.json else planning.render(result, cfg))
         return 0 if result.fits else 1
     elif args.cmd in ("linearize", "to-multiturn"):
-        from configs import schema as config
+        from configs.base import ConfigError
+        from configs.load import load
         from data_gen import traces
 
         schema = traces.LinearizeConfig if args.cmd == "linearize" else traces.MultiTurnConfig
         try:
-            cfg = config.load(schema, None, args.overrides)
-        except config.ConfigError as e:
+            cfg = load(schema, None, args.overrides)
+        except ConfigError as e:
             print(f"vigorl {args.cmd}: {e}", file=sys.stderr)
             return 2
         if args.cmd == "linearize":
@@ -223,10 +230,14 @@ def _main(argv: list[str]) -> int:
         carry_run_file(args.trees if args.cmd == "linearize" else args.inp, args.out)
         print(f"[{args.cmd}] {json.dumps(counts)} -> {args.out}")
     elif args.cmd in ("demo", "train", "mcts", "sft", "eval"):
-        from configs import schema as config
+        from configs.base import ConfigError
+        from configs.jobs import DemoConfig, EvalConfig, MCTSJobConfig, SFTConfig
+        from configs.load import load
+        from configs.released import official_defaults
+        from configs.schema import TrainConfig
 
-        schema = {"demo": config.DemoConfig, "train": config.TrainConfig, "mcts": config.MCTSJobConfig,
-                  "sft": config.SFTConfig, "eval": config.EvalConfig}[args.cmd]
+        schema = {"demo": DemoConfig, "train": TrainConfig, "mcts": MCTSJobConfig, "sft": SFTConfig,
+                  "eval": EvalConfig}[args.cmd]
         key = "cluster.address" if args.cmd == "train" else "address"
         overrides = list(args.overrides) + ([f"{key}={args.address}"] if getattr(args, "address", None) else [])
         overrides += ["verbose=true"] if getattr(args, "verbose", False) else []
@@ -251,7 +262,8 @@ def _main(argv: list[str]) -> int:
 
             invocation(args.cmd, recipe, overrides, resume=bool(getattr(args, "resume", None)))
         try:
-            cfg = config.official_defaults(config.load(schema, recipe, overrides))
+            # the process's one call of official_defaults: each job's run() takes cfg with them applied
+            cfg = official_defaults(load(schema, recipe, overrides))
             from cluster.home import anchor_paths
 
             anchor_paths(cfg, args.cmd)  # relative paths: VIGORL_HOME, never Ray's job working dir (HomeError)
@@ -261,10 +273,11 @@ def _main(argv: list[str]) -> int:
                 print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
                 return 0
             check_names(args.cmd, cfg)
-        except (config.ConfigError, ValueError) as e:
+        except (ConfigError, ValueError) as e:
             print(f"vigorl {args.cmd}: {e}", file=sys.stderr)
             return 2
-        from cluster.prelaunch import PrelaunchError, prelaunch
+        from cluster.outdir import PrelaunchError
+        from cluster.prelaunch import prelaunch
         from cluster.resume import ResumeError
 
         try:  # models resolved, data read, out guarded: before any job code and before Ray (cluster/prelaunch.py)

@@ -9,7 +9,7 @@ import json
 import time
 from pathlib import Path
 
-from configs.schema import DemoConfig
+from configs.jobs import DemoConfig
 
 
 def run(cfg: DemoConfig) -> dict:
@@ -19,27 +19,24 @@ def run(cfg: DemoConfig) -> dict:
     from actors.picture import episode_picture
     from actors.rollout import Rollout, assistant_turns, score_response
     from actors.trajectory import rebuild_images
-    from actors.zoom import ZoomSettings, crop_box, resize_for_model
-    from configs.schema import official_defaults
-    from data_gen.images import load_rgb, resolve_under
-    from data_gen.rows import gold_for_model, read_rows
-    from data_gen.synthetic import make_dataset
-    from data_gen.tiny_model import make_tiny_model
+    from actors.zoom import ZoomSettings
+    from data_gen.formats import read_rows
+    from data_gen.geometry import crop_box
+    from data_gen.images import policy_image
+    from data_gen.rows import gold_for_model
+    from data_gen.synthetic import ensure_dataset
+    from data_gen.tiny_model import ensure_tiny_model
 
-    official_defaults(cfg)
     t0 = time.time()
     model_dir, data_dir, out = Path(cfg.model.path), Path(cfg.data.path), Path(cfg.out)
-    if not (model_dir / "config.json").is_file():
-        print(f"[demo] building a tiny random Qwen2.5-VL ({cfg.vocab} vocab) in {model_dir}")
-        make_tiny_model(model_dir, vocab=cfg.vocab, max_pixels=cfg.model.max_pixels, min_pixels=cfg.model.min_pixels)
-    if not (data_dir / "prompts.parquet").is_file():
-        print(f"[demo] generating {cfg.n_prompts} synthetic {cfg.data.task} prompts in {data_dir}")
-        make_dataset(cfg.data.task, cfg.n_prompts, seed=0, out=data_dir)
+    ensure_tiny_model(model_dir, log="[demo]", vocab=cfg.vocab, max_pixels=cfg.model.max_pixels,
+                      min_pixels=cfg.model.min_pixels)
+    ensure_dataset(cfg.data.task, cfg.n_prompts, seed=0, out=data_dir, log="[demo]")
     rows = read_rows(data_dir)
     if not 0 <= cfg.row < len(rows):
         raise ValueError(f"row={cfg.row} but {data_dir} has {len(rows)} rows")
     row = rows[cfg.row]
-    image = resize_for_model(load_rgb(resolve_under(data_dir, row.image)), cfg.model.min_pixels, cfg.model.max_pixels)
+    image = policy_image(data_dir, row.image, cfg.model.min_pixels, cfg.model.max_pixels)
     settings = ZoomSettings(**dataclasses.asdict(cfg.zoom))
 
     print(f"[demo] starting vLLM on {model_dir}")

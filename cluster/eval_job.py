@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import rewards
-from configs.schema import EvalConfig
+from cluster.workqueue import append_lines, chunks, crash_point, pending, run_queue, start_workers
+from configs.jobs import EvalConfig
 
 ITEMS, SUMMARY = "items.jsonl", "summary.json"
 
@@ -105,7 +104,7 @@ def item_lines(trajs: list, rows: dict, tok, cfg: EvalConfig) -> list[dict]:
     """One items.jsonl line per trajectory, judged by `cfg.judge` (`judged`); points and boxes mapped from the
     frame the model saw back to original-image pixels (per-axis scale, rounded)."""
     from actors.rollout import score_response, transcript
-    from actors.zoom import crop_box
+    from data_gen.geometry import crop_box
 
     samples: Counter = Counter()
     out = []
@@ -208,95 +207,140 @@ def check_judge(cfg: EvalConfig) -> str:
     return f"released evaluation: {name} (rewards.eval_judge, Gabesarch/grounded-rl@e7970c0 judge.py)"
 
 
-def run(cfg: EvalConfig) -> dict:
-    from tqdm import tqdm
-    from transformers import AutoTokenizer
-
-    from actors.actor import RolloutActor
-    from actors.trajectory import from_batch
-    from cluster.gallery import write_gallery
-    from cluster.raystart import init_ray, log_file
-    from cluster.tracking import Tracker, job, ready_nodes
-    from configs.schema import official_defaults
-    from data_gen.formats import image_root
-
-    official_defaults(cfg)
+def check_settings(cfg: EvalConfig) -> tuple[str, int]:
+    """(what scores the items, in words; samples per item): the judge, `rollout.group_size` and the model dir
+    checked, an error naming the bad one here, before Ray starts."""
     judge = check_judge(cfg)
     k = cfg.rollout.group_size
     if k is None or k < 1:
         raise ValueError(f"rollout.group_size (samples per item) must be >= 1, got {k}")
     if not (Path(cfg.model.path) / "config.json").is_file():
         raise FileNotFoundError(f"model.path: {cfg.model.path} is not a model dir (no config.json)")
-    rows, skipped = load_items(cfg)
-    if cfg.judge == "official" and not cfg.benchmark:
-        from rewards.eval_judge import TASK_JUDGES
+    return judge, k
 
-        if unjudged := sorted({r.task for r in rows} - set(TASK_JUDGES)):
-            raise ValueError(f"no evaluation judge for task(s) {unjudged} of {cfg.data.path}; judges by task: "
-                             f"{sorted(TASK_JUDGES)} (or judge=reward)")
-        judge = judge.replace("by row task", ", ".join(sorted({f"{r.task}: {TASK_JUDGES[r.task]}" for r in rows})))
+
+def judges_by_task(cfg: EvalConfig, rows: list, judge: str) -> str:
+    """`judge` with each task's judge named, where the official judge goes by row task (no `benchmark`); a
+    task without a released judge is an error naming it."""
+    if cfg.judge != "official" or cfg.benchmark:
+        return judge
+    from rewards.eval_judge import TASK_JUDGES
+
+    if unjudged := sorted({r.task for r in rows} - set(TASK_JUDGES)):
+        raise ValueError(f"no evaluation judge for task(s) {unjudged} of {cfg.data.path}; judges by task: "
+                         f"{sorted(TASK_JUDGES)} (or judge=reward)")
+    return judge.replace("by row task", ", ".join(sorted({f"{r.task}: {TASK_JUDGES[r.task]}" for r in rows})))
+
+
+def announce(cfg: EvalConfig, rows: list, todo: list, skipped: Counter) -> None:
+    """The job's first console line: items found, already scored, to score, and how."""
+    print(f"[eval] {len(rows)} items ({cfg.benchmark or f'data.format={cfg.data.format}'} at {cfg.data.path}), "
+          f"{len(rows) - len(todo)} already "
+          f"in {Path(cfg.out) / ITEMS}, {len(todo)} to score; {cfg.rollout.group_size} sample(s) each, "
+          f"{cfg.data.mode}, temperature {cfg.sampling.temperature}" + (f"; skipped {dict(skipped)}" if skipped else ""))
+
+
+def start_actors(ray, cfg: EvalConfig, todo: list, n_batches: int, tracker) -> list:
+    """The rollout actors, each holding the items to score: `cluster.rollout_actors` of them, at most one per
+    batch; the GPUs of their nodes are watched (system metrics)."""
+    from actors.actor import RolloutActor
+    from cluster.raystart import log_file
+    from cluster.tracking import ready_nodes
+
+    c = cfg.cluster
+    actor = ray.remote(RolloutActor).options(num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus)
+    actors = start_workers(lambda i: actor.remote(cfg, i, todo, log_file(cfg.out, f"rollout-{i}", cfg.verbose)),
+                           c.rollout_actors, n_batches)
+    nodes = [a.node_id.remote() for a in actors]
+    tracker.watch_gpus(ray, lambda: {"rollout": ready_nodes(ray, nodes)})
+    return actors
+
+
+def score(ray, actors: list, batches: list[list[str]], todo: list, tok, cfg: EvalConfig, done: list,
+          tracker) -> None:
+    """Score the `batches` (item ids) on `actors` (cluster/workqueue.py): each batch's lines are appended to
+    items.jsonl (an item's k samples in one write) and to `done` as it comes back."""
+    from actors.trajectory import from_batch
+
+    k, by_id, returned = cfg.rollout.group_size, {r.prompt_id: r for r in todo}, 0
+
+    def submit(actor, ids: list[str]):  # num_returns=2: (trajectories, stats); the driver reads the first
+        return actor.rollout_batch.options(num_returns=2).remote(ids)[0]
+
+    with open(Path(cfg.out) / ITEMS, "a") as f:
+        def on_result(batch) -> int:
+            nonlocal returned
+            lines = item_lines(from_batch(batch), by_id, tok, cfg)
+            append_lines(f, lines)
+            done.extend(lines)
+            returned += 1
+            crash_point(returned, cfg.crash_after)  # EvalConfig.crash_after counts batches
+            tracker.metrics({"eval/items_done": float(len({x["item_id"] for x in done}))}, len(done) // k)
+            return len(lines) // k
+
+        run_queue(ray, actors, batches, submit, on_result, total=len(todo), desc="eval items", unit="item")
+
+
+def write_summary(cfg: EvalConfig, done: list, skipped: Counter, judge: str, tracker) -> dict:
+    """summary.json; its figures as MLflow metrics, it and items.jsonl as artifacts."""
+    k, out = cfg.rollout.group_size, Path(cfg.out)
+    summary = summarize(done, k, skipped) | {
+        "model": cfg.model.source or cfg.model.path, "model_path": cfg.model.path,  # as given; the local dir
+        "benchmark": cfg.benchmark or "prompts.parquet", "data": cfg.data.path,
+        "mode": cfg.data.mode, "judge": cfg.judge, "judge_detail": judge,
+        "temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p, "samples_per_item": k,
+        "run_id": tracker.run_id}
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    tracker.metrics(_metrics(summary), len(done) // k)
+    tracker.artifact(out / ITEMS)
+    tracker.artifact(out / SUMMARY)
+    return summary
+
+
+def publish_gallery(cfg: EvalConfig, done: list, summary: dict, tracker) -> None:
+    """gallery/ (cluster.gallery, `gallery` items at most; none for 0), logged as an artifact."""
+    from cluster.gallery import write_gallery
+    from data_gen.formats import image_root
+
+    if cfg.gallery:
+        page = write_gallery(done, image_root(cfg.data), Path(cfg.out) / "gallery", cfg.gallery, summary=summary,
+                             title=f"vigorl eval: {summary['model']} on {summary['benchmark']}")
+        tracker.artifacts(page.parent, "gallery")
+        print(f"[eval] gallery: {page}")
+
+
+def report(cfg: EvalConfig, summary: dict, tracker) -> None:
+    """The job's last console line: the overall figures and where they are."""
+    o = summary["overall"]
+    print(f"[eval] {o['n']} items: accuracy {o['accuracy']:.3f} {tuple(o['accuracy_ci95'])} format "
+          f"{o['format_rate']:.3f} reward {o['reward']:.3f} zooms {o['zooms']:.2f}; {Path(cfg.out) / SUMMARY}; "
+          f"MLflow run {tracker.run_id}")
+
+
+def run(cfg: EvalConfig) -> dict:
+    """`vigorl eval` (the module docstring): check the settings and items, skip the items items.jsonl already
+    has, score the rest on rollout actors (cluster/workqueue.py), summarize."""
+    from transformers import AutoTokenizer
+
+    from cluster.raystart import init_ray
+    from cluster.tracking import Tracker, job
+
+    judge, k = check_settings(cfg)
+    rows, skipped = load_items(cfg)
+    judge = judges_by_task(cfg, rows, judge)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     done = read_items(out / ITEMS, k)  # scored with this run's model and settings: cluster/prelaunch.py checked
-    seen = {x["item_id"] for x in done}
-    todo = [r for r in rows if r.prompt_id not in seen]
-    print(f"[eval] {len(rows)} items ({cfg.benchmark or f'data.format={cfg.data.format}'} at {cfg.data.path}), "
-          f"{len(seen)} already "
-          f"in {out / ITEMS}, {len(todo)} to score; {k} sample(s) each, {cfg.data.mode}, temperature "
-          f"{cfg.sampling.temperature}" + (f"; skipped {dict(skipped)}" if skipped else ""))
+    todo = pending(rows, {x["item_id"] for x in done})
+    announce(cfg, rows, todo, skipped)
     tok = AutoTokenizer.from_pretrained(cfg.model.path)
-    by_id = {r.prompt_id: r for r in rows}
-    c = cfg.cluster
-    ray = init_ray(cfg.address, c.rollout_actors * c.rollout_cpus, cfg.verbose)
+    ray = init_ray(cfg.address, cfg.cluster.rollout_actors * cfg.cluster.rollout_cpus, cfg.verbose)
     tracker = Tracker(cfg)
     with job(tracker, ray):
-        n_actors = max(1, min(c.rollout_actors, math.ceil(len(todo) / max(1, cfg.batch)))) if todo else 0
-        actors = [ray.remote(RolloutActor).options(num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus).remote(
-            cfg, i, todo, log_file(cfg.out, f"rollout-{i}", cfg.verbose)) for i in range(n_actors)]
-        nodes = [a.node_id.remote() for a in actors]
-        tracker.watch_gpus(ray, lambda: {"rollout": ready_nodes(ray, nodes)})  # GPU metrics of their nodes
-        queue = [[r.prompt_id for r in todo[i:i + cfg.batch]] for i in range(0, len(todo), cfg.batch)]
-        in_flight: dict = {}
-        batches = 0
-        bar = tqdm(total=len(todo), desc="eval items", unit="item", file=sys.stdout)
-        with open(out / ITEMS, "a") as f:
-            for a in actors:
-                if queue:
-                    in_flight[a.rollout_batch.options(num_returns=2).remote(queue.pop(0))[0]] = a
-            while in_flight:
-                [ref], _ = ray.wait(list(in_flight), num_returns=1)
-                a = in_flight.pop(ref)
-                if queue:
-                    in_flight[a.rollout_batch.options(num_returns=2).remote(queue.pop(0))[0]] = a
-                lines = item_lines(from_batch(ray.get(ref)), by_id, tok, cfg)
-                f.write("".join(json.dumps(x) + "\n" for x in lines))  # an item's k samples in one write
-                f.flush()
-                os.fsync(f.fileno())
-                done.extend(lines)
-                batches += 1
-                if cfg.crash_after and batches >= cfg.crash_after:
-                    os._exit(17)  # fault injection: die like a killed job, mid-run, no cleanup
-                bar.update(len(lines) // k)
-                tracker.metrics({"eval/items_done": float(len({x["item_id"] for x in done}))}, len(done) // k)
-        bar.close()
-        summary = summarize(done, k, skipped) | {
-            "model": cfg.model.source or cfg.model.path, "model_path": cfg.model.path,  # as given; the local dir
-            "benchmark": cfg.benchmark or "prompts.parquet", "data": cfg.data.path,
-            "mode": cfg.data.mode, "judge": cfg.judge, "judge_detail": judge,
-            "temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p, "samples_per_item": k,
-            "run_id": tracker.run_id}
-        (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-        tracker.metrics(_metrics(summary), len(done) // k)
-        tracker.artifact(out / ITEMS)
-        tracker.artifact(out / SUMMARY)
-        if cfg.gallery:
-            page = write_gallery(done, image_root(cfg.data), out / "gallery", cfg.gallery, summary=summary,
-                                 title=f"vigorl eval: {summary['model']} on {summary['benchmark']}")
-            tracker.artifacts(page.parent, "gallery")
-            print(f"[eval] gallery: {page}")
-    o = summary["overall"]
-    print(f"[eval] {o['n']} items: accuracy {o['accuracy']:.3f} {tuple(o['accuracy_ci95'])} format "
-          f"{o['format_rate']:.3f} reward {o['reward']:.3f} zooms {o['zooms']:.2f}; {out / SUMMARY}; "
-          f"MLflow run {tracker.run_id}")
+        batches = chunks([r.prompt_id for r in todo], cfg.batch)
+        actors = start_actors(ray, cfg, todo, len(batches), tracker)
+        score(ray, actors, batches, todo, tok, cfg, done, tracker)
+        summary = write_summary(cfg, done, skipped, judge, tracker)
+        publish_gallery(cfg, done, summary, tracker)
+    report(cfg, summary, tracker)
     return summary
-

@@ -78,7 +78,7 @@ def resolve(value: str, key: str, root: Path | None = None, hub_ok: bool = False
 
 
 def anchor_paths(cfg, cmd: str = ""):
-    """Resolve every path field of `cfg` (a loaded configs.schema dataclass) with `resolve`, in place; returns
+    """Resolve every path field of `cfg` (a loaded config dataclass) with `resolve`, in place; returns
     `cfg`. A model path is a Hub id when it has the `org/name` shape, no such path exists under the root and the
     command does not build it there (`make_tiny`, `vigorl demo`); a data path when it holds `@` (`name@split`)
     and the command does not generate it (`make_data`)."""

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-import sys
 import time
 from pathlib import Path
 
-from configs.schema import MCTSJobConfig
+from cluster.workqueue import append_lines, crash_point, pending, run_queue, say, start_workers
+from configs.jobs import MCTSJobConfig
 
 TREES, FAILED = "trees.jsonl", "failed.jsonl"
 
@@ -61,17 +60,16 @@ class SearchWorker:
                 "teacher_calls": calls}
 
     def _search(self, row, deadline: float) -> tuple[dict, int]:
-        from actors.zoom import resize_for_model
+        from actors.teacher import RemoteTeacher
         from data_gen.formats import image_root
-        from data_gen.images import load_rgb, resolve_under
+        from data_gen.images import policy_image, resolve_under
         from data_gen.mcts import search
         from data_gen.rows import gold_for_model
-        from data_gen.teachers import RemoteTeacher, ScriptedTeacher, scene_of
+        from data_gen.teachers import ScriptedTeacher, scene_of
         from rewards.judges import get_judge
 
         cfg, t = self.cfg, self.cfg.teacher
-        image = resize_for_model(load_rgb(resolve_under(image_root(cfg.data), row.image)), cfg.model.min_pixels,
-                                 cfg.model.max_pixels)
+        image = policy_image(image_root(cfg.data), row.image, cfg.model.min_pixels, cfg.model.max_pixels)
         gold = gold_for_model(row, image.size)
         rng = random.Random(f"{cfg.seed}/{row.prompt_id}")
         if t.kind == "scripted":
@@ -104,22 +102,27 @@ class _Deadline:
 
 
 def tree_stats(line: dict) -> dict[str, float]:
+    """A tree line's figures: whether any rollout is correct, how many are, and its node count."""
     rollouts = [r for n in line["nodes"] for r in n["rollouts"]]
     correct = sum(r["reward"] >= 1.0 for r in rollouts)
     return {"correct_path": float(correct > 0), "correct_rollouts": float(correct), "nodes": float(len(line["nodes"]))}
 
 
-def run(cfg: MCTSJobConfig) -> dict:
-    from tqdm import tqdm
+def count_tree(totals: dict, res: dict) -> None:
+    """Add a finished search (a `SearchWorker.search` result with a tree) to the job's totals."""
+    s = tree_stats(res["line"])
+    totals["done"] += 1
+    totals["correct_path"] += s["correct_path"]
+    totals["correct_rollouts"] += s["correct_rollouts"]
+    totals["seconds"] += res["seconds"]
+    totals["teacher_calls"] += res["teacher_calls"]
 
-    from cluster.raystart import init_ray
-    from cluster.tracking import Tracker, job
-    from configs.schema import official_defaults
-    from data_gen.formats import load_prompts
-    from data_gen.rows import PROMPTS_FILE
+
+def check_settings(cfg: MCTSJobConfig) -> None:
+    """The teacher kind, the judge and the teacher's prompt file checked: an error naming the bad one here,
+    before Ray starts, not in every worker."""
     from rewards.judges import JUDGE_KINDS
 
-    official_defaults(cfg)
     if cfg.teacher.kind not in ("scripted", "vllm"):
         raise ValueError(f"teacher.kind must be scripted or vllm, got {cfg.teacher.kind!r}")
     if cfg.judge not in JUDGE_KINDS:
@@ -128,61 +131,74 @@ def run(cfg: MCTSJobConfig) -> dict:
         from data_gen.teachers import read_prompt_file
 
         read_prompt_file(cfg.teacher.prompt_file, cfg.teacher.prompt_unescape)
-    if cfg.make_data and not (Path(cfg.data.path) / PROMPTS_FILE).is_file() and not Path(cfg.data.path).is_file():
-        from data_gen.synthetic import make_dataset
 
-        print(f"[mcts] generating {cfg.make_data} synthetic {cfg.data.task} prompts in {cfg.data.path}")
-        make_dataset(cfg.data.task, cfg.make_data, seed=cfg.seed, out=cfg.data.path)
-    rows = load_prompts(cfg)[0]  # data.path in any format data_gen/formats.py reads
-    rows = rows[: cfg.limit] if cfg.limit else rows
+
+def load_questions(cfg: MCTSJobConfig) -> list:
+    """The first `limit` (0: all) rows of data.path, in any format data_gen/formats.py reads; with `make_data`,
+    that many synthetic prompts are made there first when it holds none."""
+    from data_gen.formats import load_prompts
+    from data_gen.synthetic import ensure_dataset
+
+    if cfg.make_data:
+        ensure_dataset(cfg.data.task, cfg.make_data, seed=cfg.seed, out=cfg.data.path, log="[mcts]")
+    rows = load_prompts(cfg)[0]
+    return rows[: cfg.limit] if cfg.limit else rows
+
+
+def start_searchers(ray, cfg: MCTSJobConfig, n_questions: int) -> list:
+    """The teacher server (vLLM teacher only) and the search workers sharing it: `workers` of them, at most
+    one per question."""
+    server = _teacher_server(ray, cfg)
+    worker = ray.remote(SearchWorker).options(num_cpus=cfg.worker_cpus)
+    return start_workers(lambda _: worker.remote(cfg, server), cfg.workers, n_questions)
+
+
+def search_all(ray, workers: list, todo: list, cfg: MCTSJobConfig, tracker) -> dict:
+    """Search `todo` on `workers` (cluster/workqueue.py), one question per call: each tree is appended to
+    trees.jsonl, each failure to failed.jsonl (and printed), as it comes back. -> the job's totals."""
+    totals = {"done": 0, "failed": 0, "correct_path": 0.0, "correct_rollouts": 0.0, "seconds": 0.0, "teacher_calls": 0}
+    out = Path(cfg.out)
+
+    def submit(worker, row_json: str):
+        return worker.search.remote(row_json)
+
+    with open(out / TREES, "a") as trees, open(out / FAILED, "a") as failed:
+        def on_result(res: dict) -> int:
+            if "failed" in res:
+                append_lines(failed, [{"question_id": res["question_id"], "reason": res["failed"]}])
+                totals["failed"] += 1
+                say(f"[mcts] {res['question_id']} failed: {res['failed']}")
+            else:
+                append_lines(trees, [res["line"]])
+                count_tree(totals, res)
+                crash_point(totals["done"], cfg.crash_after)  # MCTSJobConfig.crash_after counts trees
+            tracker.metrics(_metrics(totals), totals["done"] + totals["failed"])
+            return 1
+
+        run_queue(ray, workers, [json.dumps(dataclasses.asdict(r)) for r in todo], submit, on_result,
+                  total=len(todo), desc="mcts questions", unit="q")
+    return totals
+
+
+def run(cfg: MCTSJobConfig) -> dict:
+    """`vigorl mcts` (the module docstring): check the settings, skip the questions trees.jsonl already has,
+    search the rest on search workers (cluster/workqueue.py), report."""
+    from cluster.raystart import init_ray
+    from cluster.tracking import Tracker, job
+
+    check_settings(cfg)
+    rows = load_questions(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    done = read_done(out / TREES)
-    todo = [r for r in rows if r.prompt_id not in done]
+    todo = pending(rows, read_done(out / TREES))
     print(f"[mcts] {len(rows)} questions, {len(rows) - len(todo)} already in {out / TREES}, {len(todo)} to search "
           f"({cfg.teacher.kind} teacher, {cfg.workers} workers)")
-    cpus = cfg.workers * cfg.worker_cpus + (cfg.teacher.cpus if cfg.teacher.kind == "vllm" else 0)
-    ray = init_ray(cfg.address, cpus)
+    ray = init_ray(cfg.address, cfg.workers * cfg.worker_cpus + (cfg.teacher.cpus if cfg.teacher.kind == "vllm" else 0))
     tracker = Tracker(cfg)
     tracker.write_run_file(out)  # lineage: linearize / to-multiturn carry it on, `vigorl sft` links to this run
-    totals = {"done": 0, "failed": 0, "correct_path": 0.0, "correct_rollouts": 0.0, "seconds": 0.0, "teacher_calls": 0}
     with job(tracker, ray):
-        server = _teacher_server(ray, cfg)
-        workers = [ray.remote(SearchWorker).options(num_cpus=cfg.worker_cpus).remote(cfg, server)
-                   for _ in range(max(1, min(cfg.workers, len(todo))))] if todo else []
-        queue = [json.dumps(dataclasses.asdict(r)) for r in todo]
-        in_flight: dict = {}
-        bar = tqdm(total=len(todo), desc="mcts questions", unit="q", file=sys.stdout)
-        with open(out / TREES, "a") as trees, open(out / FAILED, "a") as failed:
-            for w in workers:
-                if queue:
-                    in_flight[w.search.remote(queue.pop(0))] = w
-            while in_flight:
-                [ref], _ = ray.wait(list(in_flight), num_returns=1)
-                w = in_flight.pop(ref)
-                if queue:
-                    in_flight[w.search.remote(queue.pop(0))] = w
-                res = ray.get(ref)
-                if "failed" in res:
-                    failed.write(json.dumps({"question_id": res["question_id"], "reason": res["failed"]}) + "\n")
-                    failed.flush()
-                    totals["failed"] += 1
-                    bar.write(f"[mcts] {res['question_id']} failed: {res['failed']}")
-                else:
-                    trees.write(json.dumps(res["line"]) + "\n")
-                    trees.flush()
-                    os.fsync(trees.fileno())
-                    s = tree_stats(res["line"])
-                    totals["done"] += 1
-                    totals["correct_path"] += s["correct_path"]
-                    totals["correct_rollouts"] += s["correct_rollouts"]
-                    totals["seconds"] += res["seconds"]
-                    totals["teacher_calls"] += res["teacher_calls"]
-                    if cfg.crash_after and totals["done"] >= cfg.crash_after:
-                        os._exit(17)  # fault injection: die like a killed job, mid-run, no cleanup
-                bar.update(1)
-                tracker.metrics(_metrics(totals), totals["done"] + totals["failed"])
-        bar.close()
+        workers = start_searchers(ray, cfg, len(todo))
+        totals = search_all(ray, workers, todo, cfg, tracker)
     summary = _metrics(totals)
     print(f"[mcts] done: {totals['done']} trees, {totals['failed']} failed; correct path for "
           f"{summary['mcts/correct_path_frac']:.0%} of searched questions; trees in {out / TREES}; "
@@ -205,7 +221,7 @@ def _teacher_server(ray, cfg: MCTSJobConfig):
         return None
     if not t.model_path:
         raise ValueError("teacher.kind=vllm needs teacher.model_path (a local model dir)")
-    from data_gen.teachers import VLLMTeacher
+    from actors.teacher import VLLMTeacher
 
     return ray.remote(VLLMTeacher).options(num_cpus=t.cpus, num_gpus=t.gpus).remote(
         t.model_path, max_model_len=t.max_model_len, tensor_parallel_size=t.tensor_parallel_size,

@@ -39,7 +39,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from configs.schema import shares_gpu
+from configs.placement import shares_gpu
 
 GiB = float(2**30)
 CUDA_CONTEXT_GIB = 1.5  # CUDA context + allocator fragmentation per process, measured order on H100/H200

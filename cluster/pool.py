@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from cluster.control import ScaleRequest
 from cluster.ledger import Ledger
 from cluster.raystart import log_file, say
-from configs.schema import ConfigError, TrainConfig
+from configs.base import ConfigError
+from configs.schema import TrainConfig
 
 # NCCL weight sync builds one process group of the learner and the engines at start: no member joins later
 NO_NCCL_GROWTH = ("adding a rollout actor to an NCCL weight-sync group is not supported yet "
@@ -42,13 +43,13 @@ def faults(ray) -> tuple[type, ...]:
 
 
 def config_error(e: BaseException) -> ConfigError | None:
-    """The rule for an actor whose constructor raised: a `configs.schema.ConfigError` (its own checks,
+    """The rule for an actor whose constructor raised: a `configs.base.ConfigError` (its own checks,
     `actors.actor.check_rollout`: a bad prompt name, a missing or empty prompt file) is deterministic — a
     replacement would fail the same way — so it is the run's error, returned here to be raised at once;
     anything else in a constructor (no memory, a lost node, an engine that did not start) stays a fault,
     retried `cluster.restart_attempts` times. Ray 2.60 hands the caller an ActorDiedError with
     `actor_init_failed` and only the constructor's formatted traceback, whose last exception line is
-    `configs.schema.ConfigError: <message>`; that message is returned as a ConfigError."""
+    `configs.base.ConfigError: <message>`; that message is returned as a ConfigError."""
     if not getattr(e, "actor_init_failed", False):
         return None
     text = str(e)
@@ -57,11 +58,8 @@ def config_error(e: BaseException) -> ConfigError | None:
 
 
 class RolloutPool:
-    """`slots[i]`: the actor now serving slot i. `weights`: the refs (version, where) of the last publish
-    (`LearnerActor.publish`), which a replacement loads before its first rollout (None: the model's own
-    weights, version 0, which the constructor loads); `stored`: whether that publish went to the object store
-    too. Set by the driver: `learner_node` (learner rank 0's Ray node id) and `republish` (publish again with
-    the object store, for a new actor on another node when the last publish was shared memory only)."""
+    """`slots[i]`: the actor now serving slot i. `publisher` (`attach`): where the current weights come from,
+    which a replacement loads before its first rollout."""
 
     def __init__(self, ray, cfg: TrainConfig, n: int):
         from actors.actor import RolloutActor
@@ -72,14 +70,19 @@ class RolloutPool:
         self._nodes: dict = {}  # actor -> ref of its node id, asked for as its first call
         self.slots = [self._new(i) for i in range(n)]
         self.next_index = n
-        self.weights: tuple | None = None
-        self.stored = False
-        self.learner_node: str | None = None
-        self.republish = None
+        self.publisher = None
         self.restarts = 0
 
     def __len__(self) -> int:
         return len(self.slots)
+
+    def attach(self, publisher) -> None:
+        """Take the current weights from `publisher` (`cluster.learners.LearnerGroup`): its `node` (learner
+        rank 0's Ray node id), `weights` (the refs (version, where) of its last `LearnerActor.publish`; None: the
+        model's own weights, version 0, which the constructor loads), `stored` (whether that publish went to
+        the object store too) and `republish()` (publish again with the object store, for a new actor on
+        another node when the last publish was shared memory only). Before it: no publish yet."""
+        self.publisher = publisher
 
     def nodes(self) -> list[str]:
         """The Ray node ids of the current actors that have said where they run (for the GPU metrics of their
@@ -126,7 +129,7 @@ class RolloutPool:
                 nodes.append(self.ray.get(self._nodes[actor], timeout=self.cfg.cluster.start_timeout_s))
             except faults(self.ray):
                 nodes.append(None)
-        return any(node != self.learner_node for node in nodes)
+        return any(node != self.publisher.node for node in nodes)
 
     def _started(self, slot: int) -> None:
         """Start a new actor for `slot` (appending a slot when slot == len) at the current weight version;
@@ -137,10 +140,11 @@ class RolloutPool:
             actor = self._new(index)
             try:
                 ray.get(actor.get_version.remote(), timeout=c.start_timeout_s)  # the engine is up
-                if self.weights is not None and not self.stored and self.elsewhere([actor]):
-                    self.republish()
-                if self.weights is not None:
-                    ray.get(actor.load_weights.remote(*self.weights), timeout=c.sync_timeout_s)
+                p = self.publisher
+                if p is not None and p.weights is not None:
+                    if not p.stored and self.elsewhere([actor]):
+                        p.republish()
+                    ray.get(actor.load_weights.remote(*p.weights), timeout=c.sync_timeout_s)
                 version = ray.get(actor.get_version.remote())
             except faults(ray) as e:
                 self._kill(actor)
@@ -163,7 +167,7 @@ class RolloutPool:
             return
 
     def _refuse_nccl(self, what: str) -> None:
-        from configs.schema import nccl_sync
+        from configs.placement import nccl_sync
 
         if nccl_sync(self.cfg.cluster):
             raise RuntimeError(f"{what}: {NO_NCCL_GROWTH}")
@@ -181,7 +185,7 @@ class RolloutPool:
         """Add a slot with a new actor at the current weights. A scale request must never end the run: when
         the actor cannot be added (NCCL weight sync, too few free resources, no start) this says why on the
         console and returns False."""
-        from configs.schema import nccl_sync
+        from configs.placement import nccl_sync
 
         c = self.cfg.cluster
         if nccl_sync(self.cfg.cluster):
@@ -211,7 +215,7 @@ class RolloutPool:
         (async rollouts; Ray runs an actor's calls in order): `cluster.sync_timeout_s` counts from when they
         are all back, i.e. from when the loads start, not from when they were queued — a long rollout ahead of
         a load is not a slow load (under NCCL every engine must be receiving before any load can end)."""
-        from configs.schema import nccl_sync
+        from configs.placement import nccl_sync
 
         c = self.cfg.cluster
         pending = [r for refs in (ahead or {}).values() for r in refs]
@@ -267,6 +271,12 @@ class RolloutQueue:
             self.chunks.append(Chunk(ticket, slot, batch, stats))
             self.next_slot = slot + 1
 
+    def next_step(self, n: int) -> tuple[list[Chunk], list[dict]]:
+        """One step's rollouts: dispatch into the queue's free room (`fill`), then wait for the oldest `n`
+        calls (`take`); returns those chunks and their stats."""
+        self.fill()
+        return self.take(n)
+
     def take(self, n: int) -> tuple[list[Chunk], list[dict]]:
         ray = self.pool.ray
         timeout = self.pool.cfg.cluster.rollout_timeout_s or None
@@ -309,7 +319,7 @@ class RolloutQueue:
         exit."""
         if k < 1:
             raise ValueError(f"rollout actors: need at least 1, got {k}")
-        from configs.schema import nccl_sync
+        from configs.placement import nccl_sync
 
         before = len(self.pool)
         while len(self.pool) < k and self.pool.grow():

@@ -92,7 +92,7 @@ def latest(out: str | Path) -> Checkpoint:
 def check(ckpt: Checkpoint, cfg) -> list[str]:
     """Refuse a config that changes the model or the learner's layout (ResumeError naming the key); return
     the other changed keys as 'key: old -> new' lines (the user asked for them: printed, not refused)."""
-    from configs.schema import to_flat_dict
+    from configs.load import to_flat_dict
 
     now = {k: str(v) for k, v in to_flat_dict(cfg).items()}
     was = ckpt.state["config"]

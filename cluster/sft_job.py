@@ -19,14 +19,14 @@ import random
 import sys
 from pathlib import Path
 
-from configs.schema import SFTConfig
+from configs.jobs import SFTConfig
 
 
 def sft_data(cfg: SFTConfig):
     """What `vigorl sft` reads (data_gen.formats.sft_sources): {"train": [(file, LLaMA-Factory attributes or None:
     detected from the rows)], "val": [...]} and the image root. `data=DIR` is vigorl's train.jsonl / val.jsonl;
     `data=DIR dataset=NAME` a dataset_info.json entry; `data=FILE` one .json / .jsonl / .parquet file."""
-    from data_gen.formats import sft_sources
+    from data_gen.sft_formats import sft_sources
 
     return sft_sources(cfg.data, cfg.dataset, cfg.val_dataset, cfg.image_root)
 
@@ -39,7 +39,8 @@ def load_examples(cfg: SFTConfig, split: str, tokenizer, image_processor, chat_t
     `not_sharegpt`). A bad row raises naming it unless `on_bad_row=skip`; a corrupt JSON line always raises."""
     from tqdm import tqdm
 
-    from data_gen.formats import FormatError, SFTAttr, read_records, to_chat
+    from data_gen.sft_formats import SFTAttr, read_records, to_chat
+    from data_gen.tables import FormatError
     from learner.sft import BadRow, encode_row
 
     if cfg.on_bad_row not in ("raise", "skip"):

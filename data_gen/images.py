@@ -99,6 +99,18 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Imag
         return to_rgb(im)
 
 
+def policy_image(root: str | Path, relative: str, min_pixels: int | None = None,
+                 max_pixels: int | None = None) -> Image.Image:
+    """The image as the policy sees it: the dataset's file `relative` under `root` (confined, bombs refused, RGB),
+    smart-resized to the model's pixel budget (docs/algorithm.md §3). Points are read on this image; the rollout
+    actors, the MCTS teacher, the demo, benchmarks and tests all load a prompt's image through here.
+    `min_pixels` / `max_pixels`: the model's budget (None: qwen-vl-utils' defaults)."""
+    from data_gen.geometry import MAX_PIXELS, MIN_PIXELS, resize_for_model
+
+    return resize_for_model(load_rgb(resolve_under(root, relative)), MIN_PIXELS if min_pixels is None else min_pixels,
+                            MAX_PIXELS if max_pixels is None else max_pixels)
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB; transparency is composited on white (not on black, which hides dark UIs)."""
     if im.mode == "RGB":

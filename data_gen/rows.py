@@ -1,6 +1,7 @@
 """Prompt rows: what every dataset (synthetic or benchmark) becomes, and the Parquet file that holds them.
 
-A dataset is a directory with `prompts.parquet` and the images it references by relative path.
+A dataset is a directory with `prompts.parquet` (`write_rows`; read back with `data_gen.formats.read_rows`) and
+the images it references by relative path.
 Golds are in original-image pixels; `gold_for_model` maps box golds into the frame the model sees.
 """
 
@@ -75,16 +76,3 @@ def pa_table(rows: list[PromptRow]):
     import pyarrow as pa
 
     return pa.Table.from_batches([records.to_batch(rows, PromptRow)], schema=records.schema_of(PromptRow))
-
-
-def read_rows(dataset_dir: str | Path) -> list[PromptRow]:
-    """The rows of `dataset_dir/prompts.parquet` (or of a prompts file named directly), read by selecting and
-    casting PromptRow's columns (`data_gen.formats`: any column order, extra columns, large_string, int widths);
-    every row validated, a bad one named by file, row and column. Other formats: `data_gen.formats.load_prompts`."""
-    from data_gen.formats import read_prompts
-
-    path = Path(dataset_dir)
-    path = path / PROMPTS_FILE if path.is_dir() or not path.suffix else path
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no prompts file (make one with `vigorl make-data`)")
-    return read_prompts(str(path), "vigorl", root=path.parent)[0]

@@ -22,7 +22,7 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
-from data_gen.rows import PromptRow, write_rows
+from data_gen.rows import PROMPTS_FILE, PromptRow, write_rows
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
           "purple": (140, 60, 180), "orange": (245, 140, 20)}
@@ -250,6 +250,20 @@ def web_action(rng: random.Random, pid: str) -> tuple[Image.Image, dict]:
                 "click [id], type [id] [text], scroll [down|up], go_back or stop [answer].")
     return img, dict(task="web_action", gold=gold, options=[], question=question,
                      meta={"elements": [[e[0], e[1], e[2], list(e[3])] for e in elements]})
+
+
+def ensure_dataset(task: str, n: int, seed: int, out: str | Path, log: str | None = None,
+                   progress: bool = True) -> Path:
+    """`make_dataset(task, n, seed, out)` unless `out` already is data (a prompts file in the dir, or a file):
+    the demo, the recipes with `make_data`, benchmarks and tests generate their synthetic set once. `log`: a
+    console prefix to announce the generation with; None generates quietly."""
+    out = Path(out)
+    if (out / PROMPTS_FILE).is_file() or out.is_file():
+        return out
+    if log:
+        print(f"{log} generating {n} synthetic {task} prompts in {out}")
+    make_dataset(task, n, seed, out, progress=progress)
+    return out
 
 
 def make_dataset(task: str, n: int, seed: int, out: str | Path, progress: bool = True) -> list[PromptRow]:

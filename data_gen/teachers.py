@@ -6,6 +6,8 @@ row's `meta`) and plays a fallible teacher: it points at the scene's target obje
 `error_rate`, somewhere wrong; it answers correctly once its steps have looked at every target (wrong with
 probability `error_rate`), and otherwise guesses. So search has real work to do on CPU without a large
 model: the correct chains are the ones that look at the right places. Scenes plug in by task name.
+
+A VLM teacher is sent `mcts_messages` and read by `parse_output`; its vLLM engine is `actors.teacher`.
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ class ScriptedTeacher:
         return out
 
 
-# ---- a VLM teacher served by vLLM ------------------------------------------------------------------------
+# ---- a VLM teacher: its prompts and how its outputs are read (its vLLM engine: actors.teacher) -----------
 
 # vigorl's MCTS system prompts, by task (the released ones differ per domain the same way): one grounded
 # step or the final answer per response; "at least N thoughts" is appended per question (docs/algorithm.md §6).
@@ -241,59 +243,3 @@ def parse_output(text: str) -> TeacherOutput:
         return TeacherOutput(text.strip())
     answer = re.sub(r"^[A-Z]\. ", "", m.group(1).strip())
     return TeacherOutput(text[: m.start()].strip(), answer)
-
-
-class VLLMTeacher:
-    """A VLM teacher on a vLLM engine (any local model dir; on a cluster a large VLM with tensor
-    parallelism on its own GPUs). One engine serves every search worker that holds a handle to it."""
-
-    def __init__(self, model_path: str, *, max_model_len: int = 8192, tensor_parallel_size: int = 1,
-                 temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 512, seed: int = 0,
-                 stop_at_tags: bool = False):
-        from transformers import AutoProcessor
-
-        from actors.engine import make_llm, on_gpu
-
-        self.llm = make_llm(model_path, dtype="bfloat16" if on_gpu() else "float32", max_model_len=max_model_len,
-                            max_images=1, seed=seed, tensor_parallel_size=tensor_parallel_size)
-        self.processor = AutoProcessor.from_pretrained(model_path)
-        self.temperature, self.top_p, self.max_tokens = temperature, top_p, max_tokens
-        self.stop_at_tags = stop_at_tags  # see sampling_kwargs
-        self.calls = 0
-
-    def generate_batch(self, requests: list[dict]) -> list[list[TeacherOutput]]:
-        """requests: {"messages", "image" (PIL), "n"} -> n outputs each, in one engine call."""
-        from vllm import SamplingParams
-
-        self.calls += len(requests)
-        prompts = [{"prompt": self.processor.apply_chat_template(r["messages"], add_generation_prompt=True,
-                                                                 tokenize=False),
-                    "multi_modal_data": {"image": r["image"]}} for r in requests]
-        params = [SamplingParams(**sampling_kwargs(r["n"], self.temperature, self.top_p, self.max_tokens,
-                                                   self.stop_at_tags)) for r in requests]
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [[parse_output(c.text) for c in o.outputs] for o in outs]
-
-
-class RemoteTeacher:
-    """The `Teacher` interface of one question, forwarding to a teacher server (a Ray actor wrapping
-    `VLLMTeacher`, or the object itself in-process)."""
-
-    def __init__(self, server, task: str, image, system_prompt: str | None = None, min_thoughts: int = 3):
-        self.server, self.image, self.min_thoughts = server, image, min_thoughts
-        if system_prompt is None and task not in MCTS_SYSTEM_PROMPTS:
-            raise ValueError(f"no MCTS system prompt for task {task!r}; known: {sorted(MCTS_SYSTEM_PROMPTS)} "
-                             "(or give teacher.prompt_file)")
-        self.system = system_prompt or MCTS_SYSTEM_PROMPTS[task]
-        self.calls = 0
-
-    def generate(self, question: str, image, steps: list[str], n: int, force_final: bool) -> list[TeacherOutput]:
-        self.calls += 1
-        req = {"messages": mcts_messages(self.system, self.min_thoughts, question, steps, force_final),
-               "image": self.image, "n": n}
-        call = getattr(self.server.generate_batch, "remote", None)
-        if call is None:
-            return self.server.generate_batch([req])[0]
-        import ray
-
-        return ray.get(call([req]))[0]

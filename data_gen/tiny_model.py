@@ -175,6 +175,18 @@ def build_tokenizer(vocab_kind: str):
     return hf, ids
 
 
+def ensure_tiny_model(out: str | Path, log: str | None = None, **kwargs) -> Path:
+    """`make_tiny_model(out, **kwargs)` unless `out` already holds a model (its config.json): the demo, the
+    recipes with `make_tiny`, benchmarks and tests build the tiny model once and reuse it. `log`: a console
+    prefix (e.g. "[train]") to announce the build with; None builds quietly."""
+    out = Path(out)
+    if (out / "config.json").is_file():
+        return out
+    if log:
+        print(f"{log} building a tiny random Qwen2.5-VL ({kwargs.get('vocab', 'small')} vocab) in {out}")
+    return make_tiny_model(out, **kwargs)
+
+
 def make_tiny_model(out: str | Path, vocab: str = "small", size: str = "tiny", seed: int = 0,
                     max_pixels: int = 1024 * 28 * 28, min_pixels: int = 16 * 28 * 28, tied: bool = False) -> Path:
     """Write a randomly initialised Qwen2.5-VL model dir (config, safetensors, tokenizer, processor).

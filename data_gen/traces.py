@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.zoom import FORCED_ANSWER_PREFIX, crop, observation_text, resize_for_model
+from data_gen.geometry import FORCED_ANSWER_PREFIX, crop, observation_text, resize_for_model
 from data_gen.records import read_jsonl
 
 BACKTRACK = "Wait, this seems off. Let's try something else."
@@ -102,7 +102,7 @@ def _split(ids: list[str], fraction: float, seed: int) -> set[str]:
 
 def linearize(trees_path: str | Path, out_dir: str | Path, cfg: LinearizeConfig = LinearizeConfig()) -> dict:
     """Write OUT_DIR/train.jsonl and val.jsonl; returns counts."""
-    from actors.prompts import system_prompt
+    from data_gen.prompts import system_prompt
     from rewards import is_multi_turn
 
     trees = read_trees(Path(trees_path))
@@ -110,7 +110,7 @@ def linearize(trees_path: str | Path, out_dir: str | Path, cfg: LinearizeConfig 
         raise ValueError(f"{trees_path}: no trees to linearize")
     fixed = None
     if cfg.system_prompt_file:
-        from actors.actor import read_system_prompt
+        from data_gen.prompts import read_system_prompt
 
         fixed = read_system_prompt(cfg.system_prompt_file)
     val = _split([t["question_id"] for t in trees], cfg.val_fraction, cfg.seed)
@@ -252,12 +252,12 @@ def to_multiturn(in_dir: str | Path, out_dir: str | Path, cfg: MultiTurnConfig =
     """Convert IN_DIR/{train,val}.jsonl (linearised chains) into OUT_DIR/{train,val}.jsonl multi-turn rows; the
     resized full image and every crop are saved once under OUT_DIR/images/ by content hash."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    from actors.prompts import system_prompt
+    from data_gen.prompts import system_prompt
     from data_gen.images import load_rgb, resolve_under
 
     fixed = None
     if cfg.system_prompt_file:
-        from actors.actor import read_system_prompt
+        from data_gen.prompts import read_system_prompt
 
         fixed = read_system_prompt(cfg.system_prompt_file)
     out = Path(out_dir)

@@ -32,7 +32,7 @@ class LearnerActor:
     def master_endpoint(self) -> tuple[str, int]:
         import ray
 
-        from learner.trainer import free_port
+        from learner.distributed import free_port
 
         return ray.util.get_node_ip_address(), free_port()
 
@@ -92,7 +92,7 @@ class LearnerActor:
         import ray
 
         from actors.weights import NcclSender
-        from learner.trainer import free_port
+        from learner.distributed import free_port
 
         address, port = ray.util.get_node_ip_address(), free_port()
         self._sender_box: dict = {}

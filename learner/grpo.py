@@ -1,8 +1,8 @@
 """GRPO math (docs/algorithm.md §5) as small pure functions on tensors. Sources: the released ViGoRL code
 (Gabesarch/grounded-rl, built on EasyR1's `core_algos.py`) for the formulas; shapes in the docstrings.
 
-Advantages are computed where rollouts are scored (actors); the learner only runs `policy_loss` and
-`kl_k3` on what it is given.
+Advantages are computed where rollouts are scored (`rewards.advantages`, called by `actors.rollout`); the
+learner only runs `policy_loss` and `kl_k3` on what it is given.
 """
 
 from __future__ import annotations
@@ -10,25 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-
-
-def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """A_i = (r_i - mean_g) / (std_g + eps), std unbiased (n - 1), within each group g (GRPO outcome
-    advantage, EasyR1 `compute_grpo_outcome_advantage`; the paper's formula only subtracts the mean).
-
-    rewards: [N] float; group_ids: [N] int (any labels). Returns [N]. Every group needs > 1 sample."""
-    if rewards.dim() != 1 or group_ids.shape != rewards.shape:
-        raise ValueError(f"rewards and group_ids must be 1-D of one length, got {tuple(rewards.shape)} "
-                         f"and {tuple(group_ids.shape)}")
-    r = rewards.to(torch.float64)
-    _, inv, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    if (counts < 2).any():
-        raise ValueError(f"every group needs more than one sample; group sizes {counts.tolist()}")
-    n = counts.to(torch.float64)
-    mean = torch.zeros_like(n).index_add_(0, inv, r) / n
-    dev = r - mean[inv]
-    std = (torch.zeros_like(n).index_add_(0, inv, dev * dev) / (n - 1)).sqrt()
-    return (dev / (std[inv] + eps)).to(rewards.dtype)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

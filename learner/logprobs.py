@@ -1,5 +1,6 @@
-"""Training-side log-probabilities of trajectories: with the episode's images rebuilt from their references
-(`actors.trajectory.rebuild_images`), run the policy on the exact token ids the actor generated, read off per-token log-probs.
+"""Training-side log-probabilities of trajectories: run the policy on the exact token ids the actor generated
+(inputs built by `learner.inputs`, the episode's images rebuilt from their references) and read off per-token
+log-probs.
 
 Shapes: a micro-batch of B trajectories is right-padded to [B, T] (T = the longest); logprobs [B, T],
 position 0 is 0.0 (no prediction for the first token), padding positions are 0.0.
@@ -8,47 +9,6 @@ position 0 is 0.0 (no prediction for the first token), padding positions are 0.0
 from __future__ import annotations
 
 import torch
-from PIL import Image
-
-from actors.trajectory import Trajectory
-
-
-def model_inputs(traj: Trajectory, images: list[Image.Image], image_processor,
-                 image_token_id: int) -> dict[str, torch.Tensor]:
-    """Forward-pass inputs of one trajectory: input_ids [1, T] plus the image fields (`batch_inputs`)."""
-    return batch_inputs([traj], [images], image_processor, image_token_id)
-
-
-def pad_rows(rows: list, value: float, dtype: torch.dtype) -> torch.Tensor:
-    """Right-pad per-token lists (or 1-D tensors) to one [B, T_max] tensor."""
-    n = max(len(r) for r in rows)
-    out = torch.full((len(rows), n), value, dtype=dtype)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(r, dtype=dtype)
-    return out
-
-
-def batch_inputs(trajs: list[Trajectory], images: list[list[Image.Image]], image_processor,
-                 image_token_id: int, pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Forward-pass inputs of a micro-batch: input_ids and attention_mask [B, T] (right-padded),
-    pixel_values / image_grid_thw of every image of every trajectory, in order (the model fills the image
-    tokens of the batch row by row in that order), and mm_token_type_ids [B, T] (1 on the image tokens,
-    `image_token_id`: the tokenizer's `<|image_pad|>`).
-
-    Why mm_token_type_ids: Qwen2.5-VL places image tokens at 3-D (t, h, w) rotary positions and the text
-    after an image at max + 1 (M-RoPE), as vLLM does when it generates. transformers >= 5 computes those
-    positions only when it is given the token types; without them it silently falls back to 1-D positions,
-    and a trained model's log-probs then differ from vLLM's by ~0.2-0.4 nats per token (measured on the
-    caption-pretrained base of `make learn`): the learner would train a model other than the one served."""
-    ids = pad_rows([t.token_ids for t in trajs], pad_id, torch.long)
-    attn = pad_rows([[1] * len(t.token_ids) for t in trajs], 0, torch.long)
-    flat = [im for ims in images for im in ims]
-    out = {"input_ids": ids, "attention_mask": attn}
-    if flat:
-        pix = image_processor(images=flat, return_tensors="pt")
-        out |= {"pixel_values": pix["pixel_values"], "image_grid_thw": pix["image_grid_thw"],
-                "mm_token_type_ids": (ids == image_token_id).to(torch.int32) * attn.to(torch.int32)}
-    return out
 
 
 def causal_only(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

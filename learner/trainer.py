@@ -3,43 +3,24 @@ term, PPO mini-batch updates on the trajectories of one rollout step, and versio
 
 CPU: fp32, gloo, torch AdamW (no DeepSpeed JIT CPU Adam). GPU: bf16, NCCL. One process per rank; with
 several ranks, torch.distributed is initialised by the caller (Ray actors set the env:// variables).
+Beside it: the micro-batches and forward inputs with the vision cache (learner/inputs.py), the weights it
+exports and its checkpoints (learner/checkpoint.py), the process group (learner/distributed.py).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import socket
 from pathlib import Path
 
 import torch
 
-from actors.trajectory import Trajectory, rebuild_images
+from actors.trajectory import Trajectory
 from configs.schema import LearnerConfig
+from learner import checkpoint
+from learner.distributed import init_process_group
 from learner.grpo import kl_k3, masked_mean, policy_loss, truncated_is_weights
-from learner.logprobs import batch_inputs, pad_rows, token_logprobs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_process_group(rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
-                       master_port: int | None = None) -> None:
-    """torch.distributed for this learner rank (env:// rendezvous; DeepSpeed requires a process group).
-    The ranks of one learner are separate processes (Ray actors) joining the same master."""
-    import deepspeed
-
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR=master_addr)
-    os.environ.setdefault("LOCAL_RANK", "0" if not torch.cuda.is_available() else str(torch.cuda.current_device()))
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return
-    # a learner of one rank takes a fresh port: an inherited MASTER_PORT may be one a parent process still listens on
-    inherited = os.environ.get("MASTER_PORT") if world_size > 1 else None
-    os.environ["MASTER_PORT"] = str(master_port or inherited or free_port())
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+from learner.inputs import InputBuilder, by_length, minibatch_layout, pad_rows
+from learner.logprobs import token_logprobs
 
 
 def warmup_lr(base_lr: float, step: int, warmup_ratio: float, total_steps: int) -> float:
@@ -63,35 +44,6 @@ def cosine_lr(base_lr: float, step: int, warmup_ratio: float, total_steps: int) 
 
 
 SCHEDULES = {"constant": warmup_lr, "cosine": cosine_lr}
-DS_TAG = "learner"  # the tag (sub-directory) of a resumable checkpoint's DeepSpeed state
-
-
-def minibatch_layout(n: int, mini_batch: int, micro_batch: int, world_size: int, rank: int,
-                     lengths: list[int] | None = None) -> list[list[list[int]]]:
-    """Rank `rank`'s micro-batches (trajectory indices) of each mini-batch: the n sequences in order, cut
-    into mini-batches of `mini_batch` (0: one mini-batch), each dealt round-robin over the ranks and cut
-    into micro-batches of `micro_batch`. Every rank gets the same number of micro-batches per mini-batch,
-    ceil(ceil(len / world_size) / micro_batch), padded with empty ones, so that collectives line up.
-    With `lengths` (tokens per sequence; `learner.length_buckets`), each mini-batch is ordered longest
-    first (ties in order) before it is dealt, so a micro-batch holds sequences of similar length: less
-    padding, and the ranks get similar token counts. The mini-batches themselves do not change."""
-    mb = mini_batch or max(n, 1)
-    out = []
-    for start in range(0, n, mb):
-        chunk = list(range(start, min(n, start + mb)))
-        if lengths is not None:
-            chunk.sort(key=lambda i: -lengths[i])
-        mine = chunk[rank::world_size]
-        per_rank = -(-len(chunk) // world_size)  # ceil: every rank runs as many micro-batches
-        count = -(-per_rank // micro_batch)
-        out.append([mine[i * micro_batch:(i + 1) * micro_batch] for i in range(count)])
-    return out
-
-
-def by_length(idx, trajs: list[Trajectory]) -> list[int]:
-    """The indices `idx` longest sequence first (ties in order): micro-batches of no-grad forwards, whose
-    results are per sequence, pad least this way."""
-    return sorted(idx, key=lambda i: -len(trajs[i].token_ids))
 
 
 class Learner:
@@ -107,15 +59,13 @@ class Learner:
         unset = [k for k in ("grad_clip", "warmup_ratio", "mini_batch_size") if getattr(cfg, k) is None]
         if unset:
             raise ValueError(f"learner config fields {unset} are null: fill them with "
-                             "configs.schema.official_defaults(cfg) or set them")
+                             "configs.released.official_defaults(cfg) or set them")
         init_process_group(rank, world_size, master_addr, master_port)
         self.rank, self.world_size, self.total_steps = rank, world_size, total_steps
         gpu = torch.cuda.is_available()
         dtype = torch.bfloat16 if gpu else torch.float32
         self.cfg, self.root, self.version, self.model_path = cfg, Path(dataset_root), 0, str(model_path)
         processor = AutoProcessor.from_pretrained(model_path)
-        self.image_processor, self.pad_id = processor.image_processor, processor.tokenizer.pad_token_id or 0
-        self.image_token_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
         if cfg.freeze_vision:
             model.model.visual.requires_grad_(False)
@@ -151,70 +101,22 @@ class Learner:
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         if self.ref is not None:
             self.ref.to(self.engine.device)
-        self._dummy = None
+        self.inputs = InputBuilder(processor, self.root, self.engine.device)
 
     # ---- inputs ------------------------------------------------------------------------------------------
     def _inputs(self, trajs: list[Trajectory], features: dict | None = None, idx: list[int] | None = None) -> dict:
-        """Forward inputs of `trajs`. With `features` (`_image_features` of the rollout step, keyed by the
-        trajectory indices `idx`), the vision tower's cached outputs replace the pixels."""
-        if features is None:
-            images = [rebuild_images(t.images, self.root) for t in trajs]
-            inputs = batch_inputs(trajs, images, self.image_processor, self.image_token_id, self.pad_id)
-            return {k: v.to(self.engine.device) for k, v in inputs.items()}
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
+        """Forward inputs of `trajs` on the learner's device (`learner.inputs.InputBuilder`; with `features`,
+        the vision tower's cached outputs of the trajectories `idx` replace the pixels)."""
+        return self.inputs(trajs, features, idx)
 
-        inputs = batch_inputs(trajs, [[] for _ in trajs], self.image_processor, self.image_token_id, self.pad_id)
-        inputs = {k: v.to(self.engine.device) for k, v in inputs.items()}
-        grids = [g for i in idx for g in features[i][0]]
-        if grids:
-            inputs["image_grid_thw"] = torch.stack(grids).to(self.engine.device)
-            inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.image_token_id).to(torch.int32) * \
-                inputs["attention_mask"].to(torch.int32)
-            inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(
-                pooler_output=tuple(f for i in idx for f in features[i][1]))}
-        return inputs
-
-    @torch.no_grad()
     def _image_features(self, trajs: list[Trajectory], idx: list[int]) -> dict[int, tuple[list, list]] | None:
-        """The frozen vision tower's output for every image of the trajectories `idx`, computed once per
-        distinct image (the G episodes of a prompt share its full image) per rollout step, and shared by the
-        reference, old-log-prob and policy passes (each re-ran the tower on every copy before).
-        {i: ([grid_thw [3] per image], [features [tokens_k, hidden] per image])}, on the learner's device.
-        None (the pixels go through the tower in every forward) when the tower trains (`freeze_vision`
-        off: its output changes with every update), under ZeRO-3 (its partitioned parameters are gathered
-        inside the engine's forward only) or with `vision_cache` off."""
+        """The vision tower's output for every image of the trajectories `idx`, once per distinct image per
+        rollout step (`InputBuilder.image_features`). None (the pixels go through the tower in every forward)
+        when the tower trains (`freeze_vision` off: its output changes with every update), under ZeRO-3 (its
+        partitioned parameters are gathered inside the engine's forward only) or with `vision_cache` off."""
         if not (self.cfg.freeze_vision and self.cfg.vision_cache) or self.cfg.zero_stage == 3:
             return None
-
-        def key(ref) -> tuple:  # what decides the pixels (a decoded point may be a list)
-            return (ref.source, ref.width, ref.height, tuple(ref.point) if ref.point is not None else None,
-                    ref.half_size, ref.out_size, ref.dot)
-
-        refs = list({key(ref): ref for i in idx for ref in trajs[i].images}.values())  # distinct, in order
-        cache: dict = {}
-        model, lmb = self.engine.module.model, self.cfg.logprob_micro_batch_size
-        for k in range(0, len(refs), lmb):
-            part = refs[k:k + lmb]
-            pix = self.image_processor(images=rebuild_images(part, self.root), return_tensors="pt")
-            grid = pix["image_grid_thw"].to(self.engine.device)
-            feats = model.get_image_features(pix["pixel_values"].to(self.engine.device), grid).pooler_output
-            cache |= {key(ref): (g, f) for ref, g, f in zip(part, grid, feats)}
-        return {i: ([cache[key(r)][0] for r in trajs[i].images], [cache[key(r)][1] for r in trajs[i].images])
-                for i in idx}
-
-    def _dummy_inputs(self) -> dict[str, torch.Tensor]:
-        """A one-image, few-token input: the forward/backward of a rank with nothing to train in a
-        micro-batch, so that every rank runs the same collectives (ZeRO-2 reduces in each backward,
-        ZeRO-3 gathers in each forward). The image gives the vision tower a gradient too (when trained)."""
-        if self._dummy is None:
-            from PIL import Image
-
-            pix = self.image_processor(images=[Image.new("RGB", (56, 56))], return_tensors="pt")
-            n = int(pix["image_grid_thw"].prod()) // 4  # 2x2 patch merge
-            self._dummy = {"input_ids": torch.tensor([[self.image_token_id] * n + [self.pad_id]]),
-                           "pixel_values": pix["pixel_values"], "image_grid_thw": pix["image_grid_thw"],
-                           "mm_token_type_ids": torch.tensor([[1] * n + [0]], dtype=torch.int32)}
-        return {k: v.to(self.engine.device) for k, v in self._dummy.items()}
+        return self.inputs.image_features(self.engine.module.model, trajs, idx, self.cfg.logprob_micro_batch_size)
 
     # ---- the rollout step ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -355,7 +257,7 @@ class Learner:
                 sums["loss"] = sums.get("loss", 0.0) + loss.item()
                 ran += 1
             else:  # a zero gradient through the same hooks
-                loss = self.engine(**self._dummy_inputs()).logits.sum() * 0.0
+                loss = self.engine(**self.inputs.dummy()).logits.sum() * 0.0
             self.engine.backward(loss / max(1, len(micro)), scale_wrt_gas=False)
         self.engine.step()
         return ran
@@ -420,71 +322,26 @@ class Learner:
             n += int(sel.sum())
         return {"logp_mismatch": total / n} if n else {}
 
+    # ---- weights out: sync, checkpoints, HF export (learner/checkpoint.py) ----------------------------------
     def state_dict(self, trained_only: bool = False) -> dict[str, torch.Tensor]:
         """Weights in HF parameter names, on CPU (under ZeRO-3 gathered group by group: call on every rank;
-        only rank 0 gets them, the others {}). `trained_only` leaves out the parameters that never train (the
-        vision tower with `freeze_vision`): what a weight sync must send, since the engines loaded them from
-        the same model dir and vLLM keeps a layer's weights when a reload brings none for it (README)."""
-        module = self.engine.module
-        # A tied weight (lm_head = embed_tokens, Qwen2.5-VL-3B) has two names. An HF export keeps both (save_pretrained
-        # de-duplicates); a sync sends it once, under its first name, the embedding's, which is the one vLLM loads:
-        # its Qwen2 loader skips `lm_head.*` when tied, and the NCCL receiver, loading one tensor at a time, raises
-        # when the alias arrives without its original.
-        named = {n: p for n, p in module.named_parameters(remove_duplicate=trained_only)
-                 if p.requires_grad or not trained_only}
-        if self.cfg.zero_stage == 3:
-            return self._gathered(module, named, trained_only)
-        return {k: v.detach().cpu() for k, v in module.state_dict().items() if k in named or not trained_only}
-
-    def _gathered(self, module, named: dict, trained_only: bool) -> dict[str, torch.Tensor]:
-        """ZeRO-3: the full weights on rank 0's CPU ({} on the other ranks), gathered `zero3_gather_mb` of
-        parameters at a time (a few layers), each group copied out and released before the next: no rank
-        holds the whole model on its device at once, and only rank 0 keeps a CPU copy. Collective: every
-        rank must call it with the same parameters."""
-        import deepspeed
-
-        out: dict[str, torch.Tensor] = {}
-        groups, size = [[]], 0
-        for name, p in named.items():
-            nbytes = getattr(p, "ds_numel", p.numel()) * p.element_size()
-            if groups[-1] and size + nbytes > self.cfg.zero3_gather_mb * 2**20:
-                groups.append([])
-                size = 0
-            groups[-1].append((name, p))
-            size += nbytes
-        for group in groups:
-            unique = list({id(p): p for _, p in group}.values())
-            with deepspeed.zero.GatheredParameters(unique, modifier_rank=None):
-                if self.rank == 0:
-                    out |= {name: p.detach().cpu().clone() for name, p in group}
-        if self.rank == 0 and not trained_only:  # buffers are not partitioned
-            out |= {k: v.detach().cpu().clone() for k, v in module.state_dict(keep_vars=True).items() if k not in named}
-        return out
+        only rank 0 gets them, the others {}). `trained_only`: only the parameters that train, what a weight
+        sync sends (`checkpoint.export_weights`)."""
+        return checkpoint.export_weights(self.engine, self.cfg.zero_stage, self.cfg.zero3_gather_mb, self.rank,
+                                         trained_only)
 
     def save_state(self, path: str | Path) -> None:
-        """A resumable checkpoint in `path`: DeepSpeed's module, optimizer and step counters (every rank
-        writes its ZeRO partition; call on every rank), with this learner's version and torch RNG as
-        client state."""
-        client = {"version": self.version, "torch_rng": torch.get_rng_state()}
-        self.engine.save_checkpoint(str(path), tag=DS_TAG, client_state=client)
+        """A resumable checkpoint in `path` (`checkpoint.save_state`; call on every rank)."""
+        checkpoint.save_state(self.engine, path, self.version)
 
     def load_state(self, path: str | Path) -> dict:
         """Go on from `save_state`'s checkpoint: weights, optimizer moments and step counters, version, RNG.
         Returns the client state. Call on every rank, with the ranks and ZeRO stage it was saved with."""
-        loaded, client = self.engine.load_checkpoint(str(path), tag=DS_TAG, load_optimizer_states=True,
-                                                     load_lr_scheduler_states=False)
-        if loaded is None:
-            raise FileNotFoundError(f"{path}: no DeepSpeed checkpoint '{DS_TAG}' to load")
+        client = checkpoint.load_state(self.engine, path)
         self.version = int(client["version"])
-        torch.set_rng_state(client["torch_rng"])
         return client
 
     def save_hf(self, path: str | Path) -> None:
         """Save the policy as an HF model dir with its processor: loadable by transformers and vLLM.
         Call on every rank (ZeRO-3 gathers); rank 0 writes."""
-        from transformers import AutoProcessor
-
-        state = self.state_dict()
-        if self.rank == 0:
-            self.engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
-            AutoProcessor.from_pretrained(self.model_path).save_pretrained(path)
+        checkpoint.save_hf(self.engine, self.state_dict(), path, self.model_path, self.rank)

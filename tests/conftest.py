@@ -64,9 +64,8 @@ def build_stack(tmp_path_factory, name: str, n_prompts: int = 2) -> Stack:
     from transformers import AutoProcessor
 
     from actors.engine import make_llm
-    from actors.zoom import resize_for_model
-    from data_gen.images import load_rgb, resolve_under
-    from data_gen.rows import read_rows
+    from data_gen.formats import read_rows
+    from data_gen.images import policy_image
     from data_gen.synthetic import make_dataset
     from data_gen.tiny_model import make_tiny_model
 
@@ -74,7 +73,7 @@ def build_stack(tmp_path_factory, name: str, n_prompts: int = 2) -> Stack:
     model_dir = make_tiny_model(root / "model", vocab="small")
     make_dataset("visual_search", n_prompts, seed=0, out=root / "data", progress=False)
     llm = make_llm(str(model_dir), max_model_len=8192, seed=0)
-    batch = [(r, resize_for_model(load_rgb(resolve_under(root / "data", r.image))), r.image)
+    batch = [(r, policy_image(root / "data", r.image), r.image)
              for r in read_rows(root / "data")]
     return Stack(root, model_dir, llm, AutoProcessor.from_pretrained(model_dir), batch)
 
@@ -225,3 +224,12 @@ def hf_cache(model_dir, cache, repo: str = "vigorl-test/tiny-vl", rev: str = "")
     (base / "refs").mkdir(parents=True, exist_ok=True)
     (base / "refs" / "main").write_text(rev)
     return rev
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory):
+    """The `vigorl` train / eval / sft runs that test_formats_ray, test_hub_ray and test_tracking_ray each read
+    their part of (tests/shared_runs.py): every launch costs 30-45 s here, so each is made once a session."""
+    from shared_runs import Shared
+
+    return Shared(tmp_path_factory.mktemp("shared"))

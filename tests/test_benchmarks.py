@@ -23,7 +23,7 @@ def test_screenspot_v2_converted_real_samples():
     r = next(r for r in rows if "switch language" in r.question)
     assert (r.width, r.height) == (2560, 1440) and r.gold == "(1464, 7, 1642, 64)"
     # a click in the box, in the frame the model sees (smart_resize of 2560x1440 -> 2548x1428), scores 1
-    from actors.zoom import smart_resize
+    from data_gen.geometry import smart_resize
     h, w = smart_resize(r.height, r.width)
     gold = gold_for_model(r, (w, h))
     x = (1464 + 1642) // 2 * w // 2560

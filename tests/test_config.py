@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from configs.schema import ConfigError, DemoConfig, load, to_flat_dict
+from configs.base import ConfigError
+from configs.jobs import DemoConfig
+from configs.load import load, to_flat_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,11 +46,12 @@ def test_every_field_is_documented():
     import dataclasses
     import inspect
 
+    import configs.jobs as j
     import configs.schema as c
 
-    for cls in (c.ModelConfig, c.SamplingConfig, c.ZoomConfig, c.DataConfig, c.DemoConfig, c.RolloutConfig,
-                c.LearnerConfig, c.ClusterConfig, c.LoopConfig, c.TrackingConfig, c.TrainConfig, c.TeacherConfig,
-                c.MCTSJobConfig, c.SFTConfig, c.EvalConfig):
+    for cls in (c.ModelConfig, c.SamplingConfig, c.ZoomConfig, c.DataConfig, j.DemoConfig, c.RolloutConfig,
+                c.LearnerConfig, c.ClusterConfig, c.LoopConfig, c.TrackingConfig, c.TrainConfig, j.TeacherConfig,
+                j.MCTSJobConfig, j.SFTConfig, j.EvalConfig):
         src = inspect.getsource(cls)
         for f in dataclasses.fields(cls):
             line = next(ln for ln in src.splitlines() if ln.strip().startswith(f"{f.name}:"))
@@ -56,7 +59,8 @@ def test_every_field_is_documented():
 
 
 def test_weight_sync_choice_and_gpu_placements():
-    from configs.schema import TrainConfig, nccl_sync, shm_sync
+    from configs.placement import nccl_sync, shm_sync
+    from configs.schema import TrainConfig
 
     def sync(*overrides):
         return nccl_sync(load(TrainConfig, None, list(overrides)).cluster)
@@ -94,7 +98,8 @@ def test_weight_sync_choice_and_gpu_placements():
     ("web_action", "single_turn_vanilla", (5, 1.0, 0.0, 320, 4_194_304)),
 ])
 def test_official_recipe_defaults(task, mode, expected):
-    from configs.schema import TrainConfig, official_defaults
+    from configs.released import official_defaults
+    from configs.schema import TrainConfig
 
     cfg = official_defaults(load(TrainConfig, None, [f"data.task={task}", f"data.mode={mode}"]))
     got = (cfg.rollout.group_size, cfg.learner.grad_clip, cfg.learner.warmup_ratio, cfg.learner.mini_batch_size,
@@ -104,7 +109,8 @@ def test_official_recipe_defaults(task, mode, expected):
 
 
 def test_explicit_values_win_over_official_defaults():
-    from configs.schema import TrainConfig, official_defaults
+    from configs.released import official_defaults
+    from configs.schema import TrainConfig
 
     cfg = official_defaults(load(TrainConfig, None, ["rollout.group_size=3", "learner.grad_clip=0.5",
                                                      "learner.mini_batch_size=0", "model.max_pixels=1000000"]))
@@ -122,7 +128,8 @@ def test_explicit_values_win_over_official_defaults():
     (None, "spatial", 1_587_600, 1.0),
 ])
 def test_eval_recipes_follow_the_released_eval_scripts(recipe, task, max_pixels, top_p):
-    from configs.schema import EvalConfig, official_defaults
+    from configs.jobs import EvalConfig
+    from configs.released import official_defaults
 
     cfg = official_defaults(load(EvalConfig, ROOT / "configs" / recipe if recipe else None,
                                  [f"data.task={task}", "data.mode=multi_turn"]))
@@ -131,7 +138,7 @@ def test_eval_recipes_follow_the_released_eval_scripts(recipe, task, max_pixels,
 
 
 def test_system_prompt_file(tmp_path):
-    from actors.actor import read_system_prompt
+    from data_gen.prompts import read_system_prompt
 
     assert read_system_prompt("") is None
     p = tmp_path / "prompt.jinja"
@@ -150,18 +157,18 @@ RECIPE_KINDS = {"demo": "DemoConfig", "local_cpu": "TrainConfig", "grpo": "Train
 
 
 def recipe_schema(path: Path) -> type:
-    import configs.schema as config
+    from configs import jobs, schema
 
     stem = path.stem.removeprefix("learn_")
     kinds = [k for k in RECIPE_KINDS if stem == k or stem.startswith(k + "_")]
     assert len(kinds) == 1, f"{path.name}: name it <kind>_*.yaml with kind one of {sorted(RECIPE_KINDS)}"
-    return getattr(config, RECIPE_KINDS[kinds[0]])
+    return getattr(schema, RECIPE_KINDS[kinds[0]], None) or getattr(jobs, RECIPE_KINDS[kinds[0]])
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_validates_against_its_schema(path):
     """A renamed or mistyped key can never leave a shipped recipe broken."""
-    from configs.schema import official_defaults
+    from configs.released import official_defaults
 
     cfg = official_defaults(load(recipe_schema(path), path))
     assert cfg.model.max_pixels is None or cfg.model.max_pixels > 0
@@ -169,7 +176,8 @@ def test_every_recipe_validates_against_its_schema(path):
 
 @pytest.mark.parametrize("layout", sorted((ROOT / "configs" / "layouts").glob("*.yaml")), ids=lambda p: p.name)
 def test_resource_layouts_layer_on_a_recipe(layout):
-    from configs.schema import TrainConfig, nccl_sync
+    from configs.placement import nccl_sync
+    from configs.schema import TrainConfig
 
     cfg = load(TrainConfig, [ROOT / "configs/grpo_mt_visual_search.yaml", layout])
     assert cfg.cluster.rollout_gpus > 0 and cfg.cluster.learner_gpus > 0  # actors and learner on GPUs
@@ -178,7 +186,8 @@ def test_resource_layouts_layer_on_a_recipe(layout):
 
 
 def test_torch_threads_share_the_run_cpus_in_sync_mode():
-    from configs.schema import ClusterConfig, torch_threads
+    from configs.placement import torch_threads
+    from configs.schema import ClusterConfig
 
     local = ClusterConfig()  # 1 learner + 1 actor, 1 CPU each
     assert torch_threads(local, "learner", sync=True) == 2 and torch_threads(local, "rollout", sync=True) == 2
@@ -199,9 +208,9 @@ def test_system_prompt_file_reaches_the_engine_byte_for_byte(tmp_path):
     RL trainer sends `f.read().strip()` as the system message: so do we (unescape is the option)."""
     from transformers import AutoProcessor
 
-    from actors.actor import read_system_prompt
     from actors.rollout import Rollout
     from actors.zoom import ZoomSettings
+    from data_gen.prompts import read_system_prompt
     from data_gen.rows import PromptRow
     from data_gen.tiny_model import make_tiny_model
 

@@ -10,12 +10,16 @@ from pathlib import Path
 
 import pytest
 
-import configs.schema as config
-from configs.schema import ConfigError, load
+from configs.base import Choice, ConfigError
+from configs.fields import describe
+from configs.jobs import DemoConfig, EvalConfig, MCTSJobConfig, MCTSJudge, SFTConfig
+from configs.load import load, to_flat_dict
+from configs.released import official_defaults
+from configs.rules import RULES
+from configs.schema import LoopMode, Schedule, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = {"train": config.TrainConfig, "eval": config.EvalConfig, "sft": config.SFTConfig,
-           "mcts": config.MCTSJobConfig, "demo": config.DemoConfig}
+SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "sft": SFTConfig, "mcts": MCTSJobConfig, "demo": DemoConfig}
 
 # (command, override, the key the refusal names). Each value is one a user can type and that, before these
 # checks, passed every check made before Ray (or failed only inside an actor or the learner).
@@ -153,7 +157,7 @@ def test_did_you_mean():
              ("trackin.uri=x", "did you mean 'tracking'?")]
     for override, hint in cases:
         with pytest.raises(ConfigError, match=hint.replace("?", r"\?")):
-            load(config.TrainConfig, None, [override])
+            load(TrainConfig, None, [override])
 
 
 def test_did_you_mean_in_a_yaml_recipe(tmp_path):
@@ -161,23 +165,23 @@ def test_did_you_mean_in_a_yaml_recipe(tmp_path):
     p.write_text("loop:\n  max_stalness: 2\n")
     with pytest.raises(ConfigError, match=r"recipe.yaml: unknown config key 'loop.max_stalness'.*did you mean "
                                           r"'loop.max_staleness'\?"):
-        load(config.TrainConfig, p)
+        load(TrainConfig, p)
 
 
 def test_several_bad_values_are_named_together():
     with pytest.raises(ConfigError) as e:
-        load(config.TrainConfig, None, ["loop.max_staleness=-1", "learner.mini_batch_size=-3", "learner.lr=0"])
+        load(TrainConfig, None, ["loop.max_staleness=-1", "learner.mini_batch_size=-3", "learner.lr=0"])
     for key in ("loop.max_staleness", "learner.mini_batch_size", "learner.lr"):
         assert f"'{key}'" in str(e.value)
 
 
 def test_null_official_fields_pass_and_edges_are_accepted():
-    cfg = config.official_defaults(load(config.TrainConfig, None, [
+    cfg = official_defaults(load(TrainConfig, None, [
         "loop.max_staleness=0", "learner.mini_batch_size=0", "tracking.checkpoint_every=0", "sampling.top_p=1",
         "sampling.temperature=0", "learner.warmup_ratio=0", "learner.grad_clip=0", "cluster.rollout_timeout_s=0",
         "make_tiny=''", "make_tiny=qwen", "rollout.group_size=2"]))
     assert cfg.learner.mini_batch_size == 0 and cfg.make_tiny == "qwen"
-    assert load(config.EvalConfig, None, ["benchmark=''", "rollout.group_size=1"]).rollout.group_size == 1
+    assert load(EvalConfig, None, ["benchmark=''", "rollout.group_size=1"]).rollout.group_size == 1
 
 
 def test_choices_are_strings_everywhere(tmp_path):
@@ -185,16 +189,16 @@ def test_choices_are_strings_everywhere(tmp_path):
     params (to_flat_dict + str) and the config.yaml `vigorl train --resume` reads back."""
     from cluster.resume import write_config
 
-    cfg = load(config.TrainConfig, None, ["loop.mode=async", "learner.schedule=cosine", "model.dtype=bfloat16"])
+    cfg = load(TrainConfig, None, ["loop.mode=async", "learner.schedule=cosine", "model.dtype=bfloat16"])
     m = cfg.loop.mode
-    assert isinstance(m, config.LoopMode) and isinstance(m, str)
+    assert isinstance(m, LoopMode) and isinstance(m, str)
     assert m == "async" and m in ("sync", "async") and {"async": 1}[m] == 1 and hash(m) == hash("async")
     assert f"{m}" == str(m) == "async" and f"{m:>6}" == " async" and json.dumps(m) == '"async"'
     assert pickle.loads(pickle.dumps(m)) is m
-    assert config.to_flat_dict(cfg)["learner.schedule"] == "cosine"
-    assert {k: str(v) for k, v in config.to_flat_dict(cfg).items()}["model.dtype"] == "bfloat16"
-    back = load(config.TrainConfig, write_config(cfg, tmp_path))
-    assert back.loop.mode is config.LoopMode("async") and back == dataclasses.replace(cfg, resume=False)
+    assert to_flat_dict(cfg)["learner.schedule"] == "cosine"
+    assert {k: str(v) for k, v in to_flat_dict(cfg).items()}["model.dtype"] == "bfloat16"
+    back = load(TrainConfig, write_config(cfg, tmp_path))
+    assert back.loop.mode is LoopMode("async") and back == dataclasses.replace(cfg, resume=False)
     assert "mode: async" in (tmp_path / "config.yaml").read_text()
 
 
@@ -210,37 +214,38 @@ def _numeric_fields(cls, prefix=""):
 
 
 def test_every_number_has_a_range():
-    """A new int / float field comes with its rule in configs.schema.RULES (or a refusal names it here)."""
+    """A new int / float field comes with its rule in configs.rules.RULES (or a refusal names it here)."""
     missing = sorted({key for schema in SCHEMAS.values() for cls, name, key in _numeric_fields(schema)
-                      if name not in config.RULES.get(cls, {})})
-    assert not missing, f"no range rule in configs.schema.RULES for {missing}"
+                      if name not in RULES.get(cls, {})})
+    assert not missing, f"no range rule in configs.rules.RULES for {missing}"
 
 
 def test_choices_match_the_code_that_reads_them():
+    from configs import jobs, schema
     from data_gen.tiny_model import make_tiny_model  # noqa: F401 - the vocabularies it knows: small, qwen
     from learner.trainer import SCHEDULES
     from rewards.judges import JUDGE_KINDS
 
-    assert {s.value for s in config.Schedule} == set(SCHEDULES)
-    assert tuple(j.value for j in config.MCTSJudge) == tuple(JUDGE_KINDS)
-    for enum in (v for v in vars(config).values() if isinstance(v, type) and issubclass(v, config.Choice)
-                 and v is not config.Choice):
+    assert {s.value for s in Schedule} == set(SCHEDULES)
+    assert tuple(j.value for j in MCTSJudge) == tuple(JUDGE_KINDS)
+    for enum in (v for m in (schema, jobs) for v in vars(m).values() if isinstance(v, type)
+                 and issubclass(v, Choice) and v is not Choice):
         assert all(m.name == m.value for m in enum), enum  # Enum hashes the name: equal to the str's hash
 
 
 def test_rollout_checks_raise_config_errors(tmp_path):
     from actors.actor import check_rollout
 
-    cfg = load(config.EvalConfig, None, ["rollout.prompt=vigorl_single_turn"])
+    cfg = load(EvalConfig, None, ["rollout.prompt=vigorl_single_turn"])
     check_rollout(cfg)
     with pytest.raises(ConfigError, match=r"'rollout.prompt': unknown prompt 'vigorl_singel_turn' \(did you mean "
                                           r"'vigorl_single_turn'\?\); valid: from_chat_template, plain"):
-        check_rollout(load(config.EvalConfig, None, ["rollout.prompt=vigorl_singel_turn"]))
+        check_rollout(load(EvalConfig, None, ["rollout.prompt=vigorl_singel_turn"]))
     (tmp_path / "empty.txt").write_text("\n")
     for path, why in ((tmp_path / "missing.txt", "does not exist"), (tmp_path / "empty.txt", "is empty"),
                       (tmp_path, "does not exist")):
         with pytest.raises(ConfigError, match=f"rollout.system_prompt_file: .* {why}"):
-            check_rollout(load(config.EvalConfig, None, [f"rollout.system_prompt_file={path}"]))
+            check_rollout(load(EvalConfig, None, [f"rollout.system_prompt_file={path}"]))
 
 
 def test_an_actor_constructor_config_error_is_not_a_fault():
@@ -254,10 +259,10 @@ def test_an_actor_constructor_config_error_is_not_a_fault():
     text = ("The actor died because of an error raised in its creation task, \x1b[36mray::RolloutActor.__init__()"
             "\x1b[39m (pid=1, ip=127.0.0.1, actor_id=ab, repr=<actors.actor.RolloutActor object at 0x7f>)\n"
             '  File "/work/main/actors/actor.py", line 60, in __init__\n    check_rollout(cfg)\n'
-            "configs.schema.ConfigError: bad value for config key 'rollout.prompt': unknown prompt 'x'")
+            "configs.base.ConfigError: bad value for config key 'rollout.prompt': unknown prompt 'x'")
     err = config_error(Died(text))
     assert isinstance(err, ConfigError) and str(err) == "bad value for config key 'rollout.prompt': unknown prompt 'x'"
-    assert config_error(Died(text.replace("configs.schema.ConfigError", "MemoryError"))) is None  # a fault
+    assert config_error(Died(text.replace("configs.base.ConfigError", "MemoryError"))) is None  # a fault
     not_init = Died(text)
     not_init.actor_init_failed = False  # died later (killed, OOM): a fault, whatever its text
     assert config_error(not_init) is None
@@ -272,12 +277,12 @@ def test_print_config_is_the_resolved_config_and_loads_back(tmp_path, capsys, no
     assert main(argv) == 0
     text = capsys.readouterr().out
     (tmp_path / "printed.yaml").write_text(text)
-    printed = load(config.TrainConfig, tmp_path / "printed.yaml")
-    want = config.official_defaults(load(config.TrainConfig, [ROOT / "configs/grpo_mt_visual_search.yaml", layout],
-                                         ["loop.mode=async", f"out={tmp_path}"]))
+    printed = load(TrainConfig, tmp_path / "printed.yaml")
+    want = official_defaults(load(TrainConfig, [ROOT / "configs/grpo_mt_visual_search.yaml", layout],
+                                  ["loop.mode=async", f"out={tmp_path}"]))
     assert printed.rollout.group_size == 8 and printed.learner.grad_clip == 0.2  # official defaults filled
     assert printed.loop.mode == "async" and printed.cluster == want.cluster  # override and layout applied
-    assert config.to_flat_dict(printed) == config.to_flat_dict(want)
+    assert to_flat_dict(printed) == to_flat_dict(want)
 
 
 @pytest.mark.parametrize("cmd", sorted(SCHEMAS))
@@ -290,7 +295,7 @@ def test_help_lists_every_field_with_doc_and_default(cmd, capsys):
     out = capsys.readouterr().out
     assert "--print-config" in out and "--dry-run" in out and "--debug" in out
     lines = out.splitlines()
-    for key, type_, default, doc in config.describe(SCHEMAS[cmd]):
+    for key, type_, default, doc in describe(SCHEMAS[cmd]):
         line = next((ln for ln in lines if ln.strip().startswith(f"{key} = ")), None)
         assert line is not None, f"vigorl {cmd} --help does not list {key}"
         assert f"{key} = {default}" in line and f"[{type_}]" in line and doc and doc in line

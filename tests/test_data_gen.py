@@ -8,8 +8,9 @@ import zlib
 import pytest
 from PIL import Image
 
+from data_gen.formats import read_rows
 from data_gen.images import ImageError, load_rgb, resolve_under
-from data_gen.rows import PromptRow, gold_for_model, read_rows, scale_box_gold, write_rows
+from data_gen.rows import PromptRow, gold_for_model, scale_box_gold, write_rows
 from data_gen.synthetic import COLORS, GENERATORS, make_dataset
 from rewards.tasks import TASKS, parse_box
 
@@ -166,3 +167,29 @@ def test_paths_escaping_the_root_are_refused(tmp_path):
         with pytest.raises(ImageError, match="escapes the dataset root"):
             resolve_under(tmp_path / "data", bad)
     assert resolve_under(tmp_path / "data", "ok/x.png") == (tmp_path / "data" / "ok" / "x.png").resolve()
+
+
+def test_policy_image_is_the_confined_file_smart_resized(tmp_path):
+    """The one loader of "the image as the policy sees it": RGB, both sides multiples of 28 within the budget,
+    and confined to the dataset root like every dataset read."""
+    from data_gen.images import policy_image
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("L", (300, 100), 128).save(tmp_path / "imgs" / "a.png")
+    img = policy_image(tmp_path, "imgs/a.png", min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28)
+    assert img.mode == "RGB" and img.size == (308, 112)  # smart_resize(h=100, w=300) = (112, 308)
+    with pytest.raises(ImageError):
+        policy_image(tmp_path, "../outside.png")
+
+
+def test_ensure_builds_once_and_keeps_what_is_there(tmp_path, capsys):
+    """`ensure_dataset` / `ensure_tiny_model` build when missing (announced with the log prefix) and never
+    rebuild or overwrite what a dir already holds."""
+    from data_gen.synthetic import ensure_dataset
+
+    out = ensure_dataset("spatial", 2, seed=1, out=tmp_path / "d", log="[t]", progress=False)
+    assert "[t] generating 2 synthetic spatial prompts" in capsys.readouterr().out
+    before = (out / "prompts.parquet").stat().st_mtime_ns
+    assert ensure_dataset("spatial", 5, seed=2, out=tmp_path / "d", log="[t]") == out
+    assert (out / "prompts.parquet").stat().st_mtime_ns == before and len(read_rows(out)) == 2
+    assert capsys.readouterr().out == ""

@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 
 from cluster.cli import main
-from configs.schema import TrainConfig, load
+from configs.load import load
+from configs.schema import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "cluster" / "deploy"

@@ -82,7 +82,8 @@ def test_eval_judges_items_with_the_released_judge_by_default(tmp_path):
 
     import rewards
     from cluster.eval_job import judged
-    from configs.schema import EvalConfig, load
+    from configs.jobs import EvalConfig
+    from configs.load import load
     from data_gen.rows import PromptRow
     from data_gen.tiny_model import make_tiny_model
 

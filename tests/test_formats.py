@@ -14,11 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from configs.schema import DataConfig, EvalConfig, SFTConfig, TrainConfig
-from data_gen import formats
-from data_gen.formats import FormatError, SFTAttr, image_root, load_prompts, read_prompts, to_chat
+from configs.jobs import EvalConfig, SFTConfig
+from configs.schema import DataConfig, TrainConfig
+from data_gen import tables
+from data_gen.formats import image_root, load_prompts, read_prompts, read_rows
+from data_gen.sft_formats import SFTAttr, to_chat
+from data_gen.tables import FormatError
 from data_gen.images import image_cache, load_rgb, resolve_under
-from data_gen.rows import read_rows
 
 
 @pytest.fixture(autouse=True)
@@ -217,10 +219,10 @@ def test_hub_dataset_offline_is_a_clear_error_and_a_local_typo_is_not_a_hub_id(t
     with pytest.raises(FormatError, match=r"data.path=someorg/nodata@train: .*HF_HUB_OFFLINE is set: only datasets "
                                           r"already in the local HF cache"):
         load_prompts(SimpleNamespace(data=data("someorg/nodata@train")))
-    assert formats.is_hub_id("someorg/nodata@train") and formats.is_hub_id("nodata")
+    assert tables.is_hub_id("someorg/nodata@train") and tables.is_hub_id("nodata")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
-    assert not formats.is_hub_id("runs/dta")  # under a dir that exists here: a local path with a typo
+    assert not tables.is_hub_id("runs/dta")  # under a dir that exists here: a local path with a typo
     with pytest.raises(FileNotFoundError, match="data.path: runs/dta does not exist"):
         load_prompts(SimpleNamespace(data=data("runs/dta")))
 
@@ -267,6 +269,40 @@ def test_released_eval_conversations_as_datasets_stores_them(tmp_path):
     assert (row.question, row.gold) == ("Q?", "left")
 
 
+def test_the_jobs_read_a_datasets_dir_and_a_benchmark_file(tmp_path):
+    """The jobs' own loader calls on the data tests/test_formats_ray.py takes through `--dry-run` only (its
+    docstring): the train driver and each rollout actor read data.path with `load_prompts(cfg)` (cluster/train.py,
+    actors/actor.py), the eval job with `cluster.eval_job.load_items(cfg)` (every image opened). A `datasets`
+    DatasetDict dir: train reads its train split, eval DIR@test; the released V*Bench file through benchmark=vstar:
+    the benchmark's task over data.task, in both."""
+    import datasets
+
+    from cluster.eval_job import load_items
+    from shared_runs import vstar_file
+
+    feats = datasets.Features({"problem": datasets.Value("string"), "answer": datasets.Value("string"),
+                               "images": datasets.List(datasets.Image())})
+    ds = datasets.Dataset.from_dict({"problem": ["<image>Which colour?", "<image>And here?"], "answer": ["red", "blue"],
+                                     "images": [[{"bytes": png(size=(112, 112)), "path": None}],
+                                                [{"bytes": png(size=(112, 112), colour=(0, 0, 255)), "path": None}]]},
+                                    features=feats)
+    datasets.DatasetDict({"train": ds, "test": ds.select([1])}).save_to_disk(tmp_path / "hfds")
+    rows, _ = load_prompts(TrainConfig(data=data(tmp_path / "hfds")))
+    assert [(r.prompt_id, r.gold) for r in rows] == [("hfds@train-0", "red"), ("hfds@train-1", "blue")]
+    items, skipped = load_items(EvalConfig(data=data(f"{tmp_path / 'hfds'}@test")))
+    assert [(r.prompt_id, r.gold, r.image.startswith("sha256:")) for r in items] == [("hfds@test-0", "blue", True)]
+    assert not skipped
+
+    f = vstar_file(tmp_path / "released")
+    bench = dict(benchmark="vstar")
+    rows, _ = load_prompts(TrainConfig(data=data(f, task="spatial", image_root=str(tmp_path / "released")), **bench))
+    items, skipped = load_items(EvalConfig(data=data(f, task="spatial", image_root=str(tmp_path / "released")), **bench))
+    for got in (rows, items):
+        assert [(r.prompt_id, r.task, r.gold, json.loads(r.meta)["subgroup"]) for r in got] == [
+            ("0", "visual_search", "red", "direct_attributes"), ("1", "visual_search", "blue", "direct_attributes")]
+    assert not skipped
+
+
 def test_unknown_columns_say_which_formats_need_what(tmp_path):
     f = jsonl(tmp_path / "x.jsonl", [{"text": "hi", "label": 1}])
     with pytest.raises(FormatError, match=r"x.jsonl: cannot tell the format from its columns \['label', 'text'\]: "
@@ -277,15 +313,16 @@ def test_unknown_columns_say_which_formats_need_what(tmp_path):
 
 
 def test_config_fields_and_image_root(tmp_path):
-    from configs import schema
+    from configs.base import ConfigError
+    from configs.load import load
 
-    cfg = schema.load(TrainConfig, None, [f"data.path={tmp_path}/rl.jsonl", "data.format=easyr1",
-                                          "data.prompt_key=question", "benchmark=vstar"])
+    cfg = load(TrainConfig, None, [f"data.path={tmp_path}/rl.jsonl", "data.format=easyr1",
+                                   "data.prompt_key=question", "benchmark=vstar"])
     assert cfg.data.format == "easyr1" and cfg.benchmark == "vstar"
-    with pytest.raises(schema.ConfigError, match="data.format.*did you mean 'easyr1'"):
-        schema.load(TrainConfig, None, ["data.format=easyr"])
-    with pytest.raises(schema.ConfigError, match="benchmark.*unknown name 'vstr'"):
-        schema.load(TrainConfig, None, ["benchmark=vstr"])
+    with pytest.raises(ConfigError, match="data.format.*did you mean 'easyr1'"):
+        load(TrainConfig, None, ["data.format=easyr"])
+    with pytest.raises(ConfigError, match="benchmark.*unknown name 'vstr'"):
+        load(TrainConfig, None, ["benchmark=vstr"])
     (tmp_path / "rl.jsonl").write_text("")
     assert image_root(cfg.data) == tmp_path and image_root(data(tmp_path)) == tmp_path
     assert image_root(data(tmp_path / "rl.jsonl", image_root="/imgs")) == Path("/imgs")
@@ -321,7 +358,7 @@ def test_sharegpt_rows_llama_factory_would_drop_are_errors(conv, needle):
 def test_released_sft_rows_through_dataset_info(tmp_path):
     """The released SFT data: a JSON array of {messages (role/content), images, gt_answer}, named by a
     dataset_info.json entry with its columns and tags (LLaMA-Factory's mllm_demo entry)."""
-    from data_gen.formats import dataset_files, read_records, sft_sources
+    from data_gen.sft_formats import dataset_files, read_records, sft_sources
 
     (tmp_path / "chains").mkdir()
     rows = [{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "<image>Q?"},

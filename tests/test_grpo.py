@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from learner.grpo import group_advantages, kl_k3, policy_loss, truncated_is_weights
+from learner.grpo import kl_k3, policy_loss, truncated_is_weights
+from rewards.advantages import group_advantages
 
 
 def test_group_advantages_hand_worked():
@@ -82,7 +83,7 @@ def test_truncated_is_weights_hand_worked():
 
 
 def test_minibatch_layout_hand_worked():
-    from learner.trainer import minibatch_layout
+    from learner.inputs import minibatch_layout
 
     # 5 sequences, mini-batches of 4, micro-batches of 2: two updates, the second with one micro-batch
     assert minibatch_layout(5, 4, 2, 1, 0) == [[[0, 1], [2, 3]], [[4]]]
@@ -99,7 +100,7 @@ def test_minibatch_layout_hand_worked():
 
 
 def test_length_buckets_order_each_minibatch_longest_first():
-    from learner.trainer import by_length, minibatch_layout
+    from learner.inputs import by_length, minibatch_layout
 
     lengths = [5, 9, 7, 9, 3, 8]
     # mini-batches {0..3} and {4, 5} stay; inside each, longest first (ties in order), then cut

@@ -7,7 +7,9 @@ import pytest
 
 from cluster.cli import main
 from cluster.home import HomeError, anchor_paths, in_ray_working_dir, resolve
-from configs.schema import EvalConfig, MCTSJobConfig, SFTConfig, TrainConfig, load
+from configs.jobs import EvalConfig, MCTSJobConfig, SFTConfig
+from configs.load import load
+from configs.schema import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

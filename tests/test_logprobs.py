@@ -1,4 +1,4 @@
-"""The learner's forward inputs (`learner.logprobs.batch_inputs`) give a Qwen2.5-VL the positions it was
+"""The learner's forward inputs (`learner.inputs.batch_inputs`) give a Qwen2.5-VL the positions it was
 built for: M-RoPE, image tokens at (t, h, w) and the text after an image at max + 1, as vLLM generates with.
 
 The model here is the tiny random one with its attention sharpened (q/k weights x 8), so that positions
@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from actors.trajectory import Trajectory
-from learner.logprobs import batch_inputs, token_logprobs
+from learner.inputs import batch_inputs
+from learner.logprobs import token_logprobs
 
 
 @pytest.fixture(scope="module")

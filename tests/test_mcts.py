@@ -78,8 +78,9 @@ def test_teacher_sampling_params_have_no_stop_strings_by_default():
     stops at </think> / </answer>."""
     import inspect
 
-    from configs.schema import TeacherConfig
-    from data_gen.teachers import VLLMTeacher, sampling_kwargs
+    from configs.jobs import TeacherConfig
+    from actors.teacher import VLLMTeacher
+    from data_gen.teachers import sampling_kwargs
 
     assert sampling_kwargs(3, 1.0, 1.0, 512) == {"n": 3, "temperature": 1.0, "top_p": 1.0, "max_tokens": 512}
     assert sampling_kwargs(1, 0.7, 0.9, 64, stop_at_tags=True) == {
@@ -125,9 +126,10 @@ def test_teacher_prompt_file_is_the_system_message_byte_for_byte(tmp_path):
     """teacher.prompt_file is read verbatim (a literal backslash-n, CRLF, spaces and the final newline kept;
     no Jinja rendering) and is what the teacher sends as its system message, followed by the released
     "at least N thoughts" line; teacher.prompt_unescape turns each literal backslash-n into a newline."""
-    from configs.schema import MCTSJobConfig
+    from configs.jobs import MCTSJobConfig
+    from actors.teacher import RemoteTeacher
     from cluster.mcts_job import SearchWorker
-    from data_gen.teachers import RemoteTeacher, read_prompt_file
+    from data_gen.teachers import read_prompt_file
 
     raw = "You help.\\n<think> {step} (x, y) </think>\r\n  {{ not_jinja }} caf\u00e9 \n".encode()
     path = tmp_path / "prompt.jinja"
@@ -278,7 +280,7 @@ def test_question_timeout_default_is_the_released_3600_s():
 
     import yaml
 
-    from configs.schema import MCTSJobConfig
+    from configs.jobs import MCTSJobConfig
 
     assert MCTSJobConfig().question_timeout_s == 3600.0 and MCTSJobConfig().judge == "released"
     for task in ("spatial", "visual_search", "web_action", "web_grounding"):
@@ -314,7 +316,8 @@ def test_a_question_past_its_time_budget_is_recorded_as_failed(tmp_path):
     import dataclasses
     import json
 
-    from configs.schema import MCTSJobConfig, official_defaults
+    from configs.jobs import MCTSJobConfig
+    from configs.released import official_defaults
     from cluster.mcts_job import SearchWorker
     from data_gen.synthetic import make_dataset
 

@@ -2,8 +2,9 @@
 search over its outputs that completes with a well-formed tree (a random model writes garbage steps; the
 tree still records them)."""
 
+from actors.teacher import RemoteTeacher, VLLMTeacher
 from data_gen.mcts import MCTSConfig, search
-from data_gen.teachers import MCTS_SYSTEM_PROMPTS, RemoteTeacher, VLLMTeacher, mcts_messages, parse_output
+from data_gen.teachers import MCTS_SYSTEM_PROMPTS, mcts_messages, parse_output
 
 
 def test_teacher_prompt_and_parsing():
@@ -19,14 +20,13 @@ def test_teacher_prompt_and_parsing():
 
 
 def test_vllm_teacher_search_on_the_tiny_model(tmp_path):
-    from actors.zoom import resize_for_model
-    from data_gen.images import load_rgb
+    from data_gen.images import policy_image
     from data_gen.synthetic import make_dataset
     from data_gen.tiny_model import make_tiny_model
 
     model = make_tiny_model(tmp_path / "model")
     row = make_dataset("visual_search", 1, seed=0, out=tmp_path / "data", progress=False)[0]
-    image = resize_for_model(load_rgb(tmp_path / "data" / row.image))
+    image = policy_image(tmp_path / "data", row.image)
     server = VLLMTeacher(str(model), max_tokens=24, max_model_len=4096)
     teacher = RemoteTeacher(server, "visual_search", image, None, 3)
     assert teacher.system == MCTS_SYSTEM_PROMPTS["visual_search"]

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from cluster.plan import GiB, PlanError, check_before_launch, learner_parts, make_plan, model_shapes, with_knobs
-from configs.schema import TrainConfig, load, official_defaults
+from configs.load import load
+from configs.released import official_defaults
+from configs.schema import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "configs" / "models"

@@ -11,7 +11,11 @@ import pytest
 from cluster import prelaunch as pre
 from cluster import resume
 from cluster.cli import main
-from configs import schema as config
+from cluster.outdir import PrelaunchError
+from configs.jobs import EvalConfig, MCTSJobConfig, SFTConfig
+from configs.load import load
+from configs.released import official_defaults
+from configs.schema import TrainConfig
 from conftest import hf_cache
 from data_gen import hub
 
@@ -98,23 +102,23 @@ def test_hub_id_shape():
 
 def test_prelaunch_puts_the_local_dir_in_the_config_and_keeps_the_id(offline_cache, data, tmp_path):
     cache, rev, _ = offline_cache
-    cfg = config.load(config.EvalConfig, None, [f"model.path={REPO}", f"data.path={data}", f"out={tmp_path / 'e'}"])
-    pre.prelaunch("eval", config.official_defaults(cfg))
+    cfg = load(EvalConfig, None, [f"model.path={REPO}", f"data.path={data}", f"out={tmp_path / 'e'}"])
+    pre.prelaunch("eval", official_defaults(cfg))
     assert Path(cfg.model.path) == cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / rev
     assert cfg.model.source == REPO
     pre.prelaunch("eval", cfg)  # again, as `--resume` reads OUT/config.yaml: the source stays the id
     assert cfg.model.source == REPO and Path(cfg.model.path).name == rev
     # the fingerprint reads the snapshot's files (symlinks into blobs/), not REPO/config.json in the cwd
     assert resume.model_fingerprint(cfg.model.path) == resume.model_fingerprint(fake_model(tmp_path / "same"))
-    mcts = config.load(config.MCTSJobConfig, None, ["teacher.kind=vllm", f"teacher.model_path={REPO}@main",
-                                                    f"data.path={data}", f"out={tmp_path / 'm'}"])
+    mcts = load(MCTSJobConfig, None, ["teacher.kind=vllm", f"teacher.model_path={REPO}@main",
+                                      f"data.path={data}", f"out={tmp_path / 'm'}"])
     pre.prelaunch("mcts", mcts, dry_run=True)
     assert Path(mcts.teacher.model_path).name == rev and mcts.teacher.model_source == f"{REPO}@main"
 
 
 def test_a_model_the_job_builds_is_not_looked_up(tmp_path, capsys):
-    cfg = config.load(config.TrainConfig, None, ["make_tiny=small", "make_data=4", f"model.path={tmp_path}/org/x",
-                                                 f"data.path={tmp_path}/data", f"out={tmp_path}/run"])
+    cfg = load(TrainConfig, None, ["make_tiny=small", "make_data=4", f"model.path={tmp_path}/org/x",
+                                   f"data.path={tmp_path}/data", f"out={tmp_path}/run"])
     pre.prelaunch("train", cfg, dry_run=True)
     assert cfg.model.path == str(tmp_path / "org" / "x") and not (tmp_path / "org").exists()
     assert "the job builds it" in capsys.readouterr().out
@@ -149,11 +153,11 @@ def test_new_run_into_checkpoints_stops_and_a_bad_data_path_leaves_them(tmp_path
     with pytest.raises(FileNotFoundError, match=f"data.path: {tmp_path / 'typo'} does not exist"):
         main(args + [f"data.path={tmp_path / 'typo'}", "--overwrite"])
     assert (ck / resume.COMPLETE).is_file() and (out / "checkpoints" / "step_00003" / "config.json").is_file()
-    cfg = config.load(config.TrainConfig, None, args[1:] + [f"data.path={data}"])
+    cfg = load(TrainConfig, None, args[1:] + [f"data.path={data}"])
     pre.prelaunch("train", cfg, overwrite=True, dry_run=True)  # says what it would remove, removes nothing
     assert f"would remove {out / 'resume'}" in capsys.readouterr().out and ck.is_dir()
-    with pytest.raises(pre.PrelaunchError, match="--resume and --overwrite"):
-        pre.prelaunch("train", config.load(config.TrainConfig, None, args[1:] + ["resume=true"]), overwrite=True)
+    with pytest.raises(PrelaunchError, match="--resume and --overwrite"):
+        pre.prelaunch("train", load(TrainConfig, None, args[1:] + ["resume=true"]), overwrite=True)
     pre.prelaunch("train", cfg, overwrite=True)
     assert not (out / "resume").exists() and not (out / "checkpoints").exists()
     pre.prelaunch("train", cfg)  # nothing left: a new run goes ahead
@@ -163,8 +167,8 @@ def test_a_save_cut_short_alone_does_not_stop_a_new_run_and_stays(tmp_path, data
     out = tmp_path / "run"
     cut = out / resume.RESUME_DIR / "step_00001"
     cut.mkdir(parents=True)
-    cfg = config.load(config.TrainConfig, None, [f"out={out}", f"model.path={fake_model(tmp_path / 'm')}",
-                                                 f"data.path={data}"])
+    cfg = load(TrainConfig, None, [f"out={out}", f"model.path={fake_model(tmp_path / 'm')}",
+                                   f"data.path={data}"])
     pre.prelaunch("train", cfg)
     assert cut.is_dir()
 
@@ -176,9 +180,9 @@ def test_overwrite_never_removes_a_live_runs_checkpoints(tmp_path, data):
     out = tmp_path / "run"
     checkpoint(out)
     (out / "driver.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run_id": "r"}))
-    cfg = config.load(config.TrainConfig, None, [f"out={out}", f"model.path={fake_model(tmp_path / 'm')}",
-                                                 f"data.path={data}"])
-    with pytest.raises(pre.PrelaunchError, match="a run is going on there"):
+    cfg = load(TrainConfig, None, [f"out={out}", f"model.path={fake_model(tmp_path / 'm')}",
+                                   f"data.path={data}"])
+    with pytest.raises(PrelaunchError, match="a run is going on there"):
         pre.prelaunch("train", cfg, overwrite=True)
     assert (out / "resume").is_dir()
 
@@ -189,8 +193,8 @@ def test_bad_first_image_is_named(tmp_path):
 
     rows = make_dataset("visual_search", 2, seed=1, out=tmp_path / "d", progress=False)
     (tmp_path / "d" / rows[0].image).write_bytes(b"not a png")
-    cfg = config.load(config.TrainConfig, None, [f"out={tmp_path}/run", f"model.path={fake_model(tmp_path / 'm')}",
-                                                 f"data.path={tmp_path / 'd'}"])
+    cfg = load(TrainConfig, None, [f"out={tmp_path}/run", f"model.path={fake_model(tmp_path / 'm')}",
+                                   f"data.path={tmp_path / 'd'}"])
     with pytest.raises(ImageError, match=f"row {rows[0].prompt_id!r}.*corrupt"):
         pre.prelaunch("train", cfg)
 
@@ -198,9 +202,9 @@ def test_bad_first_image_is_named(tmp_path):
 # ---- eval / sft / mcts: another model or other settings into the same out ----------------------------------
 
 def eval_cfg(out, model, data, *overrides):
-    cfg = config.load(config.EvalConfig, str(ROOT / "configs" / "eval_local.yaml"),
-                      [f"out={out}", f"model.path={model}", f"data.path={data}", *overrides])
-    return config.official_defaults(cfg)
+    cfg = load(EvalConfig, str(ROOT / "configs" / "eval_local.yaml"),
+               [f"out={out}", f"model.path={model}", f"data.path={data}", *overrides])
+    return official_defaults(cfg)
 
 
 def test_eval_rerun_with_another_model_or_settings_is_refused(tmp_path, data, capsys):
@@ -212,7 +216,7 @@ def test_eval_rerun_with_another_model_or_settings_is_refused(tmp_path, data, ca
     assert recorded["info"]["model"] == str(a) and recorded["settings"]["sampling.temperature"] == 0.5
     (out / "items.jsonl").write_text(json.dumps({"item_id": "x", "correct": True, "judge": "official"}) + "\n")
     pre.prelaunch("eval", eval_cfg(out, fake_model(tmp_path / "a-copy"), data))  # same model elsewhere: resumes
-    with pytest.raises(pre.PrelaunchError) as e:
+    with pytest.raises(PrelaunchError) as e:
         pre.prelaunch("eval", eval_cfg(out, b, data, "sampling.temperature=0.7", "judge=reward"))
     msg = str(e.value)
     assert f"out={out} holds 1 item line(s) made with other settings" in msg
@@ -220,7 +224,7 @@ def test_eval_rerun_with_another_model_or_settings_is_refused(tmp_path, data, ca
     assert f"model_fingerprint: '{fp_a} ({tmp_path / 'a-copy'})' -> '{fp_b} ({b})'" in msg
     assert "sampling.temperature: 0.5 -> 0.7" in msg and "judge: 'official' -> 'reward'" in msg
     assert "--overwrite" in msg and (out / "items.jsonl").is_file()
-    with pytest.raises(pre.PrelaunchError, match="zoom.half_size: 182 -> 100"):
+    with pytest.raises(PrelaunchError, match="zoom.half_size: 182 -> 100"):
         pre.prelaunch("eval", eval_cfg(out, a, data, "zoom.half_size=100"))
     # through the CLI: one line, exit status 2, before Ray
     assert main(["eval", "--config", str(ROOT / "configs" / "eval_local.yaml"), f"out={out}", f"model.path={b}",
@@ -235,29 +239,29 @@ def test_eval_items_without_recorded_settings_are_refused(tmp_path, data):
     out = tmp_path / "eval"
     out.mkdir()
     (out / "items.jsonl").write_text(json.dumps({"item_id": "x", "correct": True, "judge": "reward"}) + "\n")
-    with pytest.raises(pre.PrelaunchError, match=r"judge reward; this run: judge=official\) but no eval_settings"):
+    with pytest.raises(PrelaunchError, match=r"judge reward; this run: judge=official\) but no eval_settings"):
         pre.prelaunch("eval", eval_cfg(out, fake_model(tmp_path / "a"), data))
 
 
 def test_sft_and_mcts_outs_keep_their_settings(tmp_path, data):
     a, b = fake_model(tmp_path / "a"), fake_model(tmp_path / "b", hidden=16)
     (tmp_path / "sft_data").mkdir()
-    sft = lambda m: config.load(config.SFTConfig, None, [f"out={tmp_path / 's'}", f"model.path={m}",  # noqa: E731
-                                                        f"data={tmp_path / 'sft_data'}"])
+    sft = lambda m: load(SFTConfig, None, [f"out={tmp_path / 's'}", f"model.path={m}",  # noqa: E731
+                                          f"data={tmp_path / 'sft_data'}"])
     pre.prelaunch("sft", sft(a))
     fake_model(tmp_path / "s" / "model")  # what the run exported
     pre.prelaunch("sft", sft(a))  # same base model and data: trains again, as before
-    with pytest.raises(pre.PrelaunchError, match="model_fingerprint"):
+    with pytest.raises(PrelaunchError, match="model_fingerprint"):
         pre.prelaunch("sft", sft(b))
     pre.prelaunch("sft", sft(b), overwrite=True)
     assert not (tmp_path / "s" / "model").exists()
 
-    mcts = lambda *o: config.load(config.MCTSJobConfig, None, [f"out={tmp_path / 'm'}", f"data.path={data}",  # noqa
-                                                               *o])
+    mcts = lambda *o: load(MCTSJobConfig, None, [f"out={tmp_path / 'm'}", f"data.path={data}",  # noqa
+                                                 *o])
     pre.prelaunch("mcts", mcts())
     (tmp_path / "m" / "trees.jsonl").write_text('{"question_id": "q", "nodes": []}\n')
     pre.prelaunch("mcts", mcts("workers=4", "limit=2"))  # placement and how many: not settings, it resumes
-    with pytest.raises(pre.PrelaunchError, match="search.simulations: 8 -> 20"):
+    with pytest.raises(PrelaunchError, match="search.simulations: 8 -> 20"):
         pre.prelaunch("mcts", mcts("search.simulations=20"))
 
 
@@ -272,9 +276,9 @@ def test_overwrite_keeps_the_checkpoints_of_a_layout_whose_memory_plan_cannot_fi
     shutil.copy(Path(__file__).resolve().parent.parent / "configs/models/qwen2_5_vl_7b/config.json", model)
     (model / "model.safetensors").write_bytes(b"\0" * 16)
     ck = checkpoint(out)
-    cfg = config.load(config.TrainConfig, None, [f"out={out}", f"model.path={model}", f"data.path={data}",
-                                                 "cluster.learner_gpus=1", "cluster.rollout_gpus=1",
-                                                 "learner.zero_stage=2"])
+    cfg = load(TrainConfig, None, [f"out={out}", f"model.path={model}", f"data.path={data}",
+                                   "cluster.learner_gpus=1", "cluster.rollout_gpus=1",
+                                   "learner.zero_stage=2"])
     with pytest.raises(PlanError, match="DOES NOT FIT"):
-        pre.prelaunch("train", config.official_defaults(cfg), overwrite=True)
+        pre.prelaunch("train", official_defaults(cfg), overwrite=True)
     assert (ck / resume.COMPLETE).is_file() and (out / "checkpoints" / "step_00003").is_dir()

@@ -9,7 +9,8 @@ import pytest
 from actors.rollout import turn_seed
 from cluster import resume
 from cluster.cli import main
-from configs import schema as config
+from configs.load import load, to_flat_dict
+from configs.schema import TrainConfig
 
 
 def ckpt_dir(out, step, complete=True, **state):
@@ -57,35 +58,35 @@ def test_prune_keeps_the_newest(tmp_path):
 
 def saved(tmp_path, cfg, step=2):
     state = {"model_fingerprint": resume.model_fingerprint(cfg.model.path),
-             "config": {k: str(v) for k, v in config.to_flat_dict(cfg).items()}}
+             "config": {k: str(v) for k, v in to_flat_dict(cfg).items()}}
     ckpt_dir(tmp_path / "run", step, **state)
     return resume.latest(tmp_path / "run")
 
 
 def test_check_refuses_another_model_or_learner_layout_and_lists_the_rest(tmp_path):
-    cfg = config.load(config.TrainConfig, None, [f"model.path={fake_model(tmp_path / 'm')}", "loop.steps=5"])
+    cfg = load(TrainConfig, None, [f"model.path={fake_model(tmp_path / 'm')}", "loop.steps=5"])
     ck = saved(tmp_path, cfg)
     assert resume.check(ck, cfg) == []
-    longer = config.load(config.TrainConfig, None, [f"model.path={tmp_path / 'm'}", "loop.steps=9", "learner.lr=2e-6"])
+    longer = load(TrainConfig, None, [f"model.path={tmp_path / 'm'}", "loop.steps=9", "learner.lr=2e-6"])
     assert resume.check(ck, longer) == ["learner.lr: 1e-06 -> 2e-06", "loop.steps: 5 -> 9"]
-    other = config.load(config.TrainConfig, None, [f"model.path={fake_model(tmp_path / 'o', hidden=16)}",
-                                                   "loop.steps=5"])
+    other = load(TrainConfig, None, [f"model.path={fake_model(tmp_path / 'o', hidden=16)}",
+                                     "loop.steps=5"])
     with pytest.raises(resume.ResumeError, match="is not the model the checkpoint"):
         resume.check(ck, other)
     with pytest.raises(resume.ResumeError, match="no model there"):
-        resume.check(ck, config.load(config.TrainConfig, None, [f"model.path={tmp_path / 'gone'}", "loop.steps=5"]))
-    zero3 = config.load(config.TrainConfig, None, [f"model.path={tmp_path / 'm'}", "loop.steps=5",
-                                                   "learner.zero_stage=3"])
+        resume.check(ck, load(TrainConfig, None, [f"model.path={tmp_path / 'gone'}", "loop.steps=5"]))
+    zero3 = load(TrainConfig, None, [f"model.path={tmp_path / 'm'}", "loop.steps=5",
+                                     "learner.zero_stage=3"])
     with pytest.raises(resume.ResumeError, match="learner.zero_stage changed from 2 to 3"):
         resume.check(ck, zero3)
     with pytest.raises(resume.ResumeError, match="at step 2 and loop.steps=2: nothing left"):
-        resume.check(ck, config.load(config.TrainConfig, None, [f"model.path={tmp_path / 'm'}", "loop.steps=2"]))
+        resume.check(ck, load(TrainConfig, None, [f"model.path={tmp_path / 'm'}", "loop.steps=2"]))
 
 
 def test_cli_resume_errors(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
     assert "no config.yaml there" in capsys.readouterr().err
-    cfg = config.load(config.TrainConfig, None, [f"model.path={fake_model(tmp_path / 'm')}", f"out={tmp_path / 'run'}"])
+    cfg = load(TrainConfig, None, [f"model.path={fake_model(tmp_path / 'm')}", f"out={tmp_path / 'run'}"])
     (tmp_path / "run").mkdir()
     resume.write_config(cfg, tmp_path / "run")
     assert main(["train", "--resume", str(tmp_path / "run")]) == 2  # before Ray starts
@@ -105,6 +106,6 @@ def test_turn_seeds_are_fixed_and_distinct():
 def test_a_new_run_clears_an_earlier_runs_resume_state_and_the_config_it_writes_starts_afresh(tmp_path):
     ckpt_dir(tmp_path, 50)
     assert resume.clear(tmp_path) == 1 and resume.clear(tmp_path) == 0
-    cfg = config.load(config.TrainConfig, None, [f"out={tmp_path}", "resume=true", "loop.steps=7"])
-    written = config.load(config.TrainConfig, str(resume.write_config(cfg, tmp_path)), [])
+    cfg = load(TrainConfig, None, [f"out={tmp_path}", "resume=true", "loop.steps=7"])
+    written = load(TrainConfig, str(resume.write_config(cfg, tmp_path)), [])
     assert written.loop.steps == 7 and written.resume is False

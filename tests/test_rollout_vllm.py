@@ -71,7 +71,8 @@ def test_learner_logprobs_match_vllm_behaviour_logprobs(setup):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from actors.trajectory import rebuild_images
-    from learner.logprobs import model_inputs, token_logprobs
+    from learner.inputs import model_inputs
+    from learner.logprobs import token_logprobs
 
     root, model_dir, proc = setup.root, setup.model_dir, setup.processor
     # unconstrained sampling: guided decoding would make the behaviour policy the grammar-masked one
@@ -132,7 +133,8 @@ def test_vstar_budget_cut_keeps_images_and_tokens_consistent(setup):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from actors.trajectory import rebuild_images
-    from learner.logprobs import model_inputs, token_logprobs
+    from learner.inputs import model_inputs
+    from learner.logprobs import token_logprobs
 
     _, trajs = vstar_play(setup)
     tok = setup.processor.tokenizer
@@ -161,7 +163,7 @@ def test_response_budget_is_never_overshot(setup, budget):
 
 
 def test_forced_prefix_trained_or_not(setup):
-    from actors.zoom import FORCED_ANSWER_PREFIX
+    from data_gen.geometry import FORCED_ANSWER_PREFIX
 
     tok = setup.processor.tokenizer
     for train in (True, False):

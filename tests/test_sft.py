@@ -77,7 +77,7 @@ def test_skip_counts_bad_rows_by_reason_and_raise_names_the_first(tmp_path, proc
     """`on_bad_row=skip` (the paper recipes) trains on the good rows and counts the others by reason, for the
     console, MLflow and summary.json; `raise` (the default) stops at the first bad row, naming its line."""
     from cluster.sft_job import load_examples, skip_counts, skip_report
-    from configs.schema import SFTConfig
+    from configs.jobs import SFTConfig
 
     Image.new("RGB", (56, 56)).save(tmp_path / "a.png")
 
@@ -117,7 +117,8 @@ def test_paper_sft_recipes_average_per_example_and_skip_bad_rows(name):
     """The released SFT (LLaMA-Factory: per-device batch 1, gradient accumulation 4, 8 GPUs) took each
     example's token mean, averaged over the 32: micro-batches of 1 do the same here. Bad rows are skipped and
     counted there (the released SFT trained on), raised in the local recipes."""
-    from configs.schema import SFTConfig, load
+    from configs.jobs import SFTConfig
+    from configs.load import load
 
     root = Path(__file__).resolve().parent.parent / "configs"
     cfg = load(SFTConfig, root / f"{name}.yaml")

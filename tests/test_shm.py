@@ -72,6 +72,47 @@ def test_sweep_removes_only_dead_learners_files(tmp_path):
     assert sweep(tmp_path) == [dead] and live.path.exists()
 
 
+def test_sweep_leaves_locked_foreign_and_unknown_files(tmp_path, monkeypatch):
+    """A dead-looking pid whose file is still locked (its writer lives in another PID namespace, as in containers
+    sharing /dev/shm), a file of another user, names that are not vigorl's: all kept, and no error."""
+    import fcntl
+
+    locked = tmp_path / "vigorl-weights-999999998-0000abcd"
+    locked.write_bytes(b"x")
+    fd = os.open(locked, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what a live WeightFile holds for its life
+    others = [tmp_path / "vigorl-weights-999999997-notmine", tmp_path / "vigorl-weights-x", tmp_path / "vigorl-w"]
+    for f in others:
+        f.write_bytes(b"x")
+    (tmp_path / "vigorl-weights-999999996-0000abcd").symlink_to(tmp_path / "vigorl-w")
+    try:
+        assert sweep(tmp_path) == [] and locked.exists() and all(f.exists() for f in others)
+    finally:
+        os.close(fd)
+    assert sweep(tmp_path) == [locked]  # its writer gone: the lock is free
+
+    mine = tmp_path / "vigorl-weights-999999995-0000abcd"
+    mine.write_bytes(b"x")
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(mine).st_uid + 1)  # the file is another user's
+    assert sweep(tmp_path) == [] and mine.exists()
+
+
+def test_a_live_writers_file_is_locked_and_unlocked_at_close(tmp_path):
+    import fcntl
+
+    f = WeightFile(tmp_path)
+    f.write(1, state(1.0))
+    fd = os.open(f.path, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.close()
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released with the file
+    finally:
+        os.close(fd)
+    assert not f.path.exists() and not list(tmp_path.iterdir())
+
+
 def test_a_full_shared_memory_is_a_clear_error(tmp_path, monkeypatch):
     def full(fd, offset, length):
         raise OSError(28, "No space left on device")

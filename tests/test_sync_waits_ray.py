@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from configs.schema import TrainConfig, load
+from configs.load import load
+from configs.schema import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import random
 import pytest
 from PIL import Image
 
-from actors.zoom import FORCED_ANSWER_PREFIX
+from data_gen.geometry import FORCED_ANSWER_PREFIX
 from data_gen.traces import (BACKTRACK, LinearizeConfig, MultiTurnConfig, _OutsideImage, dialogue, linearize,
                              node_chains, read_trees, to_multiturn)
 

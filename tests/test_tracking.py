@@ -14,7 +14,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
 
 from cluster import tracking
-from configs.schema import EvalConfig, SFTConfig, TrainConfig
+from configs.jobs import EvalConfig, SFTConfig
+from configs.schema import TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -23,9 +24,9 @@ def clean(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.delenv("VIGORL_HOME", raising=False)
-    tracking._INVOCATION.clear()
+    tracking.INVOCATION.clear()
     yield
-    tracking._INVOCATION.clear()
+    tracking.INVOCATION.clear()
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +260,7 @@ class Flaky:
 
 def test_writes_wait_out_an_outage_in_order(capsys):
     written: list = []
-    w = tracking._Writer("test", "http://127.0.0.1:1", backoff_s=(0.01, 0.05))
+    w = tracking.Writer("test", "http://127.0.0.1:1", backoff_s=(0.01, 0.05))
     w.submit("first", Flaky(5, written, "first"), wait_s=30)  # returns once the outage is seen, not after it
     for k in range(20):
         w.submit(f"m{k}", Flaky(0, written, f"m{k}"), wait_s=30)
@@ -273,14 +274,14 @@ def test_a_refused_write_raises_in_the_caller():
     def bad():
         raise MlflowException("Invalid metric name", error_code=INVALID_PARAMETER_VALUE)
 
-    w = tracking._Writer("test", "sqlite://")
+    w = tracking.Writer("test", "sqlite://")
     with pytest.raises(MlflowException, match="Invalid metric name"):
         w.submit("bad", bad, wait_s=30)
     assert w.close(timeout_s=10) == []
 
 
 def test_the_flush_gives_up_and_says_what_is_lost(capsys):
-    w = tracking._Writer("test", "http://127.0.0.1:1", backoff_s=(0.01, 0.02))
+    w = tracking.Writer("test", "http://127.0.0.1:1", backoff_s=(0.01, 0.02))
     for k in range(3):
         w.submit(f"metrics of step {k}", Flaky(10 ** 9, [], "x"))
     lost = w.close(timeout_s=0.5)

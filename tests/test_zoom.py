@@ -3,8 +3,9 @@
 import pytest
 from PIL import Image
 
-from actors.zoom import (FORCED_ANSWER_PREFIX, PRESETS, End, ZoomEpisode, ZoomSettings, crop, crop_box,
-                         observation_text, resize_for_model, smart_resize)
+from actors.zoom import PRESETS, End, ZoomEpisode, ZoomSettings
+from data_gen.geometry import (FORCED_ANSWER_PREFIX, crop, crop_box, observation_text, resize_for_model,
+                               smart_resize)
 
 CALL = '<think> look at ({x}, {y}) </think>\n<tool_call>\n{{"name": "search_coordinate", "arguments": ' \
        '{{"coordinate": [{x}, {y}]}}}}\n</tool_call>'
@@ -61,7 +62,7 @@ def test_crop_output_size(out_size, side):
 
 
 def test_crop_point_only_moves_points_whose_box_is_empty():
-    from actors.zoom import crop_point
+    from data_gen.geometry import crop_point
 
     assert crop_point((1000, 800), (1000, 800), 50) == (1000, 800)
     assert crop_point((1049, 10), (1000, 800), 50) == (1049, 10)
@@ -168,7 +169,7 @@ def test_points_a_policy_writes_fit_the_record_however_large():
 
     from actors.rollout import storable
     from actors.trajectory import ImageRef, Trajectory, from_batch, to_batch
-    from actors.zoom import crop, crop_point
+    from data_gen.geometry import crop, crop_point
 
     huge = (10**25, -(10**30))
     assert storable(huge) == (2**31 - 1, -(2**31)) and storable((5, -3)) == (5, -3)

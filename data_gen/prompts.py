@@ -5,10 +5,13 @@ checkpoint's chat template supplies its own (a released ViGoRL checkpoint carrie
 prompt there, docs/algorithm.md §2). `vigorl_multi_turn` / `vigorl_single_turn` spell the output
 format out in a per-task system prompt (`system_prompt`, also the system message of the SFT data vigorl
 builds), for base models. Register more with `register_prompt`.
+`read_system_prompt` reads a recipe's own system prompt file instead (`rollout.system_prompt_file`; the
+`system_prompt_file` of the SFT data builders, `data_gen.traces`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from data_gen.rows import PromptRow
@@ -37,6 +40,24 @@ ANSWER_FORMATS = {
 def system_prompt(task: str, multi_turn: bool) -> str:
     """vigorl's RL system prompt of a task (also the system message of the SFT data built for it)."""
     return (MULTI_TURN_SYSTEM if multi_turn else SINGLE_TURN_SYSTEM).replace("{answer}", ANSWER_FORMATS.get(task, ""))
+
+
+def read_system_prompt(path: str, unescape: bool = False) -> str | None:
+    """The system prompt file's text, stripped, as the released RL trainer reads its format prompt
+    (Gabesarch/grounded-rl@e7970c0:src/trainer/rl/verl/utils/dataset.py: `f.read()`, then `.strip()` as the
+    system message; not rendered as Jinja, so literal `\n` escapes stay as written). `unescape`: each literal
+    `\n` becomes a newline. None when no file is configured."""
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"rollout.system_prompt_file: {p} does not exist")
+    text = p.read_text(encoding="utf-8").strip()
+    if unescape:
+        text = text.replace("\\n", "\n")
+    if not text:
+        raise ValueError(f"rollout.system_prompt_file: {p} is empty")
+    return text
 
 
 PromptFn = Callable[[PromptRow], list[dict]]
