@@ -24,26 +24,15 @@ and an MLflow run: the summary as metrics, items.jsonl, summary.json and the gal
 from __future__ import annotations
 
 import json
-import math
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import rewards
-from cluster.workqueue import append_lines, chunks, crash_point, pending, run_queue, start_workers
+from cluster.eval_summary import metrics, summarize
+from cluster.workqueue import Faults, append_lines, chunks, crash_point, pending, run_queue, start_workers
 from configs.jobs import EvalConfig
 
 ITEMS, SUMMARY = "items.jsonl", "summary.json"
-
-
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion p observed over n trials (Wilson 1927); (0, 0) for n = 0.
-    Unlike the normal interval it stays inside [0, 1] and is not degenerate at p = 0 or 1."""
-    if n == 0:
-        return 0.0, 0.0
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return round(max(0.0, c - h), 4), round(min(1.0, c + h), 4)
 
 
 def subgroup(row) -> str:
@@ -152,46 +141,6 @@ def read_items(path: Path, k: int) -> list[dict]:
     return whole
 
 
-# ---- summary ----------------------------------------------------------------------------------------------
-
-def _stats(lines: list[dict], k: int) -> dict:
-    n_samples = len(lines)
-    acc = sum(x["correct"] for x in lines) / max(1, n_samples)
-    by_item: dict[str, bool] = defaultdict(bool)
-    for x in lines:
-        by_item[x["item_id"]] |= x["correct"]
-    out = {"n": len(by_item), "samples": n_samples, "accuracy": round(acc, 4),
-           "accuracy_ci95": wilson(acc, n_samples),
-           "format_rate": round(sum(x["reward"]["format"] > 0 for x in lines) / max(1, n_samples), 4),
-           "reward": round(sum(x["reward"]["overall"] for x in lines) / max(1, n_samples), 4),
-           "zooms": round(sum(len(x["tool_calls"]) for x in lines) / max(1, n_samples), 4),
-           "unparsed": sum(1 for x in lines if x["answer"] is None)}
-    if k > 1:
-        p = sum(by_item.values()) / max(1, len(by_item))
-        out |= {f"pass@{k}": round(p, 4), f"pass@{k}_ci95": wilson(p, len(by_item))}
-    return out
-
-
-def summarize(lines: list[dict], k: int, skipped: Counter) -> dict:
-    """Overall and per-subgroup figures. The interval is Wilson's over the samples scored (with k = 1, the
-    items); `unparsed` counts samples whose answer could not be read (scored 0)."""
-    groups: dict[str, list] = defaultdict(list)
-    for x in lines:
-        groups[x["subgroup"]].append(x)
-    return {"overall": _stats(lines, k), "subgroups": {g: _stats(v, k) for g, v in sorted(groups.items())},
-            "skipped": dict(skipped), "ci": "Wilson score interval, 95 %"}
-
-
-def _metrics(summary: dict) -> dict[str, float]:
-    out = {}
-    for scope, stats in [("eval", summary["overall"])] + [
-            (f"eval/{''.join(c if c.isalnum() or c in '_-./' else '_' for c in g)}", s)
-            for g, s in summary["subgroups"].items()]:
-        out |= {f"{scope}/{k}": float(v) for k, v in stats.items() if isinstance(v, (int, float))}
-    out["eval/skipped"] = float(sum(summary["skipped"].values()))
-    return out
-
-
 # ---- the job ----------------------------------------------------------------------------------------------
 
 def check_judge(cfg: EvalConfig) -> str:
@@ -240,26 +189,34 @@ def announce(cfg: EvalConfig, rows: list, todo: list, skipped: Counter) -> None:
           f"{cfg.data.mode}, temperature {cfg.sampling.temperature}" + (f"; skipped {dict(skipped)}" if skipped else ""))
 
 
-def start_actors(ray, cfg: EvalConfig, todo: list, n_batches: int, tracker) -> list:
+def start_actors(ray, cfg: EvalConfig, todo: list, n_batches: int, tracker) -> tuple[list, Faults]:
     """The rollout actors, each holding the items to score: `cluster.rollout_actors` of them, at most one per
-    batch; the GPUs of their nodes are watched (system metrics)."""
+    batch; the GPUs of their nodes are watched (system metrics). With them, what a dead or hung one costs: a
+    replacement in its slot (`cluster.restart_attempts`, `restart_backoff_s`, `rollout_timeout_s`)."""
     from actors.actor import RolloutActor
     from cluster.raystart import log_file
     from cluster.tracking import ready_nodes
 
     c = cfg.cluster
     actor = ray.remote(RolloutActor).options(num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus)
-    actors = start_workers(lambda i: actor.remote(cfg, i, todo, log_file(cfg.out, f"rollout-{i}", cfg.verbose)),
-                           c.rollout_actors, n_batches)
+    started = 0
+
+    def make(slot: int):  # a new actor gets a fresh index (its own sampling seed, its own log), as in training
+        nonlocal started
+        started += 1
+        return actor.remote(cfg, started - 1, todo, log_file(cfg.out, f"rollout-{started - 1}", cfg.verbose))
+
+    actors = start_workers(make, c.rollout_actors, n_batches)
     nodes = [a.node_id.remote() for a in actors]
     tracker.watch_gpus(ray, lambda: {"rollout": ready_nodes(ray, nodes)})
-    return actors
+    return actors, Faults(make, "rollout actor", c.restart_attempts, c.restart_backoff_s, c.rollout_timeout_s)
 
 
-def score(ray, actors: list, batches: list[list[str]], todo: list, tok, cfg: EvalConfig, done: list,
-          tracker) -> None:
-    """Score the `batches` (item ids) on `actors` (cluster/workqueue.py): each batch's lines are appended to
-    items.jsonl (an item's k samples in one write) and to `done` as it comes back."""
+def score(ray, actors: list, faults: Faults, batches: list[list[str]], todo: list, tok, cfg: EvalConfig,
+          done: list, tracker) -> None:
+    """Score the `batches` (item ids) on `actors` (cluster/workqueue.py; a dead or hung one is replaced and its
+    batch scored again: `faults`): each batch's lines are appended to items.jsonl (an item's k samples in one
+    write) and to `done` as it comes back."""
     from actors.trajectory import from_batch
 
     k, by_id, returned = cfg.rollout.group_size, {r.prompt_id: r for r in todo}, 0
@@ -278,20 +235,22 @@ def score(ray, actors: list, batches: list[list[str]], todo: list, tok, cfg: Eva
             tracker.metrics({"eval/items_done": float(len({x["item_id"] for x in done}))}, len(done) // k)
             return len(lines) // k
 
-        run_queue(ray, actors, batches, submit, on_result, total=len(todo), desc="eval items", unit="item")
+        run_queue(ray, actors, batches, submit, on_result, total=len(todo), desc="eval items", unit="item",
+                  faults=faults)
 
 
-def write_summary(cfg: EvalConfig, done: list, skipped: Counter, judge: str, tracker) -> dict:
-    """summary.json; its figures as MLflow metrics, it and items.jsonl as artifacts."""
+def write_summary(cfg: EvalConfig, done: list, skipped: Counter, judge: str, restarts: int, tracker) -> dict:
+    """summary.json; its figures as MLflow metrics, it and items.jsonl as artifacts. `restarts`: rollout actors
+    replaced in this run (`actor_restarts`)."""
     k, out = cfg.rollout.group_size, Path(cfg.out)
     summary = summarize(done, k, skipped) | {
         "model": cfg.model.source or cfg.model.path, "model_path": cfg.model.path,  # as given; the local dir
         "benchmark": cfg.benchmark or "prompts.parquet", "data": cfg.data.path,
         "mode": cfg.data.mode, "judge": cfg.judge, "judge_detail": judge,
         "temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p, "samples_per_item": k,
-        "run_id": tracker.run_id}
+        "actor_restarts": restarts, "run_id": tracker.run_id}
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-    tracker.metrics(_metrics(summary), len(done) // k)
+    tracker.metrics(metrics(summary), len(done) // k)
     tracker.artifact(out / ITEMS)
     tracker.artifact(out / SUMMARY)
     return summary
@@ -338,9 +297,9 @@ def run(cfg: EvalConfig) -> dict:
     tracker = Tracker(cfg)
     with job(tracker, ray):
         batches = chunks([r.prompt_id for r in todo], cfg.batch)
-        actors = start_actors(ray, cfg, todo, len(batches), tracker)
-        score(ray, actors, batches, todo, tok, cfg, done, tracker)
-        summary = write_summary(cfg, done, skipped, judge, tracker)
+        actors, faults = start_actors(ray, cfg, todo, len(batches), tracker)
+        score(ray, actors, faults, batches, todo, tok, cfg, done, tracker)
+        summary = write_summary(cfg, done, skipped, judge, faults.restarts, tracker)
         publish_gallery(cfg, done, summary, tracker)
     report(cfg, summary, tracker)
     return summary

@@ -99,16 +99,17 @@ class LearnerGroup:
         self._await(self.publish())
         return versions[0]
 
-    def train(self, taken: list, step: int) -> dict[str, float]:
+    def train(self, taken: list, step: int) -> tuple[dict[str, float], list[int]]:
         """One training step on every rank over the step's rollout chunks (their Arrow batches go by object
-        reference: the driver never copies them); returns rank 0's metrics."""
+        reference: the driver never copies them); returns rank 0's metrics and the indices (into `taken`) of
+        the chunks whose batch was lost, left out of the step."""
         loop = self.cfg.loop
         m = waits.get(self.ray, [r.train_step.remote([c.batch for c in taken], loop.max_staleness, loop.staleness_mode,
                                                      loop.tis_cap, loop.learner_delay_s) for r in self.ranks],
                       self.cfg.cluster.learner_timeout_s, f"learner train_step of step {step}",
                       "cluster.learner_timeout_s")[0]
         self.trained = step
-        return m
+        return m, m.pop("lost_batch_ids")
 
     def publish(self) -> Loads:
         """Fan the new version out to every rollout actor. NCCL: rank 0 stages a gathered copy, then broadcasts

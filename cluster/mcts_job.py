@@ -21,7 +21,7 @@ import random
 import time
 from pathlib import Path
 
-from cluster.workqueue import append_lines, crash_point, pending, run_queue, say, start_workers
+from cluster.workqueue import Faults, append_lines, crash_point, pending, run_queue, say, start_workers
 from configs.jobs import MCTSJobConfig
 
 TREES, FAILED = "trees.jsonl", "failed.jsonl"
@@ -145,18 +145,23 @@ def load_questions(cfg: MCTSJobConfig) -> list:
     return rows[: cfg.limit] if cfg.limit else rows
 
 
-def start_searchers(ray, cfg: MCTSJobConfig, n_questions: int) -> list:
+def start_searchers(ray, cfg: MCTSJobConfig, n_questions: int) -> tuple[list, Faults]:
     """The teacher server (vLLM teacher only) and the search workers sharing it: `workers` of them, at most
-    one per question."""
+    one per question; with them, what a dead one costs (a replacement; its question searched again). A
+    question over `question_timeout_s` is the worker's to fail, so there is no hung-worker timeout here."""
     server = _teacher_server(ray, cfg)
     worker = ray.remote(SearchWorker).options(num_cpus=cfg.worker_cpus)
-    return start_workers(lambda _: worker.remote(cfg, server), cfg.workers, n_questions)
+    make = lambda _: worker.remote(cfg, server)  # noqa: E731
+    return (start_workers(make, cfg.workers, n_questions),
+            Faults(make, "MCTS search worker", cfg.restart_attempts, cfg.restart_backoff_s))
 
 
-def search_all(ray, workers: list, todo: list, cfg: MCTSJobConfig, tracker) -> dict:
-    """Search `todo` on `workers` (cluster/workqueue.py), one question per call: each tree is appended to
-    trees.jsonl, each failure to failed.jsonl (and printed), as it comes back. -> the job's totals."""
-    totals = {"done": 0, "failed": 0, "correct_path": 0.0, "correct_rollouts": 0.0, "seconds": 0.0, "teacher_calls": 0}
+def search_all(ray, workers: list, faults: Faults, todo: list, cfg: MCTSJobConfig, tracker) -> dict:
+    """Search `todo` on `workers` (cluster/workqueue.py; a dead one is replaced and its question searched again:
+    `faults`), one question per call: each tree is appended to trees.jsonl, each failure to failed.jsonl (and
+    printed), as it comes back. -> the job's totals."""
+    totals = {"done": 0, "failed": 0, "correct_path": 0.0, "correct_rollouts": 0.0, "seconds": 0.0, "teacher_calls": 0,
+              "restarts": 0}
     out = Path(cfg.out)
 
     def submit(worker, row_json: str):
@@ -172,11 +177,13 @@ def search_all(ray, workers: list, todo: list, cfg: MCTSJobConfig, tracker) -> d
                 append_lines(trees, [res["line"]])
                 count_tree(totals, res)
                 crash_point(totals["done"], cfg.crash_after)  # MCTSJobConfig.crash_after counts trees
+            totals["restarts"] = faults.restarts
             tracker.metrics(_metrics(totals), totals["done"] + totals["failed"])
             return 1
 
         run_queue(ray, workers, [json.dumps(dataclasses.asdict(r)) for r in todo], submit, on_result,
-                  total=len(todo), desc="mcts questions", unit="q")
+                  total=len(todo), desc="mcts questions", unit="q", faults=faults)
+    totals["restarts"] = faults.restarts
     return totals
 
 
@@ -197,8 +204,8 @@ def run(cfg: MCTSJobConfig) -> dict:
     tracker = Tracker(cfg)
     tracker.write_run_file(out)  # lineage: linearize / to-multiturn carry it on, `vigorl sft` links to this run
     with job(tracker, ray):
-        workers = start_searchers(ray, cfg, len(todo))
-        totals = search_all(ray, workers, todo, cfg, tracker)
+        workers, faults = start_searchers(ray, cfg, len(todo))
+        totals = search_all(ray, workers, faults, todo, cfg, tracker)
     summary = _metrics(totals)
     print(f"[mcts] done: {totals['done']} trees, {totals['failed']} failed; correct path for "
           f"{summary['mcts/correct_path_frac']:.0%} of searched questions; trees in {out / TREES}; "
@@ -211,7 +218,8 @@ def _metrics(t: dict) -> dict[str, float]:
     return {"mcts/questions_done": float(t["done"]), "mcts/questions_failed": float(t["failed"]),
             "mcts/correct_path_frac": t["correct_path"] / n,
             "mcts/correct_chains_per_question": t["correct_rollouts"] / n,
-            "mcts/seconds_per_question": t["seconds"] / n, "mcts/teacher_calls": float(t["teacher_calls"])}
+            "mcts/seconds_per_question": t["seconds"] / n, "mcts/teacher_calls": float(t["teacher_calls"]),
+            "faults/actor_restarts": float(t["restarts"])}
 
 
 def _teacher_server(ray, cfg: MCTSJobConfig):

@@ -121,6 +121,9 @@ class Reporter:
         t0, t1, t2, t3 = (self.marks["step"], self.marks["rollouts"], self.marks["learner"],
                           time.perf_counter())
         self.learner_busy += t2 - t1
+        if not taken:  # every batch of the step was lost (`RolloutQueue.settle`): nothing to describe but that
+            tracker.metrics(m | self.ledger.counts() | {"time/step_s": t3 - t0}, step)
+            return
         batches = self.ray.get([c.batch for c in taken])
         gen_s = sum(s["generate_s"] for s in stats)
         m |= rollout_metrics(batches) | self.ledger.counts() | {

@@ -7,7 +7,7 @@ async mode keeps up to `loop.max_queue` steps of rollouts queued ahead of the le
 nothing more is dispatched while the queue is full), so actors generate with weights at most
 `max_staleness` versions old; the learner drops or corrects anything older.
 
-The pieces: cluster/pool.py (the rollout actors and the calls in flight), cluster/learners.py (the learner's
+The pieces: cluster/pool.py (the rollout actors), cluster/rollout_queue.py (the calls in flight), cluster/learners.py (the learner's
 ranks, weight publishing, checkpoints), cluster/report.py (metrics, timers, lineage, pictures, console lines),
 cluster/control.py (`vigorl scale` / `vigorl stop` requests), cluster/resume.py (`--resume`).
 """
@@ -17,7 +17,8 @@ from __future__ import annotations
 from cluster import resume
 from cluster.control import driver_file, requested_scale, stop_requested
 from cluster.ledger import Ledger
-from cluster.pool import RolloutPool, RolloutQueue
+from cluster.pool import RolloutPool
+from cluster.rollout_queue import RolloutQueue
 from configs.placement import shares_gpu
 from configs.schema import TrainConfig
 
@@ -85,7 +86,8 @@ def run(cfg: TrainConfig) -> dict:
             queue.follow(requested_scale(cfg.out))  # `vigorl scale OUT --rollout-actors K`
             taken, stats = queue.next_step(chunks_per_step)
             report.mark("rollouts")
-            m = learners.train(taken, step)
+            m, lost = learners.train(taken, step)
+            taken, stats = queue.settle(taken, stats, lost)  # done in the ledger; a lost batch's prompts requeued
             loads = learners.publish()
             report.mark("learner")
             m |= learners.wait(loads, ahead=queue.in_flight())  # sync mode, NCCL: every actor has the new weights

@@ -64,6 +64,10 @@ class MCTSJobConfig:
     search: MCTSConfig = field(default_factory=MCTSConfig)  # simulations, UCT constant, children, rollouts
     workers: int = 2  # search worker actors (questions run in parallel, one per worker)
     worker_cpus: float = 1.0  # CPUs per search worker
+    # a search worker that dies (process killed, out of memory, node lost) is replaced and its question searched
+    # again (cluster/workqueue.py), at most this many times in a row per worker before the job stops
+    restart_attempts: int = 3  # replacements in a row per search worker (see above)
+    restart_backoff_s: float = 5.0  # wait before replacement k+1 of one worker: restart_backoff_s * 2**(k-1)
     question_timeout_s: float = 3600.0  # a question still searching after this is failed (released: 3600)
     # judge: the outcome judge of answers (rewards/judges.py): released (the released Judge: string match with
     # substring, point in bbox, _web_action) | vigorl (whole-word match, parse_box point in box, RL web accuracy)

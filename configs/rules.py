@@ -91,7 +91,7 @@ RULES: dict[type, dict[str, Any]] = {
                         min_thoughts_high=GE0),
     MCTSConfig: dict(simulations=GE1, c=GE0, children=GE1, rollouts_per_child=GE1, rollout_steps=GE1,
                      max_depth=GE1),
-    MCTSJobConfig: dict(workers=GE1, worker_cpus=GE0, question_timeout_s=GT0, limit=GE0, seed=GE0, make_data=GE0,
+    MCTSJobConfig: dict(workers=GE1, worker_cpus=GE0, restart_attempts=GE1, restart_backoff_s=GE0, question_timeout_s=GT0, limit=GE0, seed=GE0, make_data=GE0,
                         crash_after=GE0),
     SFTConfig: dict(batch_size=GE1, epochs=GE1, max_steps=GE0, cutoff_len=GE1, eval_every=GE0, seed=GE0,
                     learner_cpus=GE0, learner_gpus=GE0),

@@ -52,23 +52,44 @@ class LearnerActor:
     def train_step(self, batches: list, max_staleness: int = 0, staleness_mode: str = "drop",
                    tis_cap: float = 2.0, delay_s: float = 0.0) -> dict[str, float]:
         """`batches`: Arrow record batches of trajectories, or object refs to them (read zero-copy).
-        `delay_s`: sleep first (benchmarks: a slow learner)."""
+        `delay_s`: sleep first (benchmarks: a slow learner). A batch whose object is gone (its actor's node
+        died with the object store holding it) is left out of the step: its index is in the returned
+        `lost_batch_ids` (the driver requeues its prompts), `lost_batches` counts them."""
         import time
-
-        import ray
 
         from actors.process import rss_mb, trim_heap
 
         time.sleep(delay_s)
         t0 = time.perf_counter()
-        batches = [ray.get(b) if isinstance(b, ray.ObjectRef) else b for b in batches]
+        batches, lost = self._fetch(batches)
         trajectories = [t for b in batches for t in from_batch(b)]
         t1 = time.perf_counter()
         out = self.learner.train_step(trajectories, max_staleness, staleness_mode, tis_cap)
         t2 = time.perf_counter()
         del batches, trajectories
         trim_heap()
-        return out | {"time/decode_s": t1 - t0, "time/train_s": t2 - t1, "memory/learner_rss_mb": rss_mb()}
+        return out | {"time/decode_s": t1 - t0, "time/train_s": t2 - t1, "memory/learner_rss_mb": rss_mb(),
+                      "lost_batches": float(len(lost)), "lost_batch_ids": lost}
+
+    def _fetch(self, batches: list) -> tuple[list, list[int]]:
+        """The batches that are still there (object refs read zero-copy), and the indices of those whose
+        object is lost (`ray.exceptions.ObjectLostError`: freed, owner died, not reconstructable). With
+        several ranks, a batch lost to one rank is dropped by all (the ranks must train on the same list)."""
+        import ray
+
+        got, lost = [], []
+        for i, b in enumerate(batches):
+            try:
+                got.append(ray.get(b) if isinstance(b, ray.ObjectRef) else b)
+            except ray.exceptions.ObjectLostError:
+                got.append(None)
+                lost.append(i)
+        if self.world_size > 1:
+            mask = torch.zeros(len(batches), device="cuda" if torch.cuda.is_available() else "cpu")
+            mask[lost] = 1.0
+            torch.distributed.all_reduce(mask, op=torch.distributed.ReduceOp.MAX)
+            lost = mask.nonzero().flatten().tolist()
+        return [b for i, b in enumerate(got) if i not in lost], lost
 
     def sft_step(self, batch) -> dict[str, float]:
         """One SFT optimizer step on an Arrow batch of examples (learner.sft.encode_row records)."""

@@ -9,7 +9,8 @@ import pytest
 
 def test_a_config_error_in_an_actor_constructor_is_not_retried(tmp_path):
     from cluster.ledger import Ledger
-    from cluster.pool import RolloutPool, RolloutQueue, StartError
+    from cluster.pool import RolloutPool, StartError
+    from cluster.rollout_queue import RolloutQueue
     from cluster.raystart import init_ray
     from configs.base import ConfigError
     from configs.load import load

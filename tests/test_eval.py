@@ -5,7 +5,8 @@ from collections import Counter
 
 import pytest
 
-from cluster.eval_job import read_items, summarize, wilson
+from cluster.eval_job import read_items
+from cluster.eval_summary import summarize, wilson
 
 
 def test_wilson_interval_hand_worked():

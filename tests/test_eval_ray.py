@@ -112,3 +112,53 @@ def test_bad_input_named_before_any_actor_starts(tmp_path, stack, monkeypatch):
         main(args + [f"model.path={root / 'model'}", f"data.path={tmp_path / 'nope'}"])
     with pytest.raises(FileNotFoundError, match="is not a model dir"):
         main(args + [f"model.path={tmp_path / 'no-model'}", f"data.path={root / 'data'}"])
+
+
+def test_a_killed_eval_actor_is_replaced_and_nothing_is_lost(ray_head, tmp_path, stack):
+    """`vigorl eval` against a `ray start` head: its one rollout actor is SIGKILLed while its first batch is in
+    flight (items.jsonl still empty: at most one of the six one-item batches is back, so the actor certainly
+    holds one); a new actor takes the slot, the batch is scored again, and every item is scored once:
+    `actor_restarts` 1 in summary.json and MLflow."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ray.util.state import list_actors
+
+    root, ids = stack
+    out = tmp_path / "ev"
+    cmd = [sys.executable, "-m", "cluster.cli", "eval", "--config", str(ROOT / "configs" / "eval_local.yaml"),
+           "--address", ray_head.gcs, f"out={out}", f"model.path={root / 'model'}", f"data.path={root / 'data'}",
+           "rollout.guided=true", "rollout.min_zooms=1", "sampling.max_tokens_per_turn=200", "rollout.group_size=2",
+           "batch=1", "cluster.rollout_actors=1", "cluster.restart_backoff_s=1", "gallery=0", store(out)]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=ray_head.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        pid = None
+        while pid is None:
+            assert p.poll() is None, p.stdout.read()[-5000:]
+            alive = list_actors(address=ray_head.dashboard,
+                                filters=[("class_name", "=", "RolloutActor"), ("state", "=", "ALIVE")])
+            items = out / "items.jsonl"
+            if alive and not (items.is_file() and items.read_text()):
+                pid = alive[0].pid
+            else:
+                assert not (items.is_file() and items.read_text()), "a batch was written before the actor was seen"
+                time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        stdout, _ = p.communicate(timeout=600)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, stdout[-5000:]
+    assert "fault: rollout actor in slot 0 died" in stdout
+    items = jsonl(out / "items.jsonl")
+    assert sorted((x["item_id"], x["sample"]) for x in items) == sorted((i, s) for i in ids for s in (0, 1))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["actor_restarts"] == 1 and summary["overall"]["n"] == N
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("vigorl-eval").experiment_id])
+    assert run.data.metrics["faults/actor_restarts"] == 1.0

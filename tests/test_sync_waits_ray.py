@@ -68,7 +68,7 @@ def test_a_load_that_does_not_end_under_nccl_names_what_timed_out(ray_local):
 
 
 def test_scaling_down_under_nccl_is_refused(ray_local, capsys):
-    from cluster.pool import RolloutQueue
+    from cluster.rollout_queue import RolloutQueue
 
     ray = ray_local
     actors = [ray.remote(num_cpus=0)(Engine).remote() for _ in range(2)]

@@ -1,7 +1,8 @@
 """The work queue `vigorl eval` and `vigorl mcts` share (cluster/workqueue.py): what is left after a resume,
 how many workers start, one unit in flight per worker with the next handed out before a result is written,
-results in completion order, an error ending the loop, lines on disk, the fault injection's exit. The Ray
-end of it runs in tests/test_eval_ray.py and tests/test_mcts_ray.py."""
+results in completion order, an error ending the loop, a dead worker replaced and its unit handed out again
+(bounded), lines on disk, the fault injection's exit. The Ray end of it runs in tests/test_eval_ray.py and
+tests/test_mcts_ray.py."""
 
 import json
 import subprocess
@@ -11,7 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from cluster.workqueue import CRASH_EXIT, append_lines, chunks, pending, run_queue, start_workers
+from cluster.workqueue import (CRASH_EXIT, Faults, WorkerFailed, append_lines, chunks, pending, run_queue,
+                               start_workers)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,16 +21,22 @@ ROOT = Path(__file__).resolve().parent.parent
 class InOrder:
     """`ray.wait` / `ray.get` over refs that finish in the order they were submitted (a deterministic Ray)."""
 
+    import ray.exceptions as exceptions  # Ray's own error classes: what a dead worker raises
+
     def __init__(self):
         self.values: dict[int, object] = {}
+        self.killed: list = []
 
     def put(self, value) -> int:
         self.values[len(self.values)] = value
         return len(self.values) - 1
 
-    def wait(self, refs, num_returns):
+    def wait(self, refs, num_returns, timeout=None):
         assert num_returns == 1
         return [min(refs)], sorted(refs)[1:]
+
+    def kill(self, worker, no_restart):
+        self.killed.append(worker)
 
     def get(self, ref):
         if isinstance(self.values[ref], Exception):
@@ -80,6 +88,29 @@ def test_a_worker_error_ends_the_loop():
         run_queue(ray, ["w0"], ["a", "b", "c"], submit, lambda u: handled.append(u) or 1, total=3, desc="t",
                   unit="q")
     assert handled == ["a"]
+
+
+def test_a_dead_worker_is_replaced_and_its_unit_handed_out_again(capsys):
+    """Worker w0 dies on unit b (Ray's RayActorError): b goes to the front of the queue, slot 0 gets a new
+    worker, which scores b; a slot that keeps dying past `attempts` ends the job with WorkerFailed."""
+    ray, handled, calls = InOrder(), [], []
+    dead = {"w0"}
+
+    def submit(worker, unit):
+        calls.append((worker, unit))
+        return ray.put(ray.exceptions.RayActorError() if worker in dead and unit == "b" else unit)
+
+    faults = Faults(replace=lambda slot: f"new{slot}", what="rollout actor", attempts=2, backoff_s=0.0)
+    run_queue(ray, ["w0"], ["a", "b", "c"], submit, lambda u: handled.append(u) or 1, total=3, desc="t", unit="q",
+              faults=faults)
+    assert handled == ["a", "b", "c"] and calls == [("w0", "a"), ("w0", "b"), ("new0", "b"), ("new0", "c")]
+    assert ray.killed == ["w0"] and faults.restarts == 1
+    assert "fault: rollout actor in slot 0 died (RayActorError)" in capsys.readouterr().out
+
+    always = Faults(replace=lambda slot: "w0", what="rollout actor", attempts=2, backoff_s=0.0)
+    with pytest.raises(WorkerFailed, match="slot 0 failed 3 times in a row"):
+        run_queue(ray, ["w0"], ["b"], submit, lambda u: 1, total=1, desc="t", unit="q", faults=always)
+    assert always.restarts == 2
 
 
 def test_append_lines_and_crash_point(tmp_path):
