@@ -159,6 +159,9 @@ class WeightFile:
             self._buf = mmap.mmap(fd, total)
             os.rename(hidden, self.path)
         except OSError as e:
+            if self._buf is not None:
+                self._buf.close()
+                self._buf = None
             os.close(fd)
             hidden.unlink(missing_ok=True)
             free = os.statvfs(self.path.parent)

@@ -109,7 +109,8 @@ class LearnerGroup:
                       self.cfg.cluster.learner_timeout_s, f"learner train_step of step {step}",
                       "cluster.learner_timeout_s")[0]
         self.trained = step
-        return m, m.pop("lost_batch_ids")
+        lost = self.ray.get(self.ranks[0].lost_batch_ids.remote()) if m["lost_batches"] else []
+        return m, lost
 
     def publish(self) -> Loads:
         """Fan the new version out to every rollout actor. NCCL: rank 0 stages a gathered copy, then broadcasts

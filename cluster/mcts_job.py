@@ -47,13 +47,18 @@ class SearchWorker:
 
     def search(self, row_json: str) -> dict:
         """-> {"line": tree line, "seconds", "teacher_calls"} or {"failed": reason}. Any error of this one
-        question (a teacher that raises, a timeout, a bad row) is reported, never raised: the job goes on."""
+        question (a teacher that raises, a timeout, a bad row) is reported, never raised: the job goes on. A
+        teacher server that died is not one question's failure: it is raised (the job stops; rerun to resume)."""
+        import ray
+
         from data_gen.rows import PromptRow
 
         t0 = time.perf_counter()
         row = PromptRow(**json.loads(row_json))
         try:
             line, calls = self._search(row, t0 + self.cfg.question_timeout_s)
+        except ray.exceptions.RayActorError as e:  # the shared vLLM teacher server is gone: every question would fail
+            raise RuntimeError(f"the MCTS teacher server died ({type(e).__name__}); rerun the job to resume") from None
         except Exception as e:  # noqa: BLE001 - one question's failure of any kind is recorded, not fatal
             return {"question_id": row.prompt_id, "failed": f"{type(e).__name__}: {e}"}
         return {"question_id": row.prompt_id, "line": line, "seconds": time.perf_counter() - t0,

@@ -67,6 +67,17 @@ def log_lineage(tracker, batches: list[pa.RecordBatch], step: int, cfg: TrainCon
     tracker.artifact(path, "lineage")
 
 
+def readable(ray, refs: list) -> list[pa.RecordBatch]:
+    """The batches still readable (a batch can be lost after the learner read it: its node died since)."""
+    out = []
+    for ref in refs:
+        try:
+            out.append(ray.get(ref))
+        except ray.exceptions.ObjectLostError:
+            continue
+    return out
+
+
 class Reporter:
     """The reporting side of one `vigorl train` run (see the module doc). `last`: the last step reported
     (`end_step`); `summary`: its metrics."""
@@ -121,10 +132,10 @@ class Reporter:
         t0, t1, t2, t3 = (self.marks["step"], self.marks["rollouts"], self.marks["learner"],
                           time.perf_counter())
         self.learner_busy += t2 - t1
-        if not taken:  # every batch of the step was lost (`RolloutQueue.settle`): nothing to describe but that
+        batches = readable(self.ray, [c.batch for c in taken])  # one lost since the learner read it: left out
+        if not batches:  # every batch of the step lost (`RolloutQueue.settle`): nothing to describe but that
             tracker.metrics(m | self.ledger.counts() | {"time/step_s": t3 - t0}, step)
             return
-        batches = self.ray.get([c.batch for c in taken])
         gen_s = sum(s["generate_s"] for s in stats)
         m |= rollout_metrics(batches) | self.ledger.counts() | {
             "faults/actor_restarts": self.pool.restarts, "cluster/rollout_actors": len(self.pool),

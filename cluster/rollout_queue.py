@@ -56,7 +56,7 @@ class RolloutQueue:
         """After the learner's step: the prompts of the chunks it trained on are done in the ledger, those of
         the `lost` ones (their batch's object gone with its node) go back to the front of the queue.
         Returns the trained chunks and their stats."""
-        for i, c in enumerate(taken):
+        for i, c in reversed(list(enumerate(taken))):  # requeue puts in front: latest first keeps their order
             (self.ledger.requeue if i in lost else self.ledger.complete)(c.ticket)
         if lost:
             say(f"[train] {len(lost)} of {len(taken)} rollout batches lost before the learner read them (their "

@@ -12,7 +12,7 @@ Failures: a unit's own failure (a question whose teacher raised) is the worker's
 worker that dies or hangs (`Faults`: its process killed, out of memory, its node gone; no result `timeout_s`
 after it was handed the unit) costs that worker when the job gives `Faults.replace`: the unit goes back to the
 front of the queue and a new worker takes the slot, as a training run's rollout pool does (cluster/pool.py);
-`attempts` failures in a row on one slot end the job, and a replacement whose constructor refuses the config
+after `attempts` replacements in a row on one slot, its next failure ends the job, and a replacement whose constructor refuses the config
 (`configs.base.ConfigError`) ends it at once. Any other error raised by a worker or by `on_result` ends the loop
 and the job (`cluster.tracking.job` marks the run FAILED). `crash_point` is the tests' fault injection: die like
 a killed job after n results.
@@ -57,7 +57,7 @@ class Faults:
 
     replace: Callable[[int], Any]  # a new worker for slot i (the job's own constructor call)
     what: str  # how the console names a worker ("rollout actor", "MCTS searcher")
-    attempts: int = 3  # failures in a row on one slot before the job stops (cluster.restart_attempts)
+    attempts: int = 3  # replacements in a row on one slot; its next failure stops the job (cluster.restart_attempts)
     backoff_s: float = 5.0  # wait before replacement k+1 on a slot: backoff_s * 2**(k-1) (cluster.restart_backoff_s)
     timeout_s: float = 0.0  # a unit not back this long after it was handed out is a hung worker (0: no limit)
     restarts: int = 0  # replacements made (the job's `faults/actor_restarts`)

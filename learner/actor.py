@@ -24,6 +24,7 @@ class LearnerActor:
         if threads:
             use_threads(threads)
         self._args = (model_path, cfg, dataset_root, total_steps)
+        self._lost: list[int] = []  # the last train_step's lost batches (`lost_batch_ids`)
         self.rank, self.world_size = rank, world_size
         self._weight_file = None  # actors.shm.WeightFile, made at the first shared-memory publish
         if world_size == 1:
@@ -53,15 +54,15 @@ class LearnerActor:
                    tis_cap: float = 2.0, delay_s: float = 0.0) -> dict[str, float]:
         """`batches`: Arrow record batches of trajectories, or object refs to them (read zero-copy).
         `delay_s`: sleep first (benchmarks: a slow learner). A batch whose object is gone (its actor's node
-        died with the object store holding it) is left out of the step: its index is in the returned
-        `lost_batch_ids` (the driver requeues its prompts), `lost_batches` counts them."""
+        died with the object store holding it) is left out of the step: `lost_batches` counts them and
+        `lost_batch_ids()` says which (the driver requeues their prompts)."""
         import time
 
         from actors.process import rss_mb, trim_heap
 
         time.sleep(delay_s)
         t0 = time.perf_counter()
-        batches, lost = self._fetch(batches)
+        batches, self._lost = self._fetch(batches)
         trajectories = [t for b in batches for t in from_batch(b)]
         t1 = time.perf_counter()
         out = self.learner.train_step(trajectories, max_staleness, staleness_mode, tis_cap)
@@ -69,7 +70,11 @@ class LearnerActor:
         del batches, trajectories
         trim_heap()
         return out | {"time/decode_s": t1 - t0, "time/train_s": t2 - t1, "memory/learner_rss_mb": rss_mb(),
-                      "lost_batches": float(len(lost)), "lost_batch_ids": lost}
+                      "lost_batches": float(len(self._lost))}
+
+    def lost_batch_ids(self) -> list[int]:
+        """The indices (into the last `train_step`'s `batches`) of the batches it left out as lost."""
+        return self._lost
 
     def _fetch(self, batches: list) -> tuple[list, list[int]]:
         """The batches that are still there (object refs read zero-copy), and the indices of those whose

@@ -30,9 +30,13 @@ def rendezvous_store(rank: int, world_size: int, master_addr: str, master_port: 
     if rank != 0:
         return TCPStore(master_addr, master_port, world_size, False, timeout=default_pg_timeout)
     listener = socket.create_server((master_addr, master_port), backlog=max(128, world_size))
-    # the store owns the socket from here (detach: Python closing its object must not close the store's fd)
-    return TCPStore(master_addr, master_port, world_size, True, timeout=default_pg_timeout,
-                    master_listen_fd=listener.detach(), wait_for_workers=False)
+    fd = listener.detach()  # the store owns the socket from here: Python closing its object must not close it
+    try:
+        return TCPStore(master_addr, master_port, world_size, True, timeout=default_pg_timeout,
+                        master_listen_fd=fd, wait_for_workers=False)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def init_process_group(rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
