@@ -20,6 +20,25 @@ from configs.placement import nccl_sync, shm_sync, torch_threads
 from configs.schema import TrainConfig
 
 
+class LearnerLost(RuntimeError):
+    """A learner rank is gone (its process killed, out of memory, its node lost): the group's collectives cannot
+    go on without it. The driver starts a new group from the newest resumable checkpoint (cluster/train.py)."""
+
+
+def lost_rank(ray, e: BaseException, ranks: list) -> str | None:
+    """What `e` says about `ranks`: "learner rank i died (...)" when it is Ray's word that one of them is gone
+    (a call on a dead rank, or an argument a dead rank was to make, e.g. a publish a weight load waits for:
+    Ray raises the rank's ActorDiedError then, wrapped in the caller's RayTaskError), or the weights a dead
+    node held are lost; else None (the error is someone else's)."""
+    if isinstance(e, ray.exceptions.ObjectLostError):
+        return f"learner weights lost with their node ({type(e).__name__})"
+    if not isinstance(e, ray.exceptions.RayActorError):
+        return None
+    ids = [r._actor_id.hex() for r in ranks]
+    who = getattr(e, "actor_id", None)
+    return f"learner rank {ids.index(who)} died ({type(e).__name__})" if who in ids else None
+
+
 @dataclass
 class Loads:
     """The weight loads one publish started: one call per rollout slot, and the learner's side of the transfer
@@ -34,7 +53,7 @@ class Saved:
     """A checkpoint written at `step`: the HF export and the resumable checkpoint beside it."""
 
     step: int
-    export: Path  # OUT/checkpoints/step_N, with its lineage file (cluster.tracking.RUN_FILE)
+    export: Path | None  # OUT/checkpoints/step_N, with its lineage file (cluster.tracking.RUN_FILE); None: resumable only
     resumable: Path  # OUT/resume/step_N
 
 
@@ -70,15 +89,62 @@ class LearnerGroup:
     def __init__(self, ray, cfg: TrainConfig, tracker, pool):
         self.ray, self.cfg, self.tracker, self.pool = ray, cfg, tracker, pool
         self.nccl = nccl_sync(cfg.cluster)
-        self.ranks = start_ranks(ray, cfg)
-        self.nodes = waits.get(ray, [r.node_id.remote() for r in self.ranks], cfg.cluster.start_timeout_s,
-                               f"{len(self.ranks)} learner rank(s) starting", "cluster.start_timeout_s")
+        self.restarts = 0  # learner groups started after the first (`restart`)
+        self.ranks: list = []
+        self._start()
+        pool.attach(self)
+
+    def _start(self) -> None:
+        try:
+            self.ranks = start_ranks(self.ray, self.cfg)
+        except self.ray.exceptions.RayActorError as e:  # a rank that died starting (no memory, its node lost)
+            raise LearnerLost(f"learner ranks starting: {type(e).__name__}: {e}") from e
+        self.nodes = self._get([r.node_id.remote() for r in self.ranks], f"{len(self.ranks)} learner rank(s) starting",
+                               "cluster.start_timeout_s")
         self.node = self.nodes[0]
         self.weights: tuple | None = None
         self.stored = False
         self.trained: int | None = None
         self.saved: int | None = None
-        pool.attach(self)
+        self.exported: int | None = None
+
+    def _get(self, refs, what: str, key: str = "cluster.learner_timeout_s"):
+        """`waits.get` on the ranks' calls; a rank found gone raises LearnerLost (Ray fails the get at the first
+        dead rank's call, not after the others' deadline)."""
+        c = self.cfg.cluster
+        timeout = {"cluster.start_timeout_s": c.start_timeout_s, "cluster.sync_timeout_s": c.sync_timeout_s
+                   }.get(key, c.learner_timeout_s)
+        try:
+            return waits.get(self.ray, refs, timeout, what, key)
+        except (self.ray.exceptions.RayActorError, self.ray.exceptions.ObjectLostError) as e:
+            raise LearnerLost(f"{what}: {lost_rank(self.ray, e, self.ranks) or type(e).__name__}") from e
+
+    def lost(self, e: BaseException) -> LearnerLost | None:
+        """The LearnerLost that `e`, raised by a rollout actor's weight load, means (the publish it waited for was
+        a dead rank's), or None (the actor's own fault)."""
+        why = lost_rank(self.ray, e, self.ranks)
+        return LearnerLost(f"a weight load: {why}") if why else None
+
+    def restart(self, ckpt: resume.Checkpoint | None, ahead: dict[int, list]) -> int:
+        """Kill every rank (the live ones wait in collectives for the dead one), start a new group and load
+        `ckpt` into it (None: the model itself, version 0), then its weights into every rollout actor (`ahead`:
+        the calls each runs first, as in `wait`); returns the weight version. The dead rank 0's weight file is
+        removed by the new rank 0's first publish (actors.shm `sweep`: its owner is gone). NCCL weight sync is
+        refused: its group holds every vLLM worker and cannot be joined again."""
+        if self.nccl:
+            raise RuntimeError("a learner restart with NCCL weight sync (its process group holds every vLLM worker "
+                               "and is made once) is not supported: `vigorl train --resume OUT` goes on from the "
+                               "newest checkpoint")
+        for r in self.ranks:
+            self.ray.kill(r, no_restart=True)
+        self.restarts += 1
+        self._start()
+        if ckpt is None:
+            self._await(self.publish(), ahead)
+            return 0
+        version = self.restore(ckpt, ahead)
+        self.trained = self.saved = ckpt.step
+        return version
 
     def open_nccl(self) -> None:
         """With NCCL weight sync: one NCCL group of learner rank 0 + every vLLM worker, opened once every engine
@@ -92,11 +158,11 @@ class LearnerGroup:
         address, port = ray.get(self.ranks[0].nccl_open.remote(world))
         ray.get([a.nccl_join.remote(address, port, world) for a in slots], timeout=c.sync_timeout_s)
 
-    def restore(self, ckpt: resume.Checkpoint) -> int:
-        """Load the checkpoint into every rank and its weights into every rollout actor (before they generate);
-        returns the weight version it restored."""
-        versions = self.ray.get([r.load_state.remote(str(ckpt.path)) for r in self.ranks])
-        self._await(self.publish())
+    def restore(self, ckpt: resume.Checkpoint, ahead: dict[int, list] | None = None) -> int:
+        """Load the checkpoint into every rank and its weights into every rollout actor (before they generate;
+        `ahead`: as in `wait`); returns the weight version it restored."""
+        versions = self._get([r.load_state.remote(str(ckpt.path)) for r in self.ranks], f"loading {ckpt.path}")
+        self._await(self.publish(), ahead)
         return versions[0]
 
     def train(self, taken: list, step: int) -> tuple[dict[str, float], list[int]]:
@@ -104,12 +170,11 @@ class LearnerGroup:
         reference: the driver never copies them); returns rank 0's metrics and the indices (into `taken`) of
         the chunks whose batch was lost, left out of the step."""
         loop = self.cfg.loop
-        m = waits.get(self.ray, [r.train_step.remote([c.batch for c in taken], loop.max_staleness, loop.staleness_mode,
-                                                     loop.tis_cap, loop.learner_delay_s) for r in self.ranks],
-                      self.cfg.cluster.learner_timeout_s, f"learner train_step of step {step}",
-                      "cluster.learner_timeout_s")[0]
+        m = self._get([r.train_step.remote([c.batch for c in taken], loop.max_staleness, loop.staleness_mode,
+                                           loop.tis_cap, loop.learner_delay_s) for r in self.ranks],
+                      f"learner train_step of step {step}")[0]
         self.trained = step
-        lost = self.ray.get(self.ranks[0].lost_batch_ids.remote()) if m["lost_batches"] else []
+        lost = self._get(self.ranks[0].lost_batch_ids.remote(), "lost batch ids") if m["lost_batches"] else []
         return m, lost
 
     def publish(self) -> Loads:
@@ -134,8 +199,8 @@ class LearnerGroup:
         return {}
 
     def _await(self, loads: Loads, ahead: dict[int, list] | None = None) -> list[float]:
-        return self.pool.load_all(loads.loads, ahead) + self.ray.get(loads.sends,
-                                                                     timeout=self.cfg.cluster.sync_timeout_s)
+        return self.pool.load_all(loads.loads, ahead) + self._get(loads.sends, "NCCL weight send",
+                                                                  "cluster.sync_timeout_s")
 
     def put_weights(self, store: bool | None = None) -> None:
         """Publish the weights as `weights` (what every load and every replacement actor reads). Shared memory
@@ -146,7 +211,7 @@ class LearnerGroup:
         shm = shm_sync(self.cfg.cluster)
         store = (not shm or self.pool.elsewhere(self.pool.slots)) if store is None else store
         self.weights, self.stored = tuple(self.ranks[0].publish.options(num_returns=2).remote(shm, store)), store
-        self.ray.get(gathers)
+        self._get(gathers, "ZeRO-3 weight gather")
 
     def republish(self) -> None:
         """Publish again with the object store: for a new rollout actor on another node than rank 0 when the
@@ -154,34 +219,46 @@ class LearnerGroup:
         self.put_weights(store=True)
 
     def checkpoint_if_due(self, step: int, ledger: Ledger) -> Saved | None:
-        """A checkpoint every `tracking.checkpoint_every` steps (0: none but the last)."""
-        every = self.cfg.tracking.checkpoint_every
-        return self.save(step, ledger) if every and step % every == 0 else None
+        """A checkpoint every `tracking.checkpoint_every` steps (0: none but the last); a resumable one alone
+        every `tracking.resume_every` steps in between."""
+        t = self.cfg.tracking
+        if t.checkpoint_every and step % t.checkpoint_every == 0:
+            return self.save(step, ledger)
+        if t.resume_every and step % t.resume_every == 0:
+            return self.save(step, ledger, export=False)
+        return None
 
     def save_last(self, ledger: Ledger) -> Saved | None:
-        """The last step trained, at the end of the run, unless it was just saved (or none was trained)."""
-        if self.trained is None or self.saved == self.trained:
+        """The last step trained, at the end of the run, unless it was just saved with its HF export (or none was
+        trained)."""
+        if self.trained is None or self.exported == self.trained:
             return None
         return self.save(self.trained, ledger)
 
-    def save(self, step: int, ledger: Ledger) -> Saved:
+    def save(self, step: int, ledger: Ledger, export: bool = True) -> Saved:
         """The HF export (OUT/checkpoints/step_N with its lineage file, cluster.tracking.RUN_FILE; also uploaded
-        to MLflow in the background with tracking.log_checkpoints), then the resumable checkpoint beside it
-        (OUT/resume/step_N: cluster.resume). The ledger is read here, at the step boundary: prompts queued for
-        later steps (async) count as not done and are generated again by a resumed run."""
+        to MLflow in the background with tracking.log_checkpoints; not with `export=False`), then the resumable
+        checkpoint beside it (OUT/resume/step_N: cluster.resume). The ledger is read here, at the step boundary:
+        prompts queued for later steps (async) count as not done and are generated again by a resumed run."""
         from configs.load import to_flat_dict
 
         cfg, tracker = self.cfg, self.tracker
         path = Path(cfg.out).resolve() / "checkpoints" / f"step_{step:05d}"
-        self.ray.get([r.save_hf.remote(str(path), tracker.run_info(step)) for r in self.ranks])
-        tracker.checkpoint(path, f"checkpoints/step_{step:05d}")
+        if export:
+            self._get([r.save_hf.remote(str(path), tracker.run_info(step)) for r in self.ranks],
+                      f"HF export of step {step}")
+            tracker.checkpoint(path, f"checkpoints/step_{step:05d}")
+            self.exported = step
         state = {"ledger": ledger.state_dict(), "run_id": tracker.run_id, "tracking_uri": tracker.uri,
                  "model_fingerprint": resume.model_fingerprint(cfg.model.path),
                  "config": {k: str(v) for k, v in to_flat_dict(cfg).items()}}
-        where = resume.save(self.ray, self.ranks, cfg.out, step, state, cfg.tracking.keep_resume)
+        try:
+            where = resume.save(self.ray, self.ranks, cfg.out, step, state, cfg.tracking.keep_resume)
+        except (self.ray.exceptions.RayActorError, self.ray.exceptions.ObjectLostError) as e:
+            raise LearnerLost(f"resumable checkpoint of step {step}: {lost_rank(self.ray, e, self.ranks)}") from e
         self.saved = step
-        return Saved(step, path, where)
+        return Saved(step, path if export else None, where)
 
     def close(self) -> None:
         """Remove rank 0's shared-memory weight file (the actors keep their mappings)."""
-        self.ray.get(self.ranks[0].close.remote())
+        self._get(self.ranks[0].close.remote(), "closing the weight file")

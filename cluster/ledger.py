@@ -78,12 +78,19 @@ class Ledger:
     @classmethod
     def from_state(cls, state: dict) -> "Ledger":
         led = cls(state["ids"])
-        led._rng.setstate(_rng_from(state["rng"]))
-        led._queue = deque((int(e), str(p)) for e, p in state["queue"])
-        led.done, led.requeued, led.handed_out = state["done"], state["requeued"], state["handed_out"]
-        led.duplicated, led.epoch, led._next_ticket = state["duplicated"], state["epoch"], state["next_ticket"]
-        led._done_in = {int(k): set(v) for k, v in state["done_in"].items()}
+        led.load_state(state)
         return led
+
+    def load_state(self, state: dict) -> None:
+        """Go back to `state` (a `state_dict`) in place: what a learner restart does with its checkpoint's
+        ledger (tickets in flight now are forgotten; their prompts are in `state`'s queue or done there)."""
+        self._ids = list(state["ids"])
+        self._rng.setstate(_rng_from(state["rng"]))
+        self._queue = deque((int(e), str(p)) for e, p in state["queue"])
+        self.in_flight = {}
+        self.done, self.requeued, self.handed_out = state["done"], state["requeued"], state["handed_out"]
+        self.duplicated, self.epoch, self._next_ticket = state["duplicated"], state["epoch"], state["next_ticket"]
+        self._done_in = {int(k): set(v) for k, v in state["done_in"].items()}
 
     def done_in_epoch(self, epoch: int) -> int:
         return len(self._done_in.get(epoch, ()))

@@ -144,8 +144,8 @@ class RolloutPool:
                 version = ray.get(actor.get_version.remote())
             except faults(ray) as e:
                 self._kill(actor)
-                if err := config_error(e):
-                    raise err from None  # deterministic: another try would fail the same way
+                if err := config_error(e) or self._learner_lost(e):
+                    raise err from None  # deterministic, or the learner's: another try would fail the same way
                 if attempt == c.restart_attempts:
                     raise StartError(f"rollout slot {slot}: no new actor started in {attempt} tries "
                                      f"(cluster.restart_attempts); last error: {e}") from e
@@ -161,6 +161,11 @@ class RolloutPool:
                 self.slots[slot] = actor
             say(f"[train] slot {slot}: rollout actor #{index} {what}, at weight version {version}")
             return
+
+    def _learner_lost(self, e: BaseException):
+        """A load that failed because the publish it waited for was a dead learner rank's: the learner's fault
+        (`cluster.learners.LearnerLost`, handled by the driver), not this actor's."""
+        return self.publisher.lost(e) if self.publisher is not None else None
 
     def _refuse_nccl(self, what: str) -> None:
         from configs.placement import nccl_sync
@@ -223,7 +228,7 @@ class RolloutPool:
             try:
                 seconds.append(self.ray.get(ref, timeout=max(0.0, deadline - time.monotonic())))
             except faults(self.ray) as e:
-                if err := config_error(e):
+                if err := config_error(e) or self._learner_lost(e):
                     raise err from None
                 if nccl_sync(c) and isinstance(e, self.ray.exceptions.GetTimeoutError):
                     raise SyncTimeout(

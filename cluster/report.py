@@ -90,12 +90,29 @@ class Reporter:
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         self.marks: dict[str, float] = {}
         self.learner_busy, self.summary, self.last = 0.0, {}, 0
+        self.learner_restarts = 0
 
     def resumed(self, ckpt, version: int, changes: list[str]) -> None:
         """The resume line (`LearnerGroup.restore` has loaded `ckpt` at weight `version`) and the config keys
         changed since the checkpoint."""
         say(f"[train] resumed from {ckpt.path}: step {ckpt.step}, weight version {version}, "
             f"{ckpt.state['ledger']['done']} prompts done" + "".join(f"\n[train] config changed: {c}" for c in changes))
+
+    def learner_lost(self, lost, ckpt, attempt: int) -> None:
+        """The fault line of a dead learner rank, before its group is started again from `ckpt` (None: the
+        model itself)."""
+        back = f"{ckpt.path} (step {ckpt.step})" if ckpt else "the model itself (no resumable checkpoint yet)"
+        say(f"[train] fault: {lost}; restarting the learner from {back}, attempt {attempt}/"
+            f"{self.cfg.cluster.learner_restart_attempts} (cluster.learner_restart_attempts)")
+
+    def learner_restarted(self, step: int, version: int, restarts: int) -> None:
+        """A new learner group is up at `step` (the checkpoint's) and weight `version`, and every rollout actor has
+        its weights: the steps after `step` are trained again (their metrics logged again at the same steps)."""
+        self.learner_restarts, self.last = restarts, step
+        self.bar.n = step
+        self.bar.refresh()
+        say(f"[train] learner restarted at step {step}, weight version {version}; rollout actors reloaded, "
+            f"{self.ledger.done} prompts done; training step {step + 1} again")
 
     def start(self, first: int, ledger, pool) -> None:
         """The run's banner and progress bar; the run's clock starts. `ledger` and `pool` are read for each
@@ -134,11 +151,13 @@ class Reporter:
         self.learner_busy += t2 - t1
         batches = readable(self.ray, [c.batch for c in taken])  # one lost since the learner read it: left out
         if not batches:  # every batch of the step lost (`RolloutQueue.settle`): nothing to describe but that
-            tracker.metrics(m | self.ledger.counts() | {"time/step_s": t3 - t0}, step)
+            tracker.metrics(m | self.ledger.counts() | {"time/step_s": t3 - t0,
+                                                        "faults/learner_restarts": self.learner_restarts}, step)
             return
         gen_s = sum(s["generate_s"] for s in stats)
         m |= rollout_metrics(batches) | self.ledger.counts() | {
-            "faults/actor_restarts": self.pool.restarts, "cluster/rollout_actors": len(self.pool),
+            "faults/actor_restarts": self.pool.restarts, "faults/learner_restarts": self.learner_restarts,
+            "cluster/rollout_actors": len(self.pool),
             "memory/driver_rss_mb": rss_mb(), "memory/rollout_rss_mb": max(s["rss_mb"] for s in stats),
             "time/step_s": t3 - t0, "time/wait_rollouts_s": t1 - t0, "time/learner_s": t2 - t1,
             "time/weight_sync_s": t3 - t2, "time/generate_s": gen_s,
@@ -157,7 +176,8 @@ class Reporter:
     def checkpoint(self, saved) -> None:
         """The line of a checkpoint just written (`LearnerGroup.save`: a `Saved`; None: none was due)."""
         if saved is not None:
-            say(f"[train] checkpoint step {saved.step}: {saved.export} (HF format), {saved.resumable} (resumable)")
+            say(f"[train] checkpoint step {saved.step}: " + (f"{saved.export} (HF format), " if saved.export else "")
+                + f"{saved.resumable} (resumable)")
 
     def end_step(self, step: int, m: dict[str, float]) -> None:
         """The progress bar and the step's console line."""

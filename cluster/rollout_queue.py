@@ -91,6 +91,13 @@ class RolloutQueue:
             out.setdefault(c.slot, []).append(c.batch)
         return out
 
+    def drop(self) -> dict[int, list]:
+        """Forget every call in the queue (a learner restart: the ledger goes back to its checkpoint, where their
+        prompts are not done). Returns them as `in_flight` did: they still run, ahead of any call made now."""
+        ahead = self.in_flight()
+        self.chunks.clear()
+        return ahead
+
     def follow(self, request: "ScaleRequest | None") -> None:
         """Apply the newest `vigorl scale` request, once (a request that could not be met is not retried)."""
         if request is None or request == self.applied:

@@ -14,8 +14,11 @@ cluster/control.py (`vigorl scale` / `vigorl stop` requests), cluster/resume.py 
 
 from __future__ import annotations
 
+import time
+
 from cluster import resume
 from cluster.control import driver_file, requested_scale, stop_requested
+from cluster.learners import LearnerLost
 from cluster.ledger import Ledger
 from cluster.pool import RolloutPool
 from cluster.rollout_queue import RolloutQueue
@@ -78,26 +81,65 @@ def run(cfg: TrainConfig) -> dict:
     queue, chunks_per_step = rollout_queue(cfg, pool, ledger)
     report.start(first, ledger, pool)
     with job(tracker, ray), driver_file(cfg.out, tracker.run_id):
-        for step in range(first, cfg.loop.steps + 1):
+        step = first
+        while step <= cfg.loop.steps:
             if stop_requested(cfg.out):  # `vigorl stop OUT`
                 report.stop_asked()
                 break
-            report.mark("step")  # the step's clock: where each phase ends (cluster/report.py)
-            queue.follow(requested_scale(cfg.out))  # `vigorl scale OUT --rollout-actors K`
-            taken, stats = queue.next_step(chunks_per_step)
-            report.mark("rollouts")
-            m, lost = learners.train(taken, step)
-            taken, stats = queue.settle(taken, stats, lost)  # done in the ledger; a lost batch's prompts requeued
-            loads = learners.publish()
-            report.mark("learner")
-            m |= learners.wait(loads, ahead=queue.in_flight())  # sync mode, NCCL: every actor has the new weights
-            report.step(step, m, taken, stats)  # metrics, lineage, pictures
-            report.checkpoint(learners.checkpoint_if_due(step, ledger))
-            report.end_step(step, m)  # the progress bar and the step's console line
+            try:
+                train_step(step, cfg, queue, chunks_per_step, learners, report, ledger)
+                step += 1
+            except LearnerLost as lost:  # a learner rank died: a new group goes on from the newest checkpoint
+                step = restart_learner(lost, cfg, learners, queue, ledger, report)
         report.close()
         report.checkpoint(learners.save_last(ledger))
         learners.close()  # its shared-memory weight file
     return report.done()
+
+
+def train_step(step: int, cfg: TrainConfig, queue: RolloutQueue, chunks_per_step: int, learners, report,
+               ledger: Ledger) -> None:
+    """One step: control requests, take rollouts, train, publish, report, checkpoint."""
+    report.mark("step")  # the step's clock: where each phase ends (cluster/report.py)
+    queue.follow(requested_scale(cfg.out))  # `vigorl scale OUT --rollout-actors K`
+    taken, stats = queue.next_step(chunks_per_step)
+    report.mark("rollouts")
+    m, lost = learners.train(taken, step)
+    taken, stats = queue.settle(taken, stats, lost)  # done in the ledger; a lost batch's prompts requeued
+    loads = learners.publish()
+    report.mark("learner")
+    m |= learners.wait(loads, ahead=queue.in_flight())  # sync mode, NCCL: every actor has the new weights
+    report.step(step, m, taken, stats)  # metrics, lineage, pictures
+    report.checkpoint(learners.checkpoint_if_due(step, ledger))
+    report.end_step(step, m)  # the progress bar and the step's console line
+
+
+def restart_learner(lost: LearnerLost, cfg: TrainConfig, learners, queue: RolloutQueue, ledger: Ledger,
+                    report) -> int:
+    """A learner rank died (`lost`): start a new learner group from the newest complete resumable checkpoint
+    (none yet: the model itself), load its weights into every rollout actor, put the ledger back where the
+    checkpoint left it (the prompts of the steps after it are queued again, none counted twice) and drop the
+    rollout calls in flight (made with weights the new learner never had). Returns the step to go on from.
+    After `cluster.learner_restart_attempts` restarts in the run, `lost` ends it. A restart that itself fails
+    counts as another."""
+    while True:
+        if learners.restarts >= cfg.cluster.learner_restart_attempts:
+            raise RuntimeError(f"{lost}; the learner was restarted {learners.restarts} time(s) "
+                               f"(cluster.learner_restart_attempts={cfg.cluster.learner_restart_attempts}): stopping. "
+                               f"`vigorl train --resume {cfg.out}` goes on from the newest checkpoint") from lost
+        ckpt = resume.latest(cfg.out) if resume.complete_dirs(cfg.out) else None
+        report.learner_lost(lost, ckpt, learners.restarts + 1)
+        ahead = queue.drop()  # their prompts are in the checkpoint's ledger; the calls finish before the loads
+        try:
+            version = learners.restart(ckpt, ahead)
+        except LearnerLost as again:
+            lost = again
+            time.sleep(cfg.cluster.restart_backoff_s * 2 ** (learners.restarts - 1))
+            continue
+        ledger.load_state(ckpt.state["ledger"] if ckpt else Ledger(ledger.ids, seed=cfg.loop.seed).state_dict())
+        step = ckpt.step if ckpt else 0
+        report.learner_restarted(step, version, learners.restarts)
+        return step + 1
 
 
 def rollout_queue(cfg: TrainConfig, pool: RolloutPool, ledger: Ledger) -> tuple[RolloutQueue, int]:

@@ -149,6 +149,10 @@ class ClusterConfig:
     learner_timeout_s: float = 7200.0  # a learner call (one train step, a checkpoint) not back by then is an error
     restart_attempts: int = 3  # tries at starting a replacement before the run stops with an error
     restart_backoff_s: float = 5.0  # wait before try k+1: restart_backoff_s * 2**(k-1)
+    # a learner rank that dies (killed, OOM, node lost) ends its group; the driver starts a new one from the newest
+    # resumable checkpoint (none yet: the model itself), reloads the rollout actors and trains the steps after it
+    # again, in the same run (cluster/train.py `restart_learner`); this many times in a run, then the run stops
+    learner_restart_attempts: int = 3  # learner restarts allowed per run (0: a dead learner ends the run)
     gpu_memory_utilization: float = 0.8  # GPU actors: the share of their GPU's memory vLLM takes (weights and
     # KV cache); where the learner shares the GPU (fractional rollout_gpus and learner_gpus) leave it room
     # torch/OpenMP threads per process; 0 = auto (configs/placement.py `torch_threads`): the CPUs it reserves,
@@ -194,6 +198,9 @@ class TrackingConfig:
     # HF-format checkpoints go to OUT/checkpoints/step_N (and MLflow), resumable ones to OUT/resume/step_N
     # (`vigorl train --resume OUT`, cluster/resume.py).
     checkpoint_every: int = 50  # write both every this many steps (0: only at the end)
+    # a learner restart goes back to the newest resumable checkpoint: the steps since are trained again. A
+    # resumable checkpoint alone (DeepSpeed's state and the ledger, no HF export) is cheaper: write one more often
+    resume_every: int = 0  # also a resumable checkpoint every this many steps (0: only with checkpoint_every)
     keep_resume: int = 2  # resumable checkpoints kept, newest first (older deleted; HF exports are all kept)
 
 

