@@ -138,8 +138,28 @@ def learner_pids(parent: int) -> list[int]:
     return found
 
 
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+
+def listening(parent: int) -> dict[str, set]:
+    """Every TCP socket listening in `parent` and its descendants: address -> {(process title, port)}."""
+    import psutil
+
+    out: dict[str, set] = {}
+    for proc in [psutil.Process(parent), *psutil.Process(parent).children(recursive=True)]:
+        try:
+            conns, name = proc.net_connections("tcp"), " ".join(proc.cmdline())[:40]
+        except psutil.Error:  # gone meanwhile
+            continue
+        for c in conns:
+            if c.status == psutil.CONN_LISTEN:
+                out.setdefault(c.laddr.ip, set()).add((name, c.laddr.port))
+    return out
+
+
 def test_a_killed_learner_is_restarted_to_the_same_parameters(sync_run):
-    """The learner's process SIGKILLed while step 3 runs: the driver starts a new learner from the newest
+    """The learner's process SIGKILLed while step 3 runs (every socket the run listens on is checked first: loopback
+    only): the driver starts a new learner from the newest
     resumable checkpoint (step 2's, written by `tracking.resume_every`, no HF export), reloads the rollout actor,
     rewinds the ledger and trains step 3 again, in the same job and MLflow run; it ends at the parameters of
     the uninterrupted run (sync_run), bit for bit. `loop.learner_delay_s` makes every learner step last 8 s, so
@@ -157,6 +177,10 @@ def test_a_killed_learner_is_restarted_to_the_same_parameters(sync_run):
         for line in p.stdout:
             lines.append(line)
             if line.startswith("[train] step 2/3"):
+                # a local run listens on loopback only: vigorl's learner store and Ray's GCS, raylet, object
+                # manager, agents and worker ports (cluster/raystart.py); a wildcard bind would show as 0.0.0.0 / ::
+                socks = listening(p.pid)
+                assert socks and set(socks) <= LOOPBACK, {a: v for a, v in socks.items() if a not in LOOPBACK}
                 pids = learner_pids(p.pid)
                 assert len(pids) == 1, pids
                 os.kill(pids[0], signal.SIGKILL)
