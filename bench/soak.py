@@ -2,7 +2,8 @@
 
 An async `vigorl train` on the tiny model, `--steps` steps (default 300), whose learner sleeps `--delay` seconds
 every step (`loop.learner_delay_s`) so the rollout actor runs ahead into the queue's bound; turns of
-`--tokens` tokens keep a step short (the soak is about what accumulates per step, not per token). The run logs,
+`--tokens` tokens keep a step short (the soak is about what accumulates per step, not per token), and only the
+last step is checkpointed. The run logs,
 per step, `ledger/in_flight` and the resident memory of the driver, the rollout actor and the learner
 (`memory/*_rss_mb`, read at the end of each process's step) to its own MLflow run. This script reads them back
 and checks:
@@ -49,7 +50,7 @@ def soak(out: Path, steps: int, delay: float, tokens: int, max_queue: int = MAX_
                  f"model.path={out / 'model'}", f"data.path={out / 'data'}", "make_data=16", "loop.mode=async",
                  f"loop.steps={steps}", f"loop.learner_delay_s={delay}", f"loop.max_queue={max_queue}",
                  f"loop.prompts_per_step={per_step}", f"sampling.max_tokens_per_turn={tokens}",
-                 "tracking.picture_every=0", log=out / "train.log")
+                 "tracking.picture_every=0", "tracking.checkpoint_every=0", log=out / "train.log")
     return analyse(out, run_id(log), max_queue * per_step) | {"delay_s": delay, "tokens_per_turn": tokens}
 
 

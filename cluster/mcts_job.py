@@ -6,7 +6,7 @@ raises, returns something unusable or runs past `question_timeout_s` becomes a l
 with the reason, and the job goes on. A rerun resumes: question ids already in trees.jsonl are skipped (a
 half-written last line, from a crash, is dropped with a warning; a corrupt line elsewhere is an error
 naming the file and line); failed questions are tried again. Teachers run on their own resources: one
-vLLM teacher server actor serves every worker.
+vLLM teacher server actor serves every worker, and is started again if it dies (`TeacherServer`).
 
 Tree line: {"question_id", "task", "image", "question", "gold", "image_size", "nodes": [...]}: `image` the
 absolute path of the original image, `gold` and the node coordinates in the frame of the image as the policy
@@ -48,7 +48,7 @@ class SearchWorker:
     def search(self, row_json: str) -> dict:
         """-> {"line": tree line, "seconds", "teacher_calls"} or {"failed": reason}. Any error of this one
         question (a teacher that raises, a timeout, a bad row) is reported, never raised: the job goes on. A
-        teacher server that died is not one question's failure: it is raised (the job stops; rerun to resume)."""
+        teacher server that died is not one question's failure: its error is raised (`TeacherServer`)."""
         import ray
 
         from data_gen.rows import PromptRow
@@ -57,8 +57,8 @@ class SearchWorker:
         row = PromptRow(**json.loads(row_json))
         try:
             line, calls = self._search(row, t0 + self.cfg.question_timeout_s)
-        except ray.exceptions.RayActorError as e:  # the shared vLLM teacher server is gone: every question would fail
-            raise RuntimeError(f"the MCTS teacher server died ({type(e).__name__}); rerun the job to resume") from None
+        except ray.exceptions.RayActorError:  # the shared vLLM teacher server is gone: not this question's failure.
+            raise  # The driver sees the server's ActorDiedError, starts a new server and hands the question out again
         except Exception as e:  # noqa: BLE001 - one question's failure of any kind is recorded, not fatal
             return {"question_id": row.prompt_id, "failed": f"{type(e).__name__}: {e}"}
         return {"question_id": row.prompt_id, "line": line, "seconds": time.perf_counter() - t0,
@@ -150,23 +150,50 @@ def load_questions(cfg: MCTSJobConfig) -> list:
     return rows[: cfg.limit] if cfg.limit else rows
 
 
-def start_searchers(ray, cfg: MCTSJobConfig, n_questions: int) -> tuple[list, Faults]:
+class TeacherServer:
+    """The job's vLLM teacher server (`handle`; None for the scripted teacher), started again when it dies.
+
+    A search worker whose teacher call finds the server gone raises the server's ActorDiedError; `run_queue`
+    hands that error to `check` before it replaces the worker (its question goes back to the queue). When the
+    error names the current server, a new server starts and every worker made from then on (`make`) gets it;
+    the other workers' calls fail the same way and they are replaced in turn, onto the new server. A server that
+    cannot start fails each worker's next call, so `restart_attempts` in a row on a slot end the job."""
+
+    def __init__(self, ray, cfg: MCTSJobConfig):
+        self.ray, self.cfg = ray, cfg
+        self.handle = _teacher_server(ray, cfg)
+        self.restarts = 0
+
+    def check(self, e: BaseException) -> None:
+        if self.handle is None or getattr(e, "actor_id", None) != self.handle._actor_id.hex():
+            return
+        self.restarts += 1
+        say(f"[mcts] fault: the vLLM teacher server died ({type(e).__name__}); starting a new one (restart "
+            f"{self.restarts}); the questions in flight are searched again")
+        self.ray.kill(self.handle, no_restart=True)
+        self.handle = _teacher_server(self.ray, self.cfg)
+
+
+def start_searchers(ray, cfg: MCTSJobConfig, n_questions: int) -> tuple[list, Faults, TeacherServer]:
     """The teacher server (vLLM teacher only) and the search workers sharing it: `workers` of them, at most
-    one per question; with them, what a dead one costs (a replacement; its question searched again). A
-    question over `question_timeout_s` is the worker's to fail, so there is no hung-worker timeout here."""
-    server = _teacher_server(ray, cfg)
+    one per question; with them, what a dead one costs (a replacement; its question searched again), and what a
+    dead server costs (a new one: `TeacherServer`). A question over `question_timeout_s` is the worker's to
+    fail, so there is no hung-worker timeout here."""
+    server = TeacherServer(ray, cfg)
     worker = ray.remote(SearchWorker).options(num_cpus=cfg.worker_cpus)
-    make = lambda _: worker.remote(cfg, server)  # noqa: E731
+    make = lambda _: worker.remote(cfg, server.handle)  # noqa: E731
     return (start_workers(make, cfg.workers, n_questions),
-            Faults(make, "MCTS search worker", cfg.restart_attempts, cfg.restart_backoff_s))
+            Faults(make, "MCTS search worker", cfg.restart_attempts, cfg.restart_backoff_s, on_fault=server.check),
+            server)
 
 
-def search_all(ray, workers: list, faults: Faults, todo: list, cfg: MCTSJobConfig, tracker) -> dict:
+def search_all(ray, workers: list, faults: Faults, server: TeacherServer, todo: list, cfg: MCTSJobConfig,
+               tracker) -> dict:
     """Search `todo` on `workers` (cluster/workqueue.py; a dead one is replaced and its question searched again:
     `faults`), one question per call: each tree is appended to trees.jsonl, each failure to failed.jsonl (and
     printed), as it comes back. -> the job's totals."""
     totals = {"done": 0, "failed": 0, "correct_path": 0.0, "correct_rollouts": 0.0, "seconds": 0.0, "teacher_calls": 0,
-              "restarts": 0}
+              "restarts": 0, "teacher_restarts": 0}
     out = Path(cfg.out)
 
     def submit(worker, row_json: str):
@@ -182,13 +209,13 @@ def search_all(ray, workers: list, faults: Faults, todo: list, cfg: MCTSJobConfi
                 append_lines(trees, [res["line"]])
                 count_tree(totals, res)
                 crash_point(totals["done"], cfg.crash_after)  # MCTSJobConfig.crash_after counts trees
-            totals["restarts"] = faults.restarts
+            totals["restarts"], totals["teacher_restarts"] = faults.restarts, server.restarts
             tracker.metrics(_metrics(totals), totals["done"] + totals["failed"])
             return 1
 
         run_queue(ray, workers, [json.dumps(dataclasses.asdict(r)) for r in todo], submit, on_result,
                   total=len(todo), desc="mcts questions", unit="q", faults=faults)
-    totals["restarts"] = faults.restarts
+    totals["restarts"], totals["teacher_restarts"] = faults.restarts, server.restarts
     return totals
 
 
@@ -209,8 +236,8 @@ def run(cfg: MCTSJobConfig) -> dict:
     tracker = Tracker(cfg)
     tracker.write_run_file(out)  # lineage: linearize / to-multiturn carry it on, `vigorl sft` links to this run
     with job(tracker, ray):
-        workers, faults = start_searchers(ray, cfg, len(todo))
-        totals = search_all(ray, workers, faults, todo, cfg, tracker)
+        workers, faults, server = start_searchers(ray, cfg, len(todo))
+        totals = search_all(ray, workers, faults, server, todo, cfg, tracker)
     summary = _metrics(totals)
     print(f"[mcts] done: {totals['done']} trees, {totals['failed']} failed; correct path for "
           f"{summary['mcts/correct_path_frac']:.0%} of searched questions; trees in {out / TREES}; "
@@ -224,7 +251,7 @@ def _metrics(t: dict) -> dict[str, float]:
             "mcts/correct_path_frac": t["correct_path"] / n,
             "mcts/correct_chains_per_question": t["correct_rollouts"] / n,
             "mcts/seconds_per_question": t["seconds"] / n, "mcts/teacher_calls": float(t["teacher_calls"]),
-            "faults/actor_restarts": float(t["restarts"])}
+            "faults/actor_restarts": float(t["restarts"]), "faults/teacher_restarts": float(t["teacher_restarts"])}
 
 
 def _teacher_server(ray, cfg: MCTSJobConfig):

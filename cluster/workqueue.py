@@ -61,6 +61,9 @@ class Faults:
     backoff_s: float = 5.0  # wait before replacement k+1 on a slot: backoff_s * 2**(k-1) (cluster.restart_backoff_s)
     timeout_s: float = 0.0  # a unit not back this long after it was handed out is a hung worker (0: no limit)
     restarts: int = 0  # replacements made (the job's `faults/actor_restarts`)
+    # called with the error before each replacement: a job whose workers share a server restarts it here when
+    # the error says the server, not the worker, died (cluster/mcts_job.py `TeacherServer`)
+    on_fault: Callable[[BaseException], None] | None = None
 
 
 class WorkerFailed(RuntimeError):
@@ -106,6 +109,8 @@ def run_queue(ray, workers: list, units: Iterable, submit: Callable[[Any, Any], 
 
                 if err := config_error(e):  # its constructor refused the config: the job's error, not a fault
                     raise err from None
+                if faults.on_fault is not None:
+                    faults.on_fault(e)
                 _replace(ray, workers, slot, u, queue, failures, faults, f"died ({type(e).__name__})")
                 hand_out(slot)
                 continue
