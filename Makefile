@@ -53,7 +53,7 @@ bench: $(STAMP)
 	@$(PY) -c 'import trl' 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run
 
-# Backpressure soak (bench/soak.py): 30 min of async training with a slowed learner; queue and memory checks.
+# Backpressure soak (bench/soak.py): 300 async steps with a slowed learner; queue bound and flat memory checks.
 soak: $(STAMP)
 	$(PY) -m bench.soak
 

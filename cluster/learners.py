@@ -70,11 +70,16 @@ def start_ranks(ray, cfg: TrainConfig) -> list:
     threads = torch_threads(cfg.cluster, "learner", cfg.loop.mode == "sync")
     ranks = [cls.remote(cfg.model.path, cfg.learner, str(image_root(cfg.data)), cfg.loop.steps, r, n,
                         log_file(cfg.out, f"learner-{r}", cfg.verbose), threads) for r in range(n)]
-    if n > 1:
-        addr, port = waits.get(ray, ranks[0].master_endpoint.remote(), cfg.cluster.start_timeout_s,
-                               "learner rank 0 starting", "cluster.start_timeout_s")
-        waits.get(ray, [r.setup.remote(addr, port) for r in ranks], cfg.cluster.start_timeout_s,
-                  f"{n} learner ranks joining their process group", "cluster.start_timeout_s")
+    try:
+        if n > 1:
+            addr, port = waits.get(ray, ranks[0].master_endpoint.remote(), cfg.cluster.start_timeout_s,
+                                   "learner rank 0 starting", "cluster.start_timeout_s")
+            waits.get(ray, [r.setup.remote(addr, port) for r in ranks], cfg.cluster.start_timeout_s,
+                      f"{n} learner ranks joining their process group", "cluster.start_timeout_s")
+    except BaseException:  # a group that did not form holds no resources a next try needs
+        for r in ranks:
+            ray.kill(r, no_restart=True)
+        raise
     return ranks
 
 
@@ -97,7 +102,8 @@ class LearnerGroup:
     def _start(self) -> None:
         try:
             self.ranks = start_ranks(self.ray, self.cfg)
-        except self.ray.exceptions.RayActorError as e:  # a rank that died starting (no memory, its node lost)
+        except (self.ray.exceptions.RayActorError, TimeoutError) as e:  # died starting (no memory, node lost), or
+            # never placed: a restart that failed (the first start's error names the same cause)
             raise LearnerLost(f"learner ranks starting: {type(e).__name__}: {e}") from e
         self.nodes = self._get([r.node_id.remote() for r in self.ranks], f"{len(self.ranks)} learner rank(s) starting",
                                "cluster.start_timeout_s")
@@ -118,6 +124,24 @@ class LearnerGroup:
             return waits.get(self.ray, refs, timeout, what, key)
         except (self.ray.exceptions.RayActorError, self.ray.exceptions.ObjectLostError) as e:
             raise LearnerLost(f"{what}: {lost_rank(self.ray, e, self.ranks) or type(e).__name__}") from e
+        except self.ray.exceptions.RayTaskError as e:
+            # with several ranks the survivors' collectives fail too (gloo: "connection closed by peer"), and
+            # their error may reach the driver before Ray's word that a rank is gone: ask the ranks
+            if why := self.dead_rank():
+                raise LearnerLost(f"{what}: {why}") from e
+            raise
+
+    def dead_rank(self) -> str | None:
+        """"learner rank i died (...)" for the first rank Ray says is gone, else None. A rank that does not
+        answer in 60 s (busy, or stuck in a collective) is not known dead."""
+        for i, r in enumerate(self.ranks):
+            try:
+                self.ray.get(r.node_id.remote(), timeout=60)
+            except self.ray.exceptions.RayActorError as e:
+                return f"learner rank {i} died ({type(e).__name__})"
+            except self.ray.exceptions.GetTimeoutError:
+                continue
+        return None
 
     def lost(self, e: BaseException) -> LearnerLost | None:
         """The LearnerLost that `e`, raised by a rollout actor's weight load, means (the publish it waited for was
@@ -144,6 +168,10 @@ class LearnerGroup:
             return 0
         version = self.restore(ckpt, ahead)
         self.trained = self.saved = ckpt.step
+        from cluster.tracking_lineage import RUN_FILE
+
+        if (Path(self.cfg.out).resolve() / "checkpoints" / f"step_{ckpt.step:05d}" / RUN_FILE).is_file():
+            self.exported = ckpt.step  # its HF export is whole (the run file is written last)
         return version
 
     def open_nccl(self) -> None:
@@ -181,11 +209,11 @@ class LearnerGroup:
         """Fan the new version out to every rollout actor. NCCL: rank 0 stages a gathered copy, then broadcasts
         while every engine receives; otherwise `put_weights`, and loads that queue after the actors' running
         rollouts."""
-        ray, ranks, pool = self.ray, self.ranks, self.pool
+        ranks, pool = self.ranks, self.pool
         if self.nccl:
             gathers = [r.gather_only.remote() for r in ranks[1:]] if self.cfg.learner.zero_stage == 3 else []
-            version, meta = ray.get(ranks[0].nccl_meta.remote())
-            ray.get(gathers)
+            version, meta = self._get(ranks[0].nccl_meta.remote(), "NCCL weight staging")
+            self._get(gathers, "ZeRO-3 weight gather")
             return Loads([a.nccl_receive.remote(version, meta) for a in pool.slots], [ranks[0].nccl_send.remote()])
         self.put_weights()
         return Loads([a.load_weights.remote(*self.weights) for a in pool.slots], [])
@@ -252,13 +280,24 @@ class LearnerGroup:
         state = {"ledger": ledger.state_dict(), "run_id": tracker.run_id, "tracking_uri": tracker.uri,
                  "model_fingerprint": resume.model_fingerprint(cfg.model.path),
                  "config": {k: str(v) for k, v in to_flat_dict(cfg).items()}}
-        try:
-            where = resume.save(self.ray, self.ranks, cfg.out, step, state, cfg.tracking.keep_resume)
-        except (self.ray.exceptions.RayActorError, self.ray.exceptions.ObjectLostError) as e:
-            raise LearnerLost(f"resumable checkpoint of step {step}: {lost_rank(self.ray, e, self.ranks)}") from e
+        where = resume.step_dir(cfg.out, step)
+        if self.saved != step:  # a checkpoint of this step already complete (resume_every) is not written again
+            try:
+                where = resume.save(self.ray, self.ranks, cfg.out, step, state, cfg.tracking.keep_resume)
+            except (self.ray.exceptions.RayActorError, self.ray.exceptions.ObjectLostError) as e:
+                raise LearnerLost(f"resumable checkpoint of step {step}: "
+                                  f"{lost_rank(self.ray, e, self.ranks) or type(e).__name__}") from e
+            except self.ray.exceptions.RayTaskError as e:
+                if why := self.dead_rank():
+                    raise LearnerLost(f"resumable checkpoint of step {step}: {why}") from e
+                raise
         self.saved = step
         return Saved(step, path if export else None, where)
 
     def close(self) -> None:
-        """Remove rank 0's shared-memory weight file (the actors keep their mappings)."""
-        self._get(self.ranks[0].close.remote(), "closing the weight file")
+        """Remove rank 0's shared-memory weight file (the actors keep their mappings). A rank 0 gone by now has
+        nothing left to lose: its file is swept by the next learner on its node (actors.shm `sweep`)."""
+        try:
+            self._get(self.ranks[0].close.remote(), "closing the weight file")
+        except LearnerLost:
+            pass

@@ -117,12 +117,13 @@ class RolloutPool:
 
     def elsewhere(self, actors: list) -> bool:
         """Whether any of `actors` runs on another node than learner rank 0 (so cannot map its weight file).
-        An actor that died before it said where counts as elsewhere: the weights go to the object store as
-        well, and its load fails and replaces it as any dead actor's does."""
+        An actor that died before it said where (or was killed) counts as elsewhere: the weights go to the object
+        store as well, and its load fails and replaces it as any dead actor's does."""
         nodes = []
         for actor in actors:
+            ref = self._nodes.get(actor)  # none: killed while its replacement could not start (the learner died)
             try:
-                nodes.append(self.ray.get(self._nodes[actor], timeout=self.cfg.cluster.start_timeout_s))
+                nodes.append(None if ref is None else self.ray.get(ref, timeout=self.cfg.cluster.start_timeout_s))
             except faults(self.ray):
                 nodes.append(None)
         return any(node != self.publisher.node for node in nodes)

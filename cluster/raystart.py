@@ -35,13 +35,25 @@ def other_local_ray() -> tuple[str, bool] | None:
     return None if not recorded else (recorded, recorded in find_gcs_addresses())
 
 
+def loopback_only() -> None:
+    """Make the local Ray about to start listen on 127.0.0.1 only. Ray 2.60 has no bind-address option: its
+    servers listen on 127.0.0.1 when the node's address is 127.0.0.1 and on every interface otherwise, and it
+    turns 127.0.0.1 into the machine's routable address unless `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`
+    (ray/_private/services.py `resolve_ip_for_localhost`), a variable ray_constants reads once, when ray is first
+    imported — usually before this runs — so the constant is set too, and the variable for the processes Ray
+    starts. Never for a run that joins a cluster: nodes of other machines could not join it."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def init_ray(address: str, cpus: float, verbose: bool = True):
     """Connect to `address` (or RAY_ADDRESS; `auto` joins the cluster `ray start` left on this machine), else
     start a local Ray of this run's own on 127.0.0.1 with `cpus` CPUs, whatever other Ray runs here. The
     vLLM CPU settings of this process travel to every worker. Not verbose: Ray's own INFO lines are off."""
     import ray
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind 127.0.0.1
     address = address or os.environ.get("RAY_ADDRESS") or None
     env = {k: os.environ[k] for k in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE",
                                       "VLLM_ENABLE_V1_MULTIPROCESSING", "TOKENIZERS_PARALLELISM") if k in os.environ}
@@ -55,6 +67,7 @@ def init_ray(address: str, cpus: float, verbose: bool = True):
     # must not be provided") or hang on a dead GCS. "local" always starts a new one (canonicalize_bootstrap_address).
     other = other_local_ray()
     n = max(1, math.ceil(cpus))
+    loopback_only()
     ray.init(address="local", num_cpus=n, include_dashboard=False, runtime_env={"env_vars": env},
              log_to_driver=True, logging_level=level)
     note = "" if other is None else (f"; the {'running' if other[1] else 'stopped'} Ray cluster at {other[0]} that "

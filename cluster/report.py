@@ -90,7 +90,7 @@ class Reporter:
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         self.marks: dict[str, float] = {}
         self.learner_busy, self.summary, self.last = 0.0, {}, 0
-        self.learner_restarts = 0
+        self.learner_restarts, self.stopping = 0, False
 
     def resumed(self, ckpt, version: int, changes: list[str]) -> None:
         """The resume line (`LearnerGroup.restore` has loaded `ckpt` at weight `version`) and the config keys
@@ -130,9 +130,13 @@ class Reporter:
         self.bar = tqdm(total=cfg.loop.steps, initial=first - 1, desc="train", unit="step", file=sys.stdout,
                         disable=None)  # off without a tty
 
-    def stop_asked(self) -> None:
-        """`vigorl stop OUT` was found at a step boundary."""
-        say(f"[train] stop asked for: ending after step {self.last} of {self.cfg.loop.steps}")
+    def stop_asked(self) -> bool:
+        """`vigorl stop OUT` was found at a step boundary: said once (the final save may be retried after a
+        learner restart). Returns True."""
+        if not self.stopping:
+            say(f"[train] stop asked for: ending after step {self.last} of {self.cfg.loop.steps}")
+        self.stopping = True
+        return True
 
     def mark(self, phase: str) -> None:
         """The step's clock: `phase` ("step", "rollouts", "learner") ends now."""

@@ -1,7 +1,7 @@
 """Resumable checkpoints of `vigorl train`, and `vigorl train --resume OUT_DIR`.
 
 Every `tracking.checkpoint_every` steps (and at the end) the driver writes, beside the HF export in
-OUT/checkpoints/step_N/:
+OUT/checkpoints/step_N/ (and every `tracking.resume_every` steps without an export):
 
     OUT/resume/step_N/
       learner/      DeepSpeed `save_checkpoint` (tag "learner"; with its `latest` and zero_to_fp32.py beside
@@ -12,7 +12,7 @@ OUT/checkpoints/step_N/:
                     fingerprint, the resolved config
       complete      written last: a directory without it is a save cut short and is never loaded
 
-Resume loads the newest complete one. The learner goes on with the same weights, moments and LR step; the
+Resume loads the newest complete one; so does a learner restart within a run (cluster/train.py). The learner goes on with the same weights, moments and LR step; the
 rollout actors get its weights before they generate; sampling seeds come from the ledger ticket
 (`actors.rollout.turn_seed`), so a sync run resumed after step N trains on the samples the uninterrupted
 run would have. Older checkpoints beyond `tracking.keep_resume` are deleted (HF exports are kept).
@@ -85,7 +85,8 @@ def latest(out: str | Path) -> Checkpoint:
         cut = step_dirs(out)
         raise ResumeError(f"{out}: no complete resumable checkpoint in {Path(out) / RESUME_DIR}/"
                           + (f" ({', '.join(p.name for p in cut)}: cut short, no '{COMPLETE}' marker)" if cut else "")
-                          + "; a run writes one every tracking.checkpoint_every steps and at its end")
+                          + "; a run writes one every tracking.checkpoint_every (and tracking.resume_every) steps "
+                          "and at its end")
     return Checkpoint(found[-1], json.loads((found[-1] / STATE).read_text()))
 
 

@@ -82,17 +82,16 @@ def run(cfg: TrainConfig) -> dict:
     report.start(first, ledger, pool)
     with job(tracker, ray), driver_file(cfg.out, tracker.run_id):
         step = first
-        while step <= cfg.loop.steps:
-            if stop_requested(cfg.out):  # `vigorl stop OUT`
-                report.stop_asked()
-                break
+        while True:
             try:
+                if step > cfg.loop.steps or (stop_requested(cfg.out) and report.stop_asked()):  # `vigorl stop OUT`
+                    report.checkpoint(learners.save_last(ledger))  # the last step trained
+                    break
                 train_step(step, cfg, queue, chunks_per_step, learners, report, ledger)
                 step += 1
             except LearnerLost as lost:  # a learner rank died: a new group goes on from the newest checkpoint
                 step = restart_learner(lost, cfg, learners, queue, ledger, report)
         report.close()
-        report.checkpoint(learners.save_last(ledger))
         learners.close()  # its shared-memory weight file
     return report.done()
 
@@ -122,19 +121,24 @@ def restart_learner(lost: LearnerLost, cfg: TrainConfig, learners, queue: Rollou
     rollout calls in flight (made with weights the new learner never had). Returns the step to go on from.
     After `cluster.learner_restart_attempts` restarts in the run, `lost` ends it. A restart that itself fails
     counts as another."""
+    resume_hint = f"`vigorl train --resume {cfg.out}` goes on from the newest checkpoint"
+    if learners.nccl:  # its weight-sync group holds every vLLM worker and is made once: no new learner joins it
+        raise RuntimeError(f"{lost}; a learner restart with NCCL weight sync is not supported: {resume_hint}") from lost
+    ahead = queue.drop()  # their prompts are in the checkpoint's ledger; the calls finish before the loads
+    failed = 0  # restarts in a row that did not come up
     while True:
         if learners.restarts >= cfg.cluster.learner_restart_attempts:
             raise RuntimeError(f"{lost}; the learner was restarted {learners.restarts} time(s) "
-                               f"(cluster.learner_restart_attempts={cfg.cluster.learner_restart_attempts}): stopping. "
-                               f"`vigorl train --resume {cfg.out}` goes on from the newest checkpoint") from lost
+                               f"(cluster.learner_restart_attempts={cfg.cluster.learner_restart_attempts}): "
+                               f"stopping. {resume_hint}") from lost
+        if failed:
+            time.sleep(cfg.cluster.restart_backoff_s * 2 ** (failed - 1))
         ckpt = resume.latest(cfg.out) if resume.complete_dirs(cfg.out) else None
         report.learner_lost(lost, ckpt, learners.restarts + 1)
-        ahead = queue.drop()  # their prompts are in the checkpoint's ledger; the calls finish before the loads
         try:
             version = learners.restart(ckpt, ahead)
         except LearnerLost as again:
-            lost = again
-            time.sleep(cfg.cluster.restart_backoff_s * 2 ** (learners.restarts - 1))
+            lost, failed, ahead = again, failed + 1, {}
             continue
         ledger.load_state(ckpt.state["ledger"] if ckpt else Ledger(ledger.ids, seed=cfg.loop.seed).state_dict())
         step = ckpt.step if ckpt else 0
