@@ -51,23 +51,26 @@ def soak(out: Path, steps: int, delay: float, tokens: int, max_queue: int = MAX_
                  f"loop.steps={steps}", f"loop.learner_delay_s={delay}", f"loop.max_queue={max_queue}",
                  f"loop.prompts_per_step={per_step}", f"sampling.max_tokens_per_turn={tokens}",
                  "tracking.picture_every=0", "tracking.checkpoint_every=0", log=out / "train.log")
-    return analyse(out, run_id(log), max_queue * per_step) | {"delay_s": delay, "tokens_per_turn": tokens}
+    return analyse(out, run_id(log), max_queue * per_step, {"delay_s": delay, "tokens_per_turn": tokens})
 
 
-def analyse(out: Path, rid: str, bound: int) -> dict:
-    """The checks on run `rid` in out/run/mlflow.db; writes out/soak.json and out/soak.png, also to the run."""
+def analyse(out: Path, rid: str, bound: int, settings: dict | None = None) -> dict:
+    """The checks on run `rid` in out/run/mlflow.db; writes out/soak.json (with the run's `settings`) and
+    out/soak.png, also to the run."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{(out / 'run' / 'mlflow.db').resolve()}")
     series = {k: [m.value for m in sorted(client.get_metric_history(rid, k), key=lambda m: m.step)]
-              for k in MEMORY + ("ledger/in_flight", "time/step_s")}
+              for k in MEMORY + ("ledger/in_flight", "time/step_s", "episode/zooms")}
     result = {"steps": len(series["time/step_s"]), "minutes": round(sum(series["time/step_s"]) / 60, 1),
               "queue_max": max(series["ledger/in_flight"]), "queue_bound": bound,
               "queue_bounded": max(series["ledger/in_flight"]) <= bound,
+              "zooms_per_episode": round(sum(series["episode/zooms"]) / max(1, len(series["episode/zooms"])), 2),
               "rss_mb_first_half_last": {k.split("/")[1]: [round(series[k][0], 1), round(series[k][len(series[k]) // 2], 1),
                                                            round(series[k][-1], 1)] for k in MEMORY},
               "rss_drift_last_half": {k.split("/")[1]: round(drift(series[k]), 4) for k in MEMORY}, "run_id": rid}
     result["memory_flat"] = all(abs(d) <= FLAT for d in result["rss_drift_last_half"].values())
+    result |= settings or {}
     (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     figure(series, bound, out / "soak.png")
     client.log_artifact(rid, str(out / "soak.json"))

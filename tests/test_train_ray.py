@@ -123,6 +123,24 @@ def test_killed_run_resumes_to_the_same_parameters(sync_run):
     assert sorted(p.name for p in (out / "resume").iterdir()) == ["step_00002", "step_00003"]  # keep_resume=2
 
 
+def run_with(cmd: list[str], when: str, act) -> str:
+    """Run `cmd` (a `vigorl train`), call `act(driver pid)` once a console line starts with `when`, and return
+    the console once the run has ended with status 0."""
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    lines = []
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith(when) and sum(x.startswith(when) for x in lines) == 1:
+                act(p.pid)
+        assert p.wait(timeout=900) == 0, "".join(lines[-80:])
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    return "".join(lines)
+
+
 def learner_pids(parent: int) -> list[int]:
     """The learner ranks' processes (Ray titles them `ray::LearnerActor...`) under `parent`, the driver of a local
     run (its Ray's raylet starts them)."""
@@ -169,26 +187,19 @@ def test_a_killed_learner_is_restarted_to_the_same_parameters(sync_run):
 
     tmp, ref, _ = sync_run
     out = tmp / "learner_killed"
-    p = subprocess.Popen(command(tmp, out, "loop.steps=3", "loop.mode=sync", "tracking.checkpoint_every=0",
-                                 "tracking.resume_every=1", "tracking.picture_every=0", "loop.learner_delay_s=8"),
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
-    try:
-        for line in p.stdout:
-            lines.append(line)
-            if line.startswith("[train] step 2/3"):
-                # a local run listens on loopback only: vigorl's learner store and Ray's GCS, raylet, object
-                # manager, agents and worker ports (cluster/raystart.py); a wildcard bind would show as 0.0.0.0 / ::
-                socks = listening(p.pid)
-                assert socks and set(socks) <= LOOPBACK, {a: v for a, v in socks.items() if a not in LOOPBACK}
-                pids = learner_pids(p.pid)
-                assert len(pids) == 1, pids
-                os.kill(pids[0], signal.SIGKILL)
-        assert p.wait(timeout=900) == 0, "".join(lines[-80:])
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-    text = "".join(lines)
+
+    def kill(driver: int) -> None:
+        # a local run listens on loopback only: vigorl's learner store and Ray's GCS, raylet, object manager,
+        # agents and worker ports (cluster/raystart.py); a wildcard bind would show as 0.0.0.0 / ::
+        socks = listening(driver)
+        assert socks and set(socks) <= LOOPBACK, {a: v for a, v in socks.items() if a not in LOOPBACK}
+        pids = learner_pids(driver)
+        assert len(pids) == 1, pids
+        os.kill(pids[0], signal.SIGKILL)
+
+    text = run_with(command(tmp, out, "loop.steps=3", "loop.mode=sync", "tracking.checkpoint_every=0",
+                            "tracking.resume_every=1", "tracking.picture_every=0", "loop.learner_delay_s=8"),
+                    "[train] step 2/3", kill)
     assert "[train] fault: learner train_step of step 3: learner rank 0 died (ActorDiedError); restarting the " \
            f"learner from {(out / 'resume' / 'step_00002').resolve()} (step 2), attempt 1/3" in text, text[-3000:]
     assert "[train] learner restarted at step 2, weight version 2; rollout actors reloaded, 4 prompts done" in text
@@ -229,24 +240,16 @@ def test_two_learner_ranks_in_one_group_and_one_killed(tmp_path):
     learner step lasts 4 s: `loop.learner_delay_s`): rank 0's collective fails too, the driver finds rank 1 gone
     and starts a new two-rank group from step 1's resumable checkpoint, which trains step 2 again."""
     out = tmp_path / "run"
-    p = subprocess.Popen(command(tmp_path, out, "loop.steps=2", "loop.mode=sync", "cluster.learner_ranks=2",
-                                 "cluster.learner_cpus=0.5", "tracking.picture_every=0",
-                                 "cluster.weight_sync=object_store", "tracking.checkpoint_every=0",
-                                 "tracking.resume_every=1", "loop.learner_delay_s=4"),
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
-    try:
-        for line in p.stdout:
-            lines.append(line)
-            if line.startswith("[train] step 1/2"):
-                ranks = sorted(learner_pids(p.pid))
-                assert len(ranks) == 2, ranks
-                os.kill(rank_pid(out, 1, ranks), signal.SIGKILL)
-        assert p.wait(timeout=900) == 0, "".join(lines[-80:])
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-    text = "".join(lines)
+
+    def kill(driver: int) -> None:
+        ranks = learner_pids(driver)
+        assert len(ranks) == 2, ranks
+        os.kill(rank_pid(out, 1, ranks), signal.SIGKILL)
+
+    text = run_with(command(tmp_path, out, "loop.steps=2", "loop.mode=sync", "cluster.learner_ranks=2",
+                            "cluster.learner_cpus=0.5", "tracking.picture_every=0", "cluster.weight_sync=object_store",
+                            "tracking.checkpoint_every=0", "tracking.resume_every=1", "loop.learner_delay_s=4"),
+                    "[train] step 1/2", kill)
     assert "learner rank 1 died" in text and "[train] learner restarted at step 1, weight version 1" in text, text[-3000:]
     client, found = runs(out)
     m = found[0].data.metrics
