@@ -1,9 +1,9 @@
 """`make soak`: backpressure and memory under a slow learner. A benchmark, never part of the tests.
 
 An async `vigorl train` on the tiny model, `--steps` steps (default 300), whose learner sleeps `--delay` seconds
-every step (`loop.learner_delay_s`) so the rollout actor runs ahead into the queue's bound; turns of
-`--tokens` tokens keep a step short (the soak is about what accumulates per step, not per token), and only the
-last step is checkpointed. The run logs,
+every step (`loop.learner_delay_s`) so the rollout actor runs ahead into the queue's bound; turns of up to
+`--tokens` tokens (the demo recipe's 256: long enough for episodes to zoom, which makes new tensor shapes), and
+only the last step is checkpointed. The run logs,
 per step, `ledger/in_flight` and the resident memory of the driver, the rollout actor and the learner
 (`memory/*_rss_mb`, read at the end of each process's step) to its own MLflow run. This script reads them back
 and checks:
@@ -14,7 +14,7 @@ and checks:
 
 It writes OUT/soak.json and OUT/soak.png (the three RSS curves and the queue) and logs both to the run.
 
-    python -m bench.soak [--steps 300] [--delay 1] [--tokens 48] [--out runs/soak] [--analyse RUN_ID]
+    python -m bench.soak [--steps 300] [--delay 1] [--tokens 256] [--out runs/soak] [--analyse RUN_ID]
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--delay", type=float, default=1.0, help="learner sleep per step, seconds")
-    p.add_argument("--tokens", type=int, default=48, help="tokens per turn (sampling.max_tokens_per_turn)")
+    p.add_argument("--tokens", type=int, default=256, help="tokens per turn (sampling.max_tokens_per_turn)")
     p.add_argument("--out", default="runs/soak")
     p.add_argument("--analyse", metavar="RUN_ID", help="only check an earlier soak's run in OUT/run (no new run)")
     a = p.parse_args()

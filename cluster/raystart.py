@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 
+ONEDNN_CACHE = 64  # oneDNN primitives each Ray worker keeps (see init_ray); ONEDNN_PRIMITIVE_CACHE_CAPACITY overrides
+
+
 def say(line: str) -> None:
     """A driver line on the console, printed above a running progress bar (tqdm) rather than through it."""
     from tqdm import tqdm
@@ -57,6 +60,10 @@ def init_ray(address: str, cpus: float, verbose: bool = True):
     address = address or os.environ.get("RAY_ADDRESS") or None
     env = {k: os.environ[k] for k in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE",
                                       "VLLM_ENABLE_V1_MULTIPROCESSING", "TOKENIZERS_PARALLELISM") if k in os.environ}
+    # oneDNN (torch's and vLLM's CPU kernels) caches a compiled primitive per new tensor shape, up to 1024 of them:
+    # zoom episodes make new shapes (images per request, sequence lengths) for hundreds of steps, and a CPU
+    # rollout actor's memory rose with them (`make soak`, docs/results/soak.md). A small cache bounds it.
+    env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE))
     level = logging.INFO if verbose else logging.WARNING
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, logging_level=level)

@@ -182,8 +182,11 @@ def test_a_killed_learner_is_restarted_to_the_same_parameters(sync_run):
     rewinds the ledger and trains step 3 again, in the same job and MLflow run; it ends at the parameters of
     the uninterrupted run (sync_run), bit for bit. `loop.learner_delay_s` makes every learner step last 8 s, so
     the kill lands in step 3 (it is read off the console as step 2 ends) whatever the machine's speed."""
+    import psutil
     import torch
     from safetensors.torch import load_file
+
+    from cluster.raystart import ONEDNN_CACHE
 
     tmp, ref, _ = sync_run
     out = tmp / "learner_killed"
@@ -195,6 +198,8 @@ def test_a_killed_learner_is_restarted_to_the_same_parameters(sync_run):
         assert socks and set(socks) <= LOOPBACK, {a: v for a, v in socks.items() if a not in LOOPBACK}
         pids = learner_pids(driver)
         assert len(pids) == 1, pids
+        # every Ray worker of the run bounds oneDNN's per-shape primitive cache (cluster/raystart.py)
+        assert psutil.Process(pids[0]).environ().get("ONEDNN_PRIMITIVE_CACHE_CAPACITY") == str(ONEDNN_CACHE)
         os.kill(pids[0], signal.SIGKILL)
 
     text = run_with(command(tmp, out, "loop.steps=3", "loop.mode=sync", "tracking.checkpoint_every=0",
