@@ -40,6 +40,7 @@ def pool_of(ray, actors, *overrides):
 
     pool = RolloutPool.__new__(RolloutPool)  # the driver's bookkeeping around real actors (no engines started)
     pool.ray, pool.cfg, pool.slots, pool.restarts, pool._nodes = ray, load(TrainConfig, None, list(overrides)), actors, 0, {}
+    pool.publisher = None  # no learner: a failed load is the actor's (RolloutPool._learner_lost)
     return pool
 
 

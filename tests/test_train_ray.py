@@ -180,8 +180,9 @@ def test_a_killed_learner_is_restarted_to_the_same_parameters(sync_run):
     only): the driver starts a new learner from the newest
     resumable checkpoint (step 2's, written by `tracking.resume_every`, no HF export), reloads the rollout actor,
     rewinds the ledger and trains step 3 again, in the same job and MLflow run; it ends at the parameters of
-    the uninterrupted run (sync_run), bit for bit. `loop.learner_delay_s` makes every learner step last 8 s, so
-    the kill lands in step 3 (it is read off the console as step 2 ends) whatever the machine's speed."""
+    the uninterrupted run (sync_run), bit for bit. The kill lands in step 3 whatever the machine's speed: it is
+    made as step 2's line is read, and step 3 has its rollouts to generate, then a learner step that sleeps 3 s
+    before it trains (`loop.learner_delay_s`), before its checkpoint."""
     import psutil
     import torch
     from safetensors.torch import load_file
@@ -203,7 +204,7 @@ def test_a_killed_learner_is_restarted_to_the_same_parameters(sync_run):
         os.kill(pids[0], signal.SIGKILL)
 
     text = run_with(command(tmp, out, "loop.steps=3", "loop.mode=sync", "tracking.checkpoint_every=0",
-                            "tracking.resume_every=1", "tracking.picture_every=0", "loop.learner_delay_s=8"),
+                            "tracking.resume_every=1", "tracking.picture_every=0", "loop.learner_delay_s=3"),
                     "[train] step 2/3", kill)
     assert "[train] fault: learner train_step of step 3: learner rank 0 died (ActorDiedError); restarting the " \
            f"learner from {(out / 'resume' / 'step_00002').resolve()} (step 2), attempt 1/3" in text, text[-3000:]
@@ -241,8 +242,8 @@ def test_checkpoint_loads_in_transformers(sync_run):
 
 def test_two_learner_ranks_in_one_group_and_one_killed(tmp_path):
     """The learner as 2 Ray actors in one gloo group (DeepSpeed ZeRO-2 across them); weights through the
-    object store (the other runs here take the default, shared memory). Rank 1 is SIGKILLed during step 2 (each
-    learner step lasts 4 s: `loop.learner_delay_s`): rank 0's collective fails too, the driver finds rank 1 gone
+    object store (the other runs here take the default, shared memory). Rank 1 is SIGKILLed during step 2 (its
+    rollouts, then a learner step that sleeps 2 s first: `loop.learner_delay_s`): rank 0's collective fails too, the driver finds rank 1 gone
     and starts a new two-rank group from step 1's resumable checkpoint, which trains step 2 again."""
     out = tmp_path / "run"
 
@@ -253,7 +254,8 @@ def test_two_learner_ranks_in_one_group_and_one_killed(tmp_path):
 
     text = run_with(command(tmp_path, out, "loop.steps=2", "loop.mode=sync", "cluster.learner_ranks=2",
                             "cluster.learner_cpus=0.5", "tracking.picture_every=0", "cluster.weight_sync=object_store",
-                            "tracking.checkpoint_every=0", "tracking.resume_every=1", "loop.learner_delay_s=4"),
+                            "tracking.checkpoint_every=0", "tracking.resume_every=1", "loop.learner_delay_s=2",
+                            "sampling.max_tokens_per_turn=48"),
                     "[train] step 1/2", kill)
     assert "learner rank 1 died" in text and "[train] learner restarted at step 1, weight version 1" in text, text[-3000:]
     client, found = runs(out)
