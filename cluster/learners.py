@@ -11,6 +11,7 @@ the last publish was shared memory only.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,8 +121,14 @@ class LearnerGroup:
         c = self.cfg.cluster
         timeout = {"cluster.start_timeout_s": c.start_timeout_s, "cluster.sync_timeout_s": c.sync_timeout_s
                    }.get(key, c.learner_timeout_s)
-        try:
+        with self._lost_as(what):
             return waits.get(self.ray, refs, timeout, what, key)
+
+    @contextmanager
+    def _lost_as(self, what: str):
+        """Ray's errors of a block of rank calls that say a rank is gone, raised as LearnerLost naming `what`."""
+        try:
+            yield
         except (self.ray.exceptions.RayActorError, self.ray.exceptions.ObjectLostError) as e:
             raise LearnerLost(f"{what}: {lost_rank(self.ray, e, self.ranks) or type(e).__name__}") from e
         except self.ray.exceptions.RayTaskError as e:
@@ -153,12 +160,9 @@ class LearnerGroup:
         """Kill every rank (the live ones wait in collectives for the dead one), start a new group and load
         `ckpt` into it (None: the model itself, version 0), then its weights into every rollout actor (`ahead`:
         the calls each runs first, as in `wait`); returns the weight version. The dead rank 0's weight file is
-        removed by the new rank 0's first publish (actors.shm `sweep`: its owner is gone). NCCL weight sync is
-        refused: its group holds every vLLM worker and cannot be joined again."""
-        if self.nccl:
-            raise RuntimeError("a learner restart with NCCL weight sync (its process group holds every vLLM worker "
-                               "and is made once) is not supported: `vigorl train --resume OUT` goes on from the "
-                               "newest checkpoint")
+        removed by the new rank 0's first publish (actors.shm `sweep`: its owner is gone). Not with NCCL weight
+        sync (its group holds every vLLM worker and cannot be joined again): the driver refuses that first
+        (cluster/train.py `restart_learner`)."""
         for r in self.ranks:
             self.ray.kill(r, no_restart=True)
         self.restarts += 1
@@ -282,15 +286,8 @@ class LearnerGroup:
                  "config": {k: str(v) for k, v in to_flat_dict(cfg).items()}}
         where = resume.step_dir(cfg.out, step)
         if self.saved != step:  # a checkpoint of this step already complete (resume_every) is not written again
-            try:
+            with self._lost_as(f"resumable checkpoint of step {step}"):
                 where = resume.save(self.ray, self.ranks, cfg.out, step, state, cfg.tracking.keep_resume)
-            except (self.ray.exceptions.RayActorError, self.ray.exceptions.ObjectLostError) as e:
-                raise LearnerLost(f"resumable checkpoint of step {step}: "
-                                  f"{lost_rank(self.ray, e, self.ranks) or type(e).__name__}") from e
-            except self.ray.exceptions.RayTaskError as e:
-                if why := self.dead_rank():
-                    raise LearnerLost(f"resumable checkpoint of step {step}: {why}") from e
-                raise
         self.saved = step
         return Saved(step, path if export else None, where)
 
