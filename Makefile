@@ -57,9 +57,11 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(PY) -m bench.soak
 
-# The learning proof (bench/learn.py): MCTS -> SFT -> GRPO from a cached caption-pretrained base VLM.
+# The learning proof (bench/learn.py): per seed MCTS -> SFT -> GRPO with the zoom tool, from a cached
+# caption-pretrained base VLM (built by the first run, or `make learn-base`); SEEDS whole pipelines.
+SEEDS ?= 3
 learn-base: $(STAMP)
 	$(PY) -m bench.learn base
 
 learn: $(STAMP)
-	$(PY) -m bench.learn
+	$(PY) -m bench.learn --seeds $(SEEDS)

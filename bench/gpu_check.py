@@ -165,7 +165,10 @@ def check_sft(model_dir: Path, data: Path, trajs, zero_stage: int) -> bool:
     tag = f"[sft zero-{zero_stage}]"
     out = Path(tempfile.mkdtemp())
     cfg = LearnerConfig(lr=1e-3, grad_clip=1.0, warmup_ratio=0.0, mini_batch_size=0, micro_batch_size=2,
-                        zero_stage=zero_stage, zero3_gather_mb=0.05, kl_coef=0.0)
+                        zero_stage=zero_stage, zero3_gather_mb=0.05, kl_coef=0.0,
+                        # nothing kept across steps: the two learners' validation below then runs the tower on the
+                        # same image batches, and their bf16 losses can be compared exactly
+                        sft_vision_cache_mb=0.0)
     learner = Learner(model_dir, cfg, data, total_steps=8)
     losses = [learner.sft_step(trajs)["loss"] for _ in range(5)]
     print(f"{tag} 5 steps on one batch: loss {' '.join('%.3f' % x for x in losses)}")

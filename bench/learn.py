@@ -1,9 +1,10 @@
-"""`make learn`: the learning proof. MCTS (scripted teacher) -> linearise -> SFT -> GRPO on a small VLM,
-then base, SFT and GRPO model scored on a held-out synthetic set without structured outputs. A benchmark,
-never part of the tests.
+"""`make learn`: the learning proof. Per seed, MCTS (scripted teacher) -> linearise -> to-multiturn -> SFT ->
+GRPO with the zoom tool on a small VLM, then the base, SFT and GRPO models scored on one held-out synthetic set
+without structured outputs. A benchmark, never part of the tests.
 
     python -m bench.learn base            build (once) and cache the pretrained base VLM; prints its cost
-    python -m bench.learn [--out DIR]     the pipeline from the cached base; writes DIR/results.json
+    python -m bench.learn [--seeds 3] [--out DIR]     the pipelines from the cached base; writes DIR/results.json
+    python -m bench.learn --single-turn   the same without the zoom tool (linearised chains, single-turn GRPO)
     python -m bench.learn [--multi-turn] eval MODEL DATA OUT_DIR     score one model dir on one dataset
                                           (`vigorl eval`; with the zoom tool after --multi-turn)
 
@@ -11,12 +12,13 @@ The task is `object_colour` (data_gen.synthetic): what colour is the {shape} in 
 three objects, four options that include the other objects' colours (chance 25 %). The base is the
 `small` tiny Qwen2.5-VL pretrained on generic captions of the same kind of scenes ("The circle at (61, 50)
 is red. ..."): what and where objects are, not the task, its format or its questions — as the paper
-starts from a pretrained Qwen2.5-VL. Seeds: captions 100 (+1 per base stage), MCTS questions 1, RL
-prompts 2, held-out 3 (never used for any training data).
+starts from a pretrained Qwen2.5-VL. Seeds: captions 100 (+1 per base stage); per pipeline seed k, MCTS
+questions 1 + 10k and RL prompts 2 + 10k (`seed_data`), with k the MCTS, to-multiturn, SFT shuffle and GRPO
+sampling seed; held-out 3 for every seed (never used for any training data).
 
-Every stage is the real command (`vigorl mcts`, `linearize`, `sft`, `train`, `eval`) from a recipe in
-configs/ (learn_*.yaml); evaluation plays episodes with the training rollout code (vLLM, no structured
-outputs) at docs/algorithm.md §5's evaluation temperature 0.5, one sample per item.
+Every stage is the real command (`vigorl mcts`, `linearize`, `to-multiturn`, `sft`, `train`, `eval`) from a
+recipe in configs/ (learn_*.yaml); evaluation plays episodes with the training rollout code (vLLM, no
+structured outputs) at docs/algorithm.md §5's evaluation temperature 0.5, one sample per item.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = "object_colour"
-BASE_VERSION = "v4"  # the cache dir; bump when the base recipe (captions, configs/learn_base.yaml) changes
+BASE_VERSION = "v5"  # the cache dir; bump when the base recipe (captions, configs/learn_base.yaml) changes
+# (v5: SFT's loss became each caption's token mean averaged, learner.grpo.row_means; v4 averaged micro-batch means)
 SEEDS = {"captions": 100, "mcts": 1, "rl": 2, "heldout": 3}
 
 
@@ -151,10 +154,11 @@ def run_id(output: str) -> str:
 
 # ---- evaluation ----------------------------------------------------------------------------------------
 
-def evaluate(model: Path, data: Path, out: Path, multi_turn: bool = False) -> dict:
+def evaluate(model: Path, data: Path, out: Path, multi_turn: bool = False, overrides: list[str] = ()) -> dict:
     """`vigorl eval` of `model` on the rows at `data` (configs/learn_eval.yaml, or learn_eval_mt.yaml with the
     zoom tool: the training rollout code, no structured outputs, one sample per item at temperature 0.5,
-    docs/algorithm.md §5) into `out`, plus how often the think-step points fall inside the object the question names."""
+    docs/algorithm.md §5; `overrides`: more `key=value` settings) into `out`, plus how often the think-step points
+    fall inside the object the question names."""
     from data_gen.formats import read_rows
     from data_gen.teachers import scene_of
 
@@ -162,7 +166,7 @@ def evaluate(model: Path, data: Path, out: Path, multi_turn: bool = False) -> di
     out.mkdir(parents=True)
     recipe = "learn_eval_mt" if multi_turn else "learn_eval"
     log = vigorl("eval", "--config", ROOT / f"configs/{recipe}.yaml", f"out={out}", f"model.path={model}",
-                 f"data.path={data}", log=out / "eval.log")
+                 f"data.path={data}", *overrides, log=out / "eval.log")
     s = json.loads((out / "summary.json").read_text())["overall"]
     rows = {r.prompt_id: r for r in read_rows(data)}
     items = [json.loads(x) for x in (out / "items.jsonl").read_text().splitlines() if x.strip()]
@@ -188,71 +192,151 @@ def zoom_stats(items: list[dict], scenes: dict) -> dict:
 
 # ---- the pipeline ---------------------------------------------------------------------------------------
 
-def pipeline(out: Path, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int, captions: int,
-             base_stages: int, describe: bool = False, sft_epochs: int | None = None,
-             multi_turn: bool = False, chains: int = 8) -> dict:
-    from data_gen.synthetic import ensure_dataset
+FIELDS = ("accuracy", "format_rate", "n")  # what `results.json` averages over the seeds, per model
 
-    out = out.resolve()
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
-    base = build_base(captions, base_stages)
-    stages = base_info(base_stages)
-    data = {}
-    for name, n in (("mcts", n_mcts), ("rl", n_rl), ("heldout", n_heldout)):
-        data[name] = out / "data" / name
-        ensure_dataset(TASK, n, seed=SEEDS[name], out=data[name], progress=False)
-    times, runs, outputs = {}, {}, {}
 
+def seed_data(seed: int) -> dict[str, int]:
+    """The data seeds of pipeline seed `seed` (0, 1, ...): its own MCTS questions and RL prompts (seed 0: the
+    historical 1 and 2); the held-out set is the same for every seed and never trained on (3 is no seed's)."""
+    return {"mcts": 1 + 10 * seed, "rl": 2 + 10 * seed, "heldout": SEEDS["heldout"]}
+
+
+def mean_over_seeds(per_seed: list[dict]) -> dict:
+    """{model: {field: mean over the seeds}} for base, sft and grpo (`FIELDS`), from the seeds' records."""
+    return {m: {f: sum(r[m][f] for r in per_seed) / len(per_seed) for f in FIELDS} for m in ("base", "sft", "grpo")}
+
+
+def rl_temperatures(recipe: str) -> tuple[float, float]:
+    """The GRPO recipe's sampling temperature and forced-answer temperature (null: the sampling one)."""
+    from configs.load import load
+    from configs.schema import TrainConfig
+
+    cfg = load(TrainConfig, ROOT / "configs" / f"{recipe}.yaml")
+    forced = cfg.rollout.forced_answer_temperature
+    return cfg.sampling.temperature, cfg.sampling.temperature if forced is None else forced
+
+
+def stage_runner(out: Path, times: dict, runs: dict, outputs: dict):
     def stage(name: str, *args) -> None:
         """`vigorl ARGS` writing into out/NAME (cleared first): its output, MLflow run id and seconds."""
         shutil.rmtree(out / name, ignore_errors=True)
         t0 = time.perf_counter()
-        outputs[name] = vigorl(*args, log=logs / f"{name}.log")
+        outputs[name] = vigorl(*args, log=out / "logs" / f"{name}.log")
         runs[name], times[f"{name}_s"] = run_id(outputs[name]), time.perf_counter() - t0
+    return stage
 
+
+def sft_dialogues(stage, out: Path, questions: Path, seed: int, describe: bool, chains: int, multi_turn: bool) -> Path:
+    """The SFT data of `questions` through `stage` (`stage_runner`): MCTS (scripted teacher, `seed`) -> linearise
+    (at most `chains` chains a question) -> with `multi_turn`, to-multiturn: zoom dialogues whose crops are
+    configs/learn_grpo_mt.yaml's and whose system message is its prompt file. Returns the data dir."""
     stage("mcts", "mcts", "--config", ROOT / "configs/learn_mcts.yaml", f"out={out / 'mcts'}",
-          f"data.path={data['mcts']}", f"teacher.describe={str(describe).lower()}")
+          f"data.path={questions}", f"teacher.describe={str(describe).lower()}", f"seed={seed}")
     stage("sft_data", "linearize", out / "mcts" / "trees.jsonl", out / "sft_data", f"max_per_question={chains}")
-    sft_data, mt = out / "sft_data", "_mt" if multi_turn else ""
-    if multi_turn:  # the chains as zoom dialogues, crops as configs/learn_grpo_mt.yaml makes them
-        stage("sft_data_mt", "to-multiturn", sft_data, out / "sft_data_mt", "half_size=24", "out_size=112",
-              "max_calls=4", "min_pixels=3136")  # the 112-px scenes as the policy sees them (no 2.7 MP up-scale)
-        sft_data = out / "sft_data_mt"
+    if not multi_turn:
+        return out / "sft_data"
+    stage("sft_data_mt", "to-multiturn", out / "sft_data", out / "sft_data_mt", "half_size=24", "out_size=112",
+          "max_calls=4", "min_pixels=3136", f"seed={42 + seed}",  # the 112-px scenes as the policy sees them;
+          # seed 42 (the converter's default, the runs before seeds) for pipeline seed 0
+          f"system_prompt_file={ROOT / 'configs/prompts/learn_zoom.txt'}")
+    return out / "sft_data_mt"
+
+
+def run_seed(out: Path, seed: int, base: Path, heldout: Path, n_mcts: int, n_rl: int, grpo_steps: int,
+             describe: bool, sft_epochs: int | None, multi_turn: bool, chains: int, well_formed_n: int) -> dict:
+    """One whole pipeline into `out`: MCTS -> linearise (-> to-multiturn) -> SFT -> GRPO from `base`, its own data
+    and sampling seeds, then the SFT and GRPO models scored on `heldout`. Before GRPO, the SFT policy plays
+    `well_formed_n` RL prompts (training data, never the held-out set) at the GRPO recipe's temperature: the
+    share of well-formed episodes GRPO starts from."""
+    from data_gen.synthetic import ensure_dataset
+
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    seeds = seed_data(seed)
+    data = {}
+    for name, n in (("mcts", n_mcts), ("rl", n_rl)):
+        data[name] = out / "data" / name
+        ensure_dataset(TASK, n, seed=seeds[name], out=data[name], progress=False)
+    times, runs, outputs = {}, {}, {}
+    stage = stage_runner(out, times, runs, outputs)
+    sft_data, mt = sft_dialogues(stage, out, data["mcts"], seed, describe, chains, multi_turn), "_mt" if multi_turn else ""
     stage("sft", "sft", "--config", ROOT / "configs/learn_sft.yaml", f"out={out / 'sft'}", f"model.path={base}",
-          f"data={sft_data}", *([f"epochs={sft_epochs}"] if sft_epochs else []))
+          f"data={sft_data}", f"seed={seed}", *([f"epochs={sft_epochs}"] if sft_epochs else []))
+    # GRPO learns from the well-formed episodes its policy writes at ITS temperature, not the evaluation's
+    temperature, forced = rl_temperatures(f"learn_grpo{mt}")
+    t0 = time.perf_counter()
+    check = evaluate(out / "sft" / "model", data["rl"], out / "eval" / "sft_at_rl_temperature", multi_turn,
+                     [f"sampling.temperature={temperature}", f"rollout.forced_answer_temperature={forced}",
+                      f"limit={well_formed_n}"])
+    times["sft_at_rl_temperature_s"] = time.perf_counter() - t0
+    print(f"[learn] seed {seed}: the SFT policy at GRPO's temperature {temperature}: {check['format_rate']:.1%} of "
+          f"{check['n']} RL-prompt episodes well formed" + ("" if check["format_rate"] >= 0.5 else
+                                                            " -- WARNING: GRPO has few well-formed episodes to select"),
+          flush=True)
     stage("grpo", "train", "--config", ROOT / f"configs/learn_grpo{mt}.yaml", f"out={out / 'grpo'}",
-          f"model.path={out / 'sft' / 'model'}", f"data.path={data['rl']}", f"loop.steps={grpo_steps}")
+          f"model.path={out / 'sft' / 'model'}", f"data.path={data['rl']}", f"loop.steps={grpo_steps}",
+          f"loop.seed={seed}", f"sampling.seed={seed}")
     for name in ("sft_data", "sft_data_mt"):  # linearize and to-multiturn are no MLflow runs
         runs.pop(name, None)
     times["mcts_to_grpo_s"] = sum(times.values())
-    models = {"base": base, "sft": out / "sft" / "model",
-              "grpo": out / "grpo" / "checkpoints" / f"step_{grpo_steps:05d}"}
-    results: dict = {}
-    for name, model in models.items():
-        r = evaluate(model, data["heldout"], out / "eval" / name, multi_turn)
-        results[name] = r | {"model": str(model)}
-        print(f"[learn] {name}: accuracy {r['accuracy']:.3f} {r['accuracy_ci95_wilson']} format {r['format_rate']:.3f} "
-              f"reward {r['reward']:.3f} points in target {r['points_in_target']:.3f} (n={r['n']})"
-              + (f"; a zoom on the asked object in {r['zoomed_on_target']:.1%} of items" if "zoomed_on_target" in r else ""),
-              flush=True)
-    results["runs"] = {k: {"run_id": v, "tracking_uri": f"sqlite:///{out / k / 'mlflow.db'}"} for k, v in runs.items()}
-    results["runs"]["base_pretraining"] = [{"run_id": i["sft_run_id"], "tracking_uri": i["tracking_uri"]}
-                                           for i in stages]
-    results["seconds"] = {k: round(v, 1) for k, v in times.items()} | {
-        "base_one_time_s": round(sum(i["data_s"] + i["sft_s"] for i in stages), 1),
-        "total_s": round(time.perf_counter() - t, 1)}
-    results["setup"] = {"task": TASK, "seeds": SEEDS, "n_mcts": n_mcts, "n_rl": n_rl, "n_heldout": n_heldout,
-                        "grpo_steps": grpo_steps, "sft_epochs": sft_epochs or "recipe", "chains_per_question": chains,
+    record: dict = {"seed": seed, "data_seeds": seeds, "linearize": chain_counts(outputs["sft_data"]),
+                    "sft_at_rl_temperature": {"temperature": temperature, "format_rate": check["format_rate"],
+                                              "n": check["n"], "eval_run_id": check["eval_run_id"]}}
+    for name, model in (("sft", out / "sft" / "model"), ("grpo", out / "grpo" / "checkpoints" / f"step_{grpo_steps:05d}")):
+        record[name] = evaluate(model, heldout, out / "eval" / name, multi_turn) | {"model": str(model)}
+        report(f"seed {seed} {name}", record[name])
+    record["minutes"] = {k.removesuffix("_s"): round(v / 60, 2) for k, v in times.items()}
+    record["runs"] = {k: {"run_id": v, "tracking_uri": f"sqlite:///{out / k / 'mlflow.db'}"} for k, v in runs.items()}
+    gain = record["grpo"]["accuracy"] - record["sft"]["accuracy"]
+    print(f"[learn] seed {seed}: MCTS -> SFT -> GRPO in {times['mcts_to_grpo_s'] / 60:.1f} min (target <= 30); SFT "
+          f"format rate {record['sft']['format_rate']:.1%} (target >= 90 %); GRPO - SFT {100 * gain:+.1f} points",
+          flush=True)
+    return record
+
+
+def report(name: str, r: dict) -> None:
+    print(f"[learn] {name}: accuracy {r['accuracy']:.3f} {r['accuracy_ci95_wilson']} format {r['format_rate']:.3f} "
+          f"reward {r['reward']:.3f} points in target {r['points_in_target']:.3f} (n={r['n']})"
+          + (f"; a zoom on the asked object in {r['zoomed_on_target']:.1%} of items" if "zoomed_on_target" in r else ""),
+          flush=True)
+
+
+def pipeline(out: Path, seeds: int, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int, captions: int,
+             base_stages: int, describe: bool = False, sft_epochs: int | None = None,
+             multi_turn: bool = True, chains: int = 8, well_formed_n: int = 64) -> dict:
+    """`seeds` whole pipelines (`run_seed`, into out/seed-K) from one cached base, scored on one held-out set
+    (the base scored once); out/results.json: `base`, `sft`, `grpo` (FIELDS, means over the seeds) and `seeds`
+    (each seed's record: every evaluation field, the 95 % interval, zoom-on-target, minutes per stage, the
+    MLflow run ids)."""
+    from data_gen.synthetic import ensure_dataset
+
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    base = build_base(captions, base_stages)
+    stages = base_info(base_stages)
+    heldout = out / "data" / "heldout"
+    ensure_dataset(TASK, n_heldout, seed=SEEDS["heldout"], out=heldout, progress=False)
+    base_eval = evaluate(base, heldout, out / "eval" / "base", multi_turn) | {"model": str(base)}
+    report("base", base_eval)
+    per_seed = []
+    for k in range(seeds):
+        per_seed.append(run_seed(out / f"seed-{k}", k, base, heldout, n_mcts, n_rl, grpo_steps, describe, sft_epochs,
+                                 multi_turn, chains, well_formed_n) | {"base": base_eval})
+    results = mean_over_seeds(per_seed) | {"seeds": per_seed}
+    results["runs"] = {"base_pretraining": [{"run_id": i["sft_run_id"], "tracking_uri": i["tracking_uri"]}
+                                            for i in stages], "base_eval": base_eval["eval_run_id"]}
+    results["seconds"] = {"base_one_time_s": round(sum(i["data_s"] + i["sft_s"] for i in stages), 1),
+                          "total_s": round(time.perf_counter() - t, 1)}
+    results["setup"] = {"task": TASK, "seeds": seeds, "heldout_seed": SEEDS["heldout"], "n_mcts": n_mcts,
+                        "n_rl": n_rl, "n_heldout": n_heldout, "grpo_steps": grpo_steps,
+                        "sft_epochs": sft_epochs or "recipe", "chains_per_question": chains,
                         "captions_per_base_stage": captions, "base_stages": base_stages,
-                        "teacher_describe": describe, "multi_turn": multi_turn,
-                        "linearize": chain_counts(outputs["sft_data"])}
+                        "teacher_describe": describe, "multi_turn": multi_turn, "well_formed_n": well_formed_n}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    gain = results["grpo"]["accuracy"] - results["sft"]["accuracy"]
-    print(f"[learn] MCTS -> SFT -> GRPO in {times['mcts_to_grpo_s'] / 60:.1f} min; SFT format rate "
-          f"{results['sft']['format_rate']:.1%} (target >= 90 %); GRPO - SFT held-out accuracy {100 * gain:+.1f} "
-          f"points (target >= +10); {out / 'results.json'}")
+    gains = [100 * (r["grpo"]["accuracy"] - r["sft"]["accuracy"]) for r in per_seed]
+    print(f"[learn] {seeds} seed(s): GRPO - SFT held-out accuracy {', '.join(f'{g:+.1f}' for g in gains)} points "
+          f"(mean {sum(gains) / len(gains):+.1f}; target >= +8, every seed > 0); MCTS -> SFT -> GRPO "
+          f"{', '.join(str(r['minutes']['mcts_to_grpo']) for r in per_seed)} min (target <= 30); {out / 'results.json'}")
     return results
 
 
@@ -260,9 +344,10 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(prog="python -m bench.learn", description=__doc__.split("\n")[0])
     p.add_argument("cmd", nargs="?", default="all", choices=["all", "base", "eval"])
     p.add_argument("args", nargs="*")
+    p.add_argument("--seeds", type=int, default=3, help="whole pipelines, each with its own data and sampling seeds")
     p.add_argument("--captions", type=int, default=12800, help="base model: caption images per stage")
     p.add_argument("--base-stages", type=int, default=2, help="base model: caption SFT stages")
-    p.add_argument("--out", default="runs/learn", help="pipeline output dir (results.json, logs/, stages)")
+    p.add_argument("--out", default="runs/learn", help="output dir (results.json, seed-K/, eval/base)")
     p.add_argument("--mcts-questions", type=int, default=400)
     p.add_argument("--rl-prompts", type=int, default=2000)
     p.add_argument("--heldout", type=int, default=400)
@@ -271,11 +356,15 @@ if __name__ == "__main__":
                    help="SFT epochs over the linearised chains (default: configs/learn_sft.yaml's)")
     p.add_argument("--chains-per-question", type=int, default=8,
                    help="linearize's cap on SFT chains per MCTS question (max_per_question)")
+    p.add_argument("--well-formed-prompts", type=int, default=64,
+                   help="RL prompts the SFT policy plays at GRPO's temperature before GRPO (its well-formed rate)")
     p.add_argument("--describe", action="store_true",
                    help="MCTS teacher steps say what is at their point (teacher.describe; off: the released kind)")
-    p.add_argument("--multi-turn", action="store_true",
-                   help="SFT on the chains as zoom dialogues (vigorl to-multiturn), GRPO and evaluation with the "
-                        "zoom tool (configs/learn_grpo_mt.yaml, learn_eval_mt.yaml)")
+    p.add_argument("--single-turn", action="store_true",
+                   help="SFT on the linearised chains, GRPO and evaluation without the zoom tool "
+                        "(configs/learn_grpo.yaml, learn_eval.yaml); default: the zoom pipeline "
+                        "(vigorl to-multiturn, learn_grpo_mt.yaml, learn_eval_mt.yaml)")
+    p.add_argument("--multi-turn", action="store_true", help="`eval`: score with the zoom tool")
     a = p.parse_args()
     if a.cmd == "base":
         print(build_base(a.captions, a.base_stages))
@@ -284,5 +373,8 @@ if __name__ == "__main__":
             p.error("eval takes MODEL DATA OUT_DIR")
         print(json.dumps(evaluate(Path(a.args[0]), Path(a.args[1]), Path(a.args[2]), a.multi_turn)))
     else:
-        pipeline(Path(a.out), a.mcts_questions, a.rl_prompts, a.heldout, a.grpo_steps, a.captions, a.base_stages,
-                 a.describe, a.sft_epochs, a.multi_turn, a.chains_per_question)
+        if a.seeds < 1:
+            p.error(f"--seeds must be >= 1, got {a.seeds}")
+        pipeline(Path(a.out), a.seeds, a.mcts_questions, a.rl_prompts, a.heldout, a.grpo_steps, a.captions,
+                 a.base_stages, a.describe, a.sft_epochs, not a.single_turn, a.chains_per_question,
+                 a.well_formed_prompts)

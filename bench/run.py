@@ -1,4 +1,4 @@
-"""`make bench`: six measurements, each side by side in one run on this machine. Never part of the tests.
+"""`make bench`: seven measurements, each side by side in one run on this machine. Never part of the tests.
 
   1. rollout path efficiency   generated tokens/s through the actor path (multi-turn env + crops + rewards
                                + Arrow) / raw vLLM generate tokens/s on the same model and first prompts
@@ -10,6 +10,8 @@
   5. learner                   tokens/s of a GRPO step, default path vs the uncached one-thread path
   6. vs TRL                    completions/s of `vigorl train` / TRL's GRPOTrainer (bench/trl.py), small and
                                real Qwen vocab (needs `pip install -e .[bench]`)
+  7. SFT vs TRL                examples/s of `vigorl sft` / TRL's SFTTrainer (bench/sft.py) on the learning
+                               proof's model and zoom dialogues: `sft_trl_ratio`
 
 Usage: python -m bench.run [--out runs/bench] [--skip-loop] [--stages learner,trl]   (a subset updates results.json)
 """
@@ -233,6 +235,17 @@ def bench_trl(out: Path) -> dict:
     return {"trl_ratio": res["small"]["ratio"], "trl_ratio_qwen_vocab": res["qwen"]["ratio"], "trl_detail": res}
 
 
+def bench_sft(out: Path) -> dict:
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:  # a bench-only extra
+        raise SystemExit("stage sft needs TRL: pip install -e '.[bench]'")
+    from bench.sft import side_by_side
+
+    res = side_by_side(out, steps=6)
+    return {"sft_trl_ratio": res["ratio"], "sft_trl_detail": res}
+
+
 def bench_loop(out: Path) -> tuple[float, float, float]:
     import mlflow
 
@@ -258,7 +271,7 @@ def bench_loop(out: Path) -> tuple[float, float, float]:
     return ratio, res["async"][1], res["sync"][1]
 
 
-STAGES = ("rollout", "weight_sync", "transport", "loop", "learner", "trl")
+STAGES = ("rollout", "weight_sync", "transport", "loop", "learner", "trl", "sft")
 
 
 def main() -> None:
@@ -275,7 +288,8 @@ def main() -> None:
         rows = setup(out)
         fn = {"rollout": lambda: bench_rollout(out, rows), "weight_sync": lambda: bench_weight_sync(out),
               "transport": lambda: bench_transport(out), "learner": lambda: bench_learner(out),
-              "loop": lambda: bench_loop(out), "trl": lambda: bench_trl(out)}[args.only]
+              "loop": lambda: bench_loop(out), "trl": lambda: bench_trl(out),
+              "sft": lambda: bench_sft(out)}[args.only]
         result = fn()  # a ratio, or a dict of named results
         print("RESULT " + json.dumps(result if isinstance(result, dict) else {args.only: result}), flush=True)
         return

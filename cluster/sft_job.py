@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import time
 from pathlib import Path
 
 from configs.jobs import SFTConfig
@@ -128,7 +129,11 @@ def run(cfg: SFTConfig) -> dict:
             for k in range(0, len(order), cfg.batch_size):
                 if step == steps:
                     break
-                m = ray.get(learner.sft_step.remote(to_batch([train[i] for i in order[k:k + cfg.batch_size]])))
+                t0 = time.perf_counter()
+                batch = [train[i] for i in order[k:k + cfg.batch_size]]  # an epoch's last may be short
+                m = ray.get(learner.sft_step.remote(to_batch(batch)))
+                m["step_s"] = time.perf_counter() - t0  # the batch's encoding and transfer, forwards, backwards, update
+                m["examples"] = float(len(batch))
                 step += 1
                 if val_ref is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
                     m |= ray.get(learner.sft_eval.remote(val_ref))

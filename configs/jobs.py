@@ -81,8 +81,8 @@ class MCTSJobConfig:
 
 def _sft_learner() -> LearnerConfig:
     # docs/algorithm.md §7: full fine-tune, vision tower frozen, lr 1e-6 cosine with warmup 0.03; no reference model.
-    # micro_batch_size 1: the loss is each example's token mean, averaged over the examples, as the released
-    # SFT (LLaMA-Factory, per-device batch 1 x 8 GPUs x gradient accumulation 4) computed it
+    # the loss is each example's token mean, averaged over the examples, as the released SFT (LLaMA-Factory,
+    # per-device batch 1 x 8 GPUs x gradient accumulation 4) computed it, whatever micro_batch_size (Learner.sft_step)
     return LearnerConfig(lr=1e-6, warmup_ratio=0.03, schedule=Schedule("cosine"), grad_clip=1.0, kl_coef=0.0, mini_batch_size=0,
                          micro_batch_size=1)
 

@@ -74,7 +74,7 @@ RULES: dict[type, dict[str, Any]] = {
     LearnerConfig: dict(lr=GT0, weight_decay=GE0, warmup_ratio=UNIT, grad_clip=GE0, mini_batch_size=GE0,
                         micro_batch_size=GE1, logprob_micro_batch_size=GE1, ppo_epochs=GE1, kl_coef=GE0,
                         clip_low=Range(0, 1, hi_open=True), clip_high=GE0, dual_clip=Range(1, lo_open=True),
-                        zero_stage=Range(0, 3), zero3_gather_mb=GT0),
+                        zero_stage=Range(0, 3), zero3_gather_mb=GT0, sft_vision_cache_mb=GE0),
     # restart_attempts 0 would start no replacement at all (the slot would stay dead)
     ClusterConfig: dict(rollout_actors=GE1, rollout_cpus=GE0, rollout_gpus=GE0, tensor_parallel_size=GE1,
                         learner_ranks=GE1, learner_cpus=GE0, learner_gpus=GE0, sync_timeout_s=GT0,

@@ -105,10 +105,13 @@ class LearnerConfig:
     # this many sequences, one optimizer step each; 0 = the whole rollout step in one mini-batch;
     # null = official: 64 multi-turn (16 updates of 1,024), 64 prompts x group single-turn (2 of 640).
     mini_batch_size: Optional[int] = None  # sequences per optimizer step (see above)
-    micro_batch_size: int = 2  # sequences per forward/backward (token-mean within, averaged over micro-batches)
+    # sequences per forward/backward. GRPO: token-mean within, averaged over micro-batches (released); SFT: each
+    # example's token mean, averaged over the step's examples, whatever the micro-batches (learner.grpo.row_means)
+    micro_batch_size: int = 2  # sequences per forward/backward (see above)
     # order each mini-batch's sequences by length before cutting micro-batches: a multi-turn SFT step of 32
-    # pads ~20 % less. It changes which sequences share a micro-batch's token-mean (each micro-batch weighs
-    # the same), so it is off by default, as released (in order); the learning proof's recipes turn it on.
+    # pads ~20 % less. In GRPO it changes which sequences share a micro-batch's token-mean (each micro-batch weighs
+    # the same), so it is off by default, as released (in order); in SFT it changes the numbers only by
+    # float rounding. The learning proof's recipes turn it on.
     length_buckets: bool = False  # micro-batches of similar length (see above)
     logprob_micro_batch_size: int = 8  # sequences per no-grad forward when recomputing old/ref log-probs
     ppo_epochs: int = 1  # passes over the rollout step's mini-batches
@@ -122,6 +125,10 @@ class LearnerConfig:
     # with freeze_vision and ZeRO <= 2, the tower runs once per image per rollout step, its output shared
     # by the reference, old-log-prob and policy passes; off: every forward runs it (as released)
     vision_cache: bool = True  # run a frozen vision tower once per image per step (see above)
+    # `vigorl sft` with vision_cache: the tower's outputs (training and validation images) are kept for the whole
+    # run in host memory, up to this many MiB per learner rank (then further images run through the tower at each
+    # use); a 112-px scene's are ~0.05 MiB for the tiny model, a 1,000-token screenshot's ~7 MiB for a 7B (bf16)
+    sft_vision_cache_mb: float = 4096.0  # MiB of kept vision-tower outputs in an SFT run (see above)
     gradient_checkpointing: bool = False  # recompute activations in backward (saves memory)
     # ZeRO-Offload: fp32 master weights, AdamW moments and gradient partitions in CPU memory, the optimizer
     # step on the CPU (DeepSpeedCPUAdam); for a learner sharing one GPU with vLLM (`vigorl plan` suggests it)

@@ -17,6 +17,16 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
+def row_means(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each row's token-mean over its unmasked entries: x, mask [B, T] -> [B] (0 for a row with none).
+
+    The SFT loss is their sum over the step's examples / the number of examples, each example's token mean
+    weighing the same, as the released SFT (LLaMA-Factory, per-device batch 1) reduced it. Summed per
+    micro-batch and scaled by 1 / examples, it gives the same number however the examples are cut into
+    micro-batches (a token-mean per micro-batch would change with the cut: `length_buckets`)."""
+    return (x * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 clip_low: float = 0.2, clip_high: float = 0.28, dual_clip: float = 3.0,
                 weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:

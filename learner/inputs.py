@@ -1,7 +1,7 @@
 """The learner's batches and forward inputs: which trajectories each rank's micro-batches hold
 (`minibatch_layout`), the tensors a Qwen2.5-VL forward takes for them, with the episode's images rebuilt from
 their references (`actors.trajectory.rebuild_images`), and the vision cache: the frozen vision tower run once
-per distinct image of a rollout step (`InputBuilder`).
+per distinct image of a rollout step (`InputBuilder`), or once per image for a whole SFT run (`FeatureCache`).
 
 Shapes: a micro-batch of B trajectories is right-padded to [B, T] (T = the longest); per-token rows
 (loss masks, log-probs) are padded the same way (`pad_rows`).
@@ -83,6 +83,31 @@ def batch_inputs(trajs: list[Trajectory], images: list[list[Image.Image]], image
     return out
 
 
+def image_key(ref) -> tuple:
+    """What decides an image reference's pixels (a decoded point may be a list)."""
+    return (ref.source, ref.width, ref.height, tuple(ref.point) if ref.point is not None else None,
+            ref.half_size, ref.out_size, ref.dot)
+
+
+class FeatureCache:
+    """A frozen vision tower's outputs kept across steps (`image_key` -> (grid_thw [3], features [tokens,
+    hidden])), in host memory, up to `max_mb` MiB per learner rank: once full, further images are run through the tower at each
+    use (with the reshuffled passes of an SFT run, evicting the oldest would only trade one miss for another)."""
+
+    def __init__(self, max_mb: float):
+        self.max_bytes, self.bytes, self.entries = max_mb * 2**20, 0, {}
+
+    def get(self, key: tuple) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.entries.get(key)
+
+    def put(self, key: tuple, grid: torch.Tensor, feats: torch.Tensor) -> None:
+        size = feats.numel() * feats.element_size()
+        if key not in self.entries and self.bytes + size <= self.max_bytes:
+            # copies: a batch's features are views of one tensor, which a kept view would keep whole
+            self.entries[key] = (grid.to("cpu", copy=True), feats.to("cpu", copy=True))
+            self.bytes += size
+
+
 class InputBuilder:
     """Forward inputs of one learner rank: its processor's image fields and token ids, its dataset root (where
     image references resolve), its device."""
@@ -115,28 +140,34 @@ class InputBuilder:
         return inputs
 
     @torch.no_grad()
-    def image_features(self, model, trajs: list[Trajectory], idx: list[int],
-                       micro_batch: int) -> dict[int, tuple[list, list]]:
+    def image_features(self, model, trajs: list[Trajectory], idx: list[int], micro_batch: int,
+                       kept: FeatureCache | None = None) -> dict[int, tuple[list, list]]:
         """The vision tower's output (`model`: the Qwen2.5-VL inner model, whose `get_image_features` runs it)
         for every image of the trajectories `idx`, computed once per distinct image (the G episodes of a prompt
-        share its full image) per rollout step, `micro_batch` images per call, and shared by the reference,
-        old-log-prob and policy passes (each re-ran the tower on every copy before).
+        share its full image) per call, `micro_batch` images per tower call, and shared by the reference,
+        old-log-prob and policy passes (each re-ran the tower on every copy before). `kept`: outputs kept
+        across calls (SFT: every step of the run reuses them); what it holds is not run again.
         {i: ([grid_thw [3] per image], [features [tokens_k, hidden] per image])}, on the device. Valid while
         the tower does not change: the caller decides when (`Learner._image_features`)."""
-
-        def key(ref) -> tuple:  # what decides the pixels (a decoded point may be a list)
-            return (ref.source, ref.width, ref.height, tuple(ref.point) if ref.point is not None else None,
-                    ref.half_size, ref.out_size, ref.dot)
-
-        refs = list({key(ref): ref for i in idx for ref in trajs[i].images}.values())  # distinct, in order
+        refs = list({image_key(ref): ref for i in idx for ref in trajs[i].images}.values())  # distinct, in order
         cache: dict = {}
-        for k in range(0, len(refs), micro_batch):
-            part = refs[k:k + micro_batch]
+        todo = []
+        for ref in refs:
+            hit = kept.get(image_key(ref)) if kept is not None else None
+            if hit is None:
+                todo.append(ref)
+            else:
+                cache[image_key(ref)] = tuple(x.to(self.device) for x in hit)
+        for k in range(0, len(todo), micro_batch):
+            part = todo[k:k + micro_batch]
             pix = self.image_processor(images=rebuild_images(part, self.root), return_tensors="pt")
             grid = pix["image_grid_thw"].to(self.device)
             feats = model.get_image_features(pix["pixel_values"].to(self.device), grid).pooler_output
-            cache |= {key(ref): (g, f) for ref, g, f in zip(part, grid, feats)}
-        return {i: ([cache[key(r)][0] for r in trajs[i].images], [cache[key(r)][1] for r in trajs[i].images])
+            for ref, g, f in zip(part, grid, feats):
+                cache[image_key(ref)] = (g, f)
+                if kept is not None:
+                    kept.put(image_key(ref), g, f)
+        return {i: ([cache[image_key(r)][0] for r in trajs[i].images], [cache[image_key(r)][1] for r in trajs[i].images])
                 for i in idx}
 
     def dummy(self) -> dict[str, torch.Tensor]:

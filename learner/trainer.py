@@ -18,8 +18,8 @@ from actors.trajectory import Trajectory
 from configs.schema import LearnerConfig
 from learner import checkpoint
 from learner.distributed import init_process_group
-from learner.grpo import kl_k3, masked_mean, policy_loss, truncated_is_weights
-from learner.inputs import InputBuilder, by_length, minibatch_layout, pad_rows
+from learner.grpo import kl_k3, masked_mean, policy_loss, row_means, truncated_is_weights
+from learner.inputs import FeatureCache, InputBuilder, by_length, minibatch_layout, pad_rows
 from learner.logprobs import token_logprobs
 
 
@@ -102,6 +102,7 @@ class Learner:
         if self.ref is not None:
             self.ref.to(self.engine.device)
         self.inputs = InputBuilder(processor, self.root, self.engine.device)
+        self.sft_features = FeatureCache(cfg.sft_vision_cache_mb)  # the tower's outputs across SFT steps
 
     # ---- inputs ------------------------------------------------------------------------------------------
     def _inputs(self, trajs: list[Trajectory], features: dict | None = None, idx: list[int] | None = None) -> dict:
@@ -109,14 +110,17 @@ class Learner:
         the vision tower's cached outputs of the trajectories `idx` replace the pixels)."""
         return self.inputs(trajs, features, idx)
 
-    def _image_features(self, trajs: list[Trajectory], idx: list[int]) -> dict[int, tuple[list, list]] | None:
+    def _image_features(self, trajs: list[Trajectory], idx: list[int], kept: FeatureCache | None = None
+                        ) -> dict[int, tuple[list, list]] | None:
         """The vision tower's output for every image of the trajectories `idx`, once per distinct image per
-        rollout step (`InputBuilder.image_features`). None (the pixels go through the tower in every forward)
-        when the tower trains (`freeze_vision` off: its output changes with every update), under ZeRO-3 (its
-        partitioned parameters are gathered inside the engine's forward only) or with `vision_cache` off."""
+        rollout step, or per SFT run with `kept` (`InputBuilder.image_features`). None (the pixels go through
+        the tower in every forward) when the tower trains (`freeze_vision` off: its output changes with every
+        update), under ZeRO-3 (its partitioned parameters are gathered inside the engine's forward only) or
+        with `vision_cache` off."""
         if not (self.cfg.freeze_vision and self.cfg.vision_cache) or self.cfg.zero_stage == 3:
             return None
-        return self.inputs.image_features(self.engine.module.model, trajs, idx, self.cfg.logprob_micro_batch_size)
+        return self.inputs.image_features(self.engine.module.model, trajs, idx, self.cfg.logprob_micro_batch_size,
+                                          kept)
 
     # ---- the rollout step ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -241,11 +245,12 @@ class Learner:
         out["learner/lr"] = lr
         return out
 
-    def _minibatch(self, micro: list[list[int]], loss_of, sums: dict[str, float]) -> int:
+    def _minibatch(self, micro: list[list[int]], loss_of, sums: dict[str, float], scale: float | None = None) -> int:
         """One optimizer step over a mini-batch's micro-batches (index lists; an empty one has nothing to train
         on this rank): token-mean loss per micro-batch, averaged over all of the mini-batch's micro-batches
         (empty ones count, as in the released trainer, and are skipped on one rank; with several ranks they
         run a zero-gradient dummy so collectives line up; a mini-batch with nothing at all still steps once).
+        `scale`: each micro-batch's loss times this instead of / micro-batches (SFT: `sft_step`).
         Adds the micro-batch metrics to `sums`; returns how many micro-batches trained."""
         work = micro if self.world_size > 1 else ([m for m in micro if m] or [[]])
         ran = 0
@@ -258,7 +263,7 @@ class Learner:
                 ran += 1
             else:  # a zero gradient through the same hooks
                 loss = self.engine(**self.inputs.dummy()).logits.sum() * 0.0
-            self.engine.backward(loss / max(1, len(micro)), scale_wrt_gas=False)
+            self.engine.backward(loss / max(1, len(micro)) if scale is None else loss * scale, scale_wrt_gas=False)
         self.engine.step()
         return ran
 
@@ -274,22 +279,30 @@ class Learner:
         return lr
 
     def _nll(self, trajs: list[Trajectory]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Next-token loss, token-mean over the micro-batch's trained (assistant) tokens."""
+        """Next-token loss of each example, its token-mean over its trained (assistant) tokens, summed over the
+        micro-batch (`row_means`); the frozen tower's outputs come from the run's `sft_features`."""
         mask = pad_rows([t.loss_mask for t in trajs], 0, torch.float32).to(self.engine.device)
-        logp = token_logprobs(self.engine, self._inputs(trajs), mask=mask)
+        idx = list(range(len(trajs)))
+        inputs = self._inputs(trajs, self._image_features(trajs, idx, self.sft_features), idx)
+        logp = token_logprobs(self.engine, inputs, mask=mask)
         mask = mask.to(logp.dtype)
-        return masked_mean(-logp, mask), {"tokens": float(mask.sum().item())}
+        return row_means(-logp, mask).sum(), {"tokens": float(mask.sum().item())}
 
     def sft_step(self, examples: list[Trajectory]) -> dict[str, float]:
         """One optimizer step of supervised fine-tuning on `examples` (every rank gets the same list; each
-        takes its round-robin share), `micro_batch_size` per forward."""
+        takes its round-robin share), `micro_batch_size` per forward. The loss is the mean over `examples` of
+        each one's token mean (the released SFT's reduction, `row_means`): each micro-batch's sum of them is
+        scaled by world_size / examples (DeepSpeed averages the ranks' gradients), so the update does not
+        depend on how the examples are cut into micro-batches (`length_buckets`: tests/test_sft_speed.py)."""
         lr = self._set_lr()
         (micro,) = minibatch_layout(len(examples), 0, self.cfg.micro_batch_size, self.world_size, self.rank,
                                     self._lengths(examples)) or [[]]
         sums: dict[str, float] = {}
-        ran = self._minibatch(micro, lambda items: self._nll([examples[i] for i in items]), sums)
+        self._minibatch(micro, lambda items: self._nll([examples[i] for i in items]), sums,
+                        scale=self.world_size / max(1, len(examples)))
         self.version += 1
-        return {"loss": sums.get("loss", 0.0) / max(1, ran), "tokens": sums.get("tokens", 0.0), "lr": lr,
+        mine = sum(len(m) for m in micro)
+        return {"loss": sums.get("loss", 0.0) / max(1, mine), "tokens": sums.get("tokens", 0.0), "lr": lr,
                 "grad_norm": float(self.engine.get_global_grad_norm() or 0.0), "step": float(self.version)}
 
     @torch.no_grad()
@@ -301,7 +314,9 @@ class Learner:
         for k in range(0, len(mine), self.cfg.logprob_micro_batch_size):
             part = mine[k:k + self.cfg.logprob_micro_batch_size]
             mask = pad_rows([t.loss_mask for t in part], 0, torch.float32).to(self.engine.device)
-            logp = token_logprobs(self.engine, self._inputs(part), mask=mask)
+            idx = list(range(len(part)))
+            inputs = self._inputs(part, self._image_features(part, idx, self.sft_features), idx)
+            logp = token_logprobs(self.engine, inputs, mask=mask)
             mask = mask.to(logp.dtype)
             total += float((-logp * mask).sum().item())
             tokens += float(mask.sum().item())

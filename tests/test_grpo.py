@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from learner.grpo import kl_k3, policy_loss, truncated_is_weights
+from learner.grpo import kl_k3, policy_loss, row_means, truncated_is_weights
 from rewards.advantages import group_advantages
 
 
@@ -64,6 +64,13 @@ def test_policy_loss_broadcasts_sequence_advantages():
 def test_policy_loss_all_masked_is_zero():
     loss, _ = policy_loss(torch.zeros(1, 3), torch.zeros(1, 3), torch.ones(1), torch.zeros(1, 3))
     assert loss.item() == 0.0
+
+
+def test_row_means_hand_worked():
+    """Row 0: (1 + 3) / 2 = 2 (the padding's 100 masked); row 1: 6 / 1; row 2: nothing trained, 0."""
+    x = torch.tensor([[1.0, 3.0, 100.0], [6.0, 0.0, 0.0], [5.0, 5.0, 5.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert row_means(x, mask).tolist() == [2.0, 6.0, 0.0]
 
 
 def test_kl_k3_hand_worked():

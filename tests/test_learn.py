@@ -4,7 +4,9 @@
 import json
 import re
 
-from bench.learn import caption_rows, zoom_stats
+import pytest
+
+from bench.learn import SEEDS, caption_rows, mean_over_seeds, seed_data, zoom_stats
 from data_gen.synthetic import COLORS, SHAPES
 from data_gen.teachers import Scene
 from data_gen.tiny_model import build_tokenizer
@@ -40,3 +42,21 @@ def test_zoom_stats_split_accuracy_by_a_zoom_on_the_asked_object():
     assert zoom_stats(items, scenes) == {"zoomed_on_target": 1 / 3, "accuracy_zoomed": 1.0,
                                          "accuracy_not_zoomed": 0.5}
     assert zoom_stats([items[2]], scenes) == {}  # single-turn: no zooms, nothing to say
+
+
+def test_each_seed_has_its_own_training_data_and_the_same_heldout_set():
+    seeds = [seed_data(k) for k in range(5)]
+    assert seeds[0] == {"mcts": 1, "rl": 2, "heldout": 3}  # seed 0: the historical data
+    training = [s[name] for s in seeds for name in ("mcts", "rl")]
+    assert len(set(training)) == len(training) and SEEDS["heldout"] not in training
+    assert {s["heldout"] for s in seeds} == {SEEDS["heldout"]}
+
+
+def test_results_average_the_models_over_the_seeds():
+    def rec(base, sft, grpo):
+        return {m: {"accuracy": a, "format_rate": 1.0, "n": 400, "zoomed_on_target": 0.3}
+                for m, a in (("base", base), ("sft", sft), ("grpo", grpo))}
+
+    means = mean_over_seeds([rec(0.0, 0.4, 0.5), rec(0.0, 0.42, 0.47), rec(0.0, 0.38, 0.53)])
+    assert means["sft"]["accuracy"] == pytest.approx(0.4) and means["base"]["accuracy"] == 0
+    assert means["grpo"] == {"accuracy": pytest.approx(0.5), "format_rate": 1.0, "n": 400}
