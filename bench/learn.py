@@ -174,14 +174,15 @@ def evaluate(model: Path, data: Path, out: Path, multi_turn: bool = False, overr
     inside = [bool(scenes[i["item_id"]].hit(tuple(p))) for i in items for p in i["points"]]
     return {"accuracy": s["accuracy"], "accuracy_ci95_wilson": s["accuracy_ci95"], "format_rate": s["format_rate"],
             "reward": s["reward"], "points_in_target": sum(inside) / len(inside) if inside else 0.0,
-            "points": len(inside), "n": s["n"], **zoom_stats(items, scenes), "eval_run_id": run_id(log)}
+            "points": len(inside), "n": s["n"], **zoom_stats(items, scenes, multi_turn), "eval_run_id": run_id(log)}
 
 
-def zoom_stats(items: list[dict], scenes: dict) -> dict:
+def zoom_stats(items: list[dict], scenes: dict, multi_turn: bool = True) -> dict:
     """Multi-turn evaluations (`items.jsonl` lines with `tool_calls` in original pixels): the share of items
     where some zoom landed on the object the question names (the scene's target box, with its margin), and
-    the accuracy of the items where one did and where none did. Empty when no item zoomed (single-turn)."""
-    if not any(i["tool_calls"] for i in items):
+    the accuracy of the items where one did and where none did. Empty for a single-turn evaluation in which
+    no item zoomed."""
+    if not multi_turn and not any(i["tool_calls"] for i in items):
         return {}
     zoomed = [any(scenes[i["item_id"]].hit(tuple(p)) for p in i["tool_calls"]) for i in items]
     hit = [bool(i["correct"]) for i, z in zip(items, zoomed) if z]

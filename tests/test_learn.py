@@ -41,7 +41,10 @@ def test_zoom_stats_split_accuracy_by_a_zoom_on_the_asked_object():
              {"item_id": "c", "tool_calls": [], "correct": 0.0}]  # no zoom, wrong
     assert zoom_stats(items, scenes) == {"zoomed_on_target": 1 / 3, "accuracy_zoomed": 1.0,
                                          "accuracy_not_zoomed": 0.5}
-    assert zoom_stats([items[2]], scenes) == {}  # single-turn: no zooms, nothing to say
+    assert zoom_stats([items[2]], scenes, multi_turn=False) == {}  # single-turn: no zooms, nothing to say
+    # a multi-turn model that never zooms (a policy GRPO taught to stop): on target in none of the items
+    assert zoom_stats([items[2]], scenes) == {"zoomed_on_target": 0.0, "accuracy_zoomed": None,
+                                              "accuracy_not_zoomed": 0.0}
 
 
 def test_each_seed_has_its_own_training_data_and_the_same_heldout_set():
