@@ -78,6 +78,20 @@ def build_stack(tmp_path_factory, name: str, n_prompts: int = 2) -> Stack:
     return Stack(root, model_dir, llm, AutoProcessor.from_pretrained(model_dir), batch)
 
 
+def release_process_group(env: dict) -> None:
+    """After a test's in-process learner (`learner.trainer.Learner`): destroy its process group (its store listens
+    on MASTER_PORT), forget DeepSpeed's clone of that group's world (`deepspeed.utils.groups._WORLD_GROUP`, which a
+    later in-process learner would otherwise use: "Group ... is not registered"), and restore the env vars it set,
+    so that neither later in-process learners nor the commands later tests start from this process see them."""
+    import torch
+    from deepspeed.utils import groups
+
+    torch.distributed.destroy_process_group()
+    groups._WORLD_GROUP = None
+    os.environ.clear()
+    os.environ.update(env)
+
+
 def chromium_dom(page: Path, fragment: str = "") -> str:
     """The DOM of a local page after its scripts ran, from headless Chromium (Debian's `chromium`; `.ci/run`
     installs it). Skips the calling test, saying why, where there is none."""

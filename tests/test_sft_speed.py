@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import release_process_group
 from configs import schema as config
 
 
@@ -46,10 +47,7 @@ def setup(tmp_path_factory):
                 for k, r in enumerate(rows(root))]
     env = dict(os.environ)
     yield model, root, examples
-    # the in-process learners' process group and the env vars it set must not reach later tests' commands
-    torch.distributed.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(env)
+    release_process_group(env)
 
 
 def train(setup, steps: int = 2, **kw):

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+from conftest import release_process_group
 from configs import schema as config
 
 
@@ -27,11 +28,7 @@ def tied(tmp_path_factory):
     env = dict(os.environ)
     yield Learner(str(model), cfg, root / "data"), make_llm(str(model), max_model_len=2048, seed=0), \
         AutoProcessor.from_pretrained(model)
-    # the in-process learner's process group (its store listens on MASTER_PORT) and the env vars it set must not
-    # reach the commands later tests start from this process
-    torch.distributed.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(env)
+    release_process_group(env)
 
 
 def logprobs(learner, llm, ids):
