@@ -28,12 +28,11 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.common import ROOT, run_id, vigorl
+
 TASK = "object_colour"
 BASE_VERSION = "v5"  # the cache dir; bump when the base recipe (captions, configs/learn_base.yaml) changes
 # (v5: SFT's loss became each caption's token mean averaged, learner.grpo.row_means; v4 averaged micro-batch means)
@@ -114,42 +113,12 @@ def base_info(stages: int) -> list[dict]:
     return [json.loads((cache_dir() / f"stage-{k}" / "info.json").read_text()) for k in range(1, stages + 1)]
 
 
-# ---- running the real commands --------------------------------------------------------------------------
-
-def vigorl(*args, log: Path) -> str:
-    """Run `vigorl ARGS`, its output to `log`; the driver's own lines ("[...]") echo to the console. A command
-    with an `out=DIR` logs to its own MLflow store DIR/mlflow.db (what the results name), not the project's."""
-    args = tuple(map(str, args))
-    outs = [a[4:] for a in args if a.startswith("out=")]
-    store = [f"tracking.uri=sqlite:///{Path(outs[-1]).resolve() / 'mlflow.db'}"] if outs else []
-    cmd = [sys.executable, "-m", "cluster.cli", *args, *store]
-    lines = []
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    with open(log, "w") as f, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                               text=True, bufsize=1, env=env) as p:
-        for line in p.stdout:
-            f.write(line)
-            lines.append(line)
-            if line.startswith("[") and not line.startswith("[rank"):
-                print(line, end="", flush=True)
-    if p.returncode:
-        raise RuntimeError(f"`vigorl {' '.join(map(str, args))}` failed ({p.returncode}); last lines of {log}:\n"
-                           + "".join(lines[-30:]))
-    return "".join(lines)
-
+# ---- reading the real commands' output ----------------------------------------------------------------
 
 def chain_counts(output: str) -> dict:
     """The counts `vigorl linearize` printed ("[linearize] {...} -> OUT")."""
     line = next(x for x in output.splitlines() if x.startswith("[linearize] {"))
     return json.loads(line.split("] ", 1)[1].rsplit(" -> ", 1)[0])
-
-
-def run_id(output: str) -> str:
-    """The MLflow run id a vigorl job printed ("MLflow run <id>")."""
-    import re
-
-    found = re.findall(r"MLflow run ([0-9a-f]{32})", output)
-    return found[-1] if found else ""
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------

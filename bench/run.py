@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.common import ROOT, metric_series, run_id, sqlite_uri, vigorl
 
 
 def setup(out: Path):
@@ -247,23 +247,15 @@ def bench_sft(out: Path) -> dict:
 
 
 def bench_loop(out: Path) -> tuple[float, float, float]:
-    import mlflow
-
     res = {}
     for mode in ("sync", "async"):
         run_dir = out / f"loop_{mode}"
-        cmd = [sys.executable, "-m", "cluster.cli", "train", "--config", str(ROOT / "configs/local_cpu.yaml"),
-               f"out={run_dir}", f"model.path={out / 'model'}", f"data.path={out / 'data'}", "loop.steps=6",
-               f"loop.mode={mode}", "loop.prompts_per_step=2", "rollout.group_size=4", "tracking.picture_every=0",
-               "tracking.run_name=" + mode, f"tracking.uri=sqlite:///{run_dir.resolve() / 'mlflow.db'}"]
-        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=1200)
-        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
-        run = client.search_runs([client.get_experiment_by_name("vigorl-demo").experiment_id],
-                                 order_by=["attributes.start_time DESC"])[0]
-        steps = sorted(client.get_metric_history(run.info.run_id, "time/step_s"), key=lambda m: m.step)[1:]
-        episodes = sorted(client.get_metric_history(run.info.run_id, "episode/count"), key=lambda m: m.step)[1:]
-        idle = sorted(client.get_metric_history(run.info.run_id, "learner_idle_frac"), key=lambda m: m.step)[-1].value
-        res[mode] = (sum(e.value for e in episodes) / sum(s.value for s in steps), idle)
+        log = vigorl("train", "--config", ROOT / "configs/local_cpu.yaml", f"out={run_dir}", f"model.path={out / 'model'}",
+                     f"data.path={out / 'data'}", "loop.steps=6", f"loop.mode={mode}", "loop.prompts_per_step=2",
+                     "rollout.group_size=4", "tracking.picture_every=0", "tracking.run_name=" + mode,
+                     log=out / f"loop_{mode}.log", echo=False)
+        m = metric_series(sqlite_uri(run_dir), run_id(log), ("time/step_s", "episode/count", "learner_idle_frac"))
+        res[mode] = (sum(m["episode/count"][1:]) / sum(m["time/step_s"][1:]), m["learner_idle_frac"][-1])
     ratio = res["async"][0] / res["sync"][0]
     print(f"[4] async vs sync: {res['async'][0]:.2f} vs {res['sync'][0]:.2f} samples/s -> {ratio:.2f}x "
           f"(goal >= 1.5x); learner idle {100 * res['async'][1]:.0f} % async vs {100 * res['sync'][1]:.0f} % sync "

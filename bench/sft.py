@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.common import ROOT, child_result, metric_series, print_settings, run_id, sqlite_uri, vigorl
+
 QUESTIONS, SEED = 24, 5  # MCTS questions of the dialogues (~8 chains each), their seed (not the held-out set's 3)
 BATCH, MICRO, LR, WARMUP, CLIP, THREADS = 32, 8, 5e-4, 0.03, 1.0, 2  # configs/learn_sft.yaml's, two cores
 
@@ -60,40 +59,24 @@ def settings() -> dict:
 
 def run_vigorl(model: Path, data: Path, out: Path, steps: int) -> dict:
     """`vigorl sft` (configs/learn_sft.yaml) for `steps` steps; its step times from its MLflow run (`sft/step_s`)."""
-    import mlflow
-
     out.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{out.resolve() / 'mlflow.db'}"
-    cmd = [sys.executable, "-m", "cluster.cli", "sft", "--config", str(ROOT / "configs/learn_sft.yaml"),
-           f"out={out}", f"model.path={model}", f"data={data}", f"batch_size={BATCH}", f"learner.micro_batch_size={MICRO}",
-           f"learner.lr={LR}", f"learner.warmup_ratio={WARMUP}", f"learner.grad_clip={CLIP}", "epochs=100",
-           f"max_steps={steps}", f"learner_cpus={THREADS}", "tracking.experiment=bench-sft", f"tracking.uri={uri}"]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise RuntimeError(f"vigorl sft failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    run = client.search_runs([client.get_experiment_by_name("bench-sft").experiment_id],
-                             order_by=["attributes.start_time DESC"])[0]
-    def series(key: str) -> list[float]:
-        return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
-
-    step_s, examples = series("sft/step_s"), series("sft/examples")  # an epoch's last step may be short
+    log = vigorl("sft", "--config", ROOT / "configs/learn_sft.yaml", f"out={out}", f"model.path={model}", f"data={data}",
+                 f"batch_size={BATCH}", f"learner.micro_batch_size={MICRO}", f"learner.lr={LR}",
+                 f"learner.warmup_ratio={WARMUP}", f"learner.grad_clip={CLIP}", "epochs=100", f"max_steps={steps}",
+                 f"learner_cpus={THREADS}", "tracking.experiment=bench-sft", log=out.parent / f"{out.name}.log", echo=False)
+    wall, rid = time.perf_counter() - t0, run_id(log)
+    m = metric_series(sqlite_uri(out), rid, ("sft/step_s", "sft/examples"))
+    step_s, examples = m["sft/step_s"], m["sft/examples"]  # an epoch's last step may be short
     return {"examples_per_s": sum(examples[1:]) / sum(step_s[1:]), "first_step_s": step_s[0], "step_s": step_s,
-            "examples_per_step": examples, "outside_steps_s": wall - sum(step_s), "run_id": run.info.run_id}
+            "examples_per_step": examples, "outside_steps_s": wall - sum(step_s), "run_id": rid}
 
 
 def side_by_side(out: Path, steps: int) -> dict:
     model, data = setup(out)
     v = run_vigorl(model, data, out / "sft_vigorl", steps)
-    p = subprocess.run([sys.executable, "-m", "bench.sft_trl", "--model", str(model), "--data", str(data),
-                        "--out", str(out / "sft_trl"), "--steps", str(steps)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=3600)
-    line = next((x for x in p.stdout.splitlines() if x.startswith("TRL ")), None)
-    if p.returncode != 0 or line is None:
-        raise RuntimeError(f"the TRL SFT run failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
-    t = json.loads(line[4:])
+    t = child_result("bench.sft_trl", ["--model", str(model), "--data", str(data), "--out", str(out / "sft_trl"),
+                                       "--steps", str(steps)], "TRL", "the TRL SFT run", timeout=3600)
     ratio = v["examples_per_s"] / t["examples_per_s"]
     timed = len(t["step_s"]) - 1  # TRL's rate without its in-step collation (vigorl tokenises before training)
     bare = sum(t["samples_per_step"][1:]) / (sum(t["step_s"][1:]) - t["collate_s"] * timed)
@@ -101,8 +84,7 @@ def side_by_side(out: Path, steps: int) -> dict:
           f"{ratio:.2f}x (goal >= 1.5x); {v['examples_per_s'] / bare:.2f}x against TRL without its collation "
           f"({bare:.2f} examples/s); first step {v['first_step_s']:.1f} vs {t['first_step_s']:.1f} s", flush=True)
     mine = settings()
-    for key in [*mine, *(k for k in t["settings"] if k not in mine and k not in ("side", "parity"))]:
-        print(f"[7]   {key}: vigorl {mine.get(key, '-')} | TRL {t['settings'].get(key, '-')}", flush=True)
+    print_settings("7", mine, t["settings"], skip=("side", "parity"))
     print(f"[7]   TRL's collation inside its steps: {t['collate_s']:.2f} s per step; its tokens against vigorl's "
           f"encoding: {t['settings']['parity']}", flush=True)
     return {"ratio": ratio, "vigorl": v | {"settings": mine}, "trl": t}

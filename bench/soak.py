@@ -25,9 +25,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from bench.learn import run_id, vigorl
+from bench.common import ROOT, metric_series, run_id, sqlite_uri, vigorl
 
-ROOT = Path(__file__).resolve().parent.parent
 MEMORY = ("memory/driver_rss_mb", "memory/rollout_rss_mb", "memory/learner_rss_mb")
 MAX_QUEUE, PER_STEP = 2, 2  # loop.max_queue, loop.prompts_per_step of the soak run
 FLAT = 0.02  # the largest drift (`drift`) that counts as flat
@@ -59,9 +58,8 @@ def analyse(out: Path, rid: str, bound: int, settings: dict | None = None) -> di
     out/soak.png, also to the run."""
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{(out / 'run' / 'mlflow.db').resolve()}")
-    series = {k: [m.value for m in sorted(client.get_metric_history(rid, k), key=lambda m: m.step)]
-              for k in MEMORY + ("ledger/in_flight", "time/step_s", "episode/zooms")}
+    uri = sqlite_uri(out / "run")
+    series = metric_series(uri, rid, MEMORY + ("ledger/in_flight", "time/step_s", "episode/zooms"))
     result = {"steps": len(series["time/step_s"]), "minutes": round(sum(series["time/step_s"]) / 60, 1),
               "queue_max": max(series["ledger/in_flight"]), "queue_bound": bound,
               "queue_bounded": max(series["ledger/in_flight"]) <= bound,
@@ -73,6 +71,7 @@ def analyse(out: Path, rid: str, bound: int, settings: dict | None = None) -> di
     result |= settings or {}
     (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     figure(series, bound, out / "soak.png")
+    client = mlflow.MlflowClient(tracking_uri=uri)
     client.log_artifact(rid, str(out / "soak.json"))
     client.log_artifact(rid, str(out / "soak.png"))
     return result

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.common import ROOT, child_result, metric_series, print_settings, run_id, sqlite_uri, vigorl
+
 G, PROMPTS, NEW_TOKENS, LR, KL, THREADS = 5, 2, 64, 1e-4, 0.01, 2  # THREADS: the 2 cores
 TASK = "gui_grounding"
 
@@ -41,35 +40,24 @@ def data(out: Path) -> Path:
 
 def run_vigorl(model: Path, data_path: Path, out: Path, steps: int) -> dict:
     """`vigorl train` for `steps` steps; its step times from its MLflow run."""
-    import mlflow
-
-    cmd = [sys.executable, "-m", "cluster.cli", "train", "--config", str(ROOT / "configs/local_cpu.yaml"),
-           f"out={out}", f"model.path={model}", f"data.path={data_path}", f"data.task={TASK}",
-           "data.mode=single_turn", "rollout.prompt=vigorl_single_turn", "rollout.guided=false",
-           "rollout.min_zooms=0", f"rollout.group_size={G}", f"rollout.response_budget={NEW_TOKENS}",
-           f"sampling.max_tokens_per_turn={NEW_TOKENS}", "sampling.temperature=1.0", "sampling.top_p=0.99",
-           f"loop.steps={steps}", f"loop.prompts_per_step={PROMPTS}", "loop.mode=sync", f"learner.lr={LR}",
-           f"learner.kl_coef={KL}", "learner.mini_batch_size=0", "learner.grad_clip=1.0",
-           "learner.warmup_ratio=0.0", "tracking.picture_every=0", "tracking.checkpoint_every=0",
-           "tracking.experiment=bench-trl", f"tracking.uri=sqlite:///{Path(out).resolve() / 'mlflow.db'}"]
+    args = ["train", "--config", str(ROOT / "configs/local_cpu.yaml"), f"out={out}", f"model.path={model}",
+            f"data.path={data_path}", f"data.task={TASK}", "data.mode=single_turn",
+            "rollout.prompt=vigorl_single_turn", "rollout.guided=false", "rollout.min_zooms=0",
+            f"rollout.group_size={G}", f"rollout.response_budget={NEW_TOKENS}",
+            f"sampling.max_tokens_per_turn={NEW_TOKENS}", "sampling.temperature=1.0", "sampling.top_p=0.99",
+            f"loop.steps={steps}", f"loop.prompts_per_step={PROMPTS}", "loop.mode=sync", f"learner.lr={LR}",
+            f"learner.kl_coef={KL}", "learner.mini_batch_size=0", "learner.grad_clip=1.0",
+            "learner.warmup_ratio=0.0", "tracking.picture_every=0", "tracking.checkpoint_every=0",
+            "tracking.experiment=bench-trl"]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise RuntimeError(f"vigorl train failed:\n{p.stderr[-3000:]}")
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
-    run = client.search_runs([client.get_experiment_by_name("bench-trl").experiment_id],
-                             order_by=["attributes.start_time DESC"])[0]
-
-    def series(key: str) -> list[float]:
-        return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
-
-    step_s, count = series("time/step_s"), series("episode/count")
+    log = vigorl(*args, log=out.parent / f"{out.name}.log", echo=False)
+    wall, rid = time.perf_counter() - t0, run_id(log)
+    m = metric_series(sqlite_uri(out), rid,
+                      ("time/step_s", "episode/count", "time/wait_rollouts_s", "time/learner_s", "tokens"))
+    step_s, count, n = m["time/step_s"], m["episode/count"], len(m["time/step_s"]) - 1
     return {"completions_per_s": sum(count[1:]) / sum(step_s[1:]), "first_step_s": step_s[0],
-            "generate_s": sum(series("time/wait_rollouts_s")[1:]) / (len(step_s) - 1),
-            "train_s": sum(series("time/learner_s")[1:]) / (len(step_s) - 1),
-            "tokens_per_step": sum(series("tokens")[1:]) / (len(step_s) - 1),
-            "start_s": wall - sum(step_s), "run_id": run.info.run_id}
+            "generate_s": sum(m["time/wait_rollouts_s"][1:]) / n, "train_s": sum(m["time/learner_s"][1:]) / n,
+            "tokens_per_step": sum(m["tokens"][1:]) / n, "start_s": wall - sum(step_s), "run_id": rid}
 
 
 def run_trl(model: Path, data_path: Path, out: Path, steps: int, trl_defaults: bool = False) -> dict:
@@ -170,13 +158,8 @@ VIGORL_SETTINGS = {"threads": "2 per process (sync mode: the actor and the learn
 
 def trl_run(out: Path, vocab: str, steps: int, defaults: bool) -> dict:
     """`run_trl` in a fresh interpreter (its own torch threads, no vLLM engine of ours in the process)."""
-    p = subprocess.run([sys.executable, "-m", "bench.trl", "--only-trl", "--out", str(out), "--vocab", vocab,
-                        "--steps", str(steps), *(["--trl-defaults"] if defaults else [])], cwd=ROOT,
-                       capture_output=True, text=True, timeout=1800)
-    line = next((x for x in p.stdout.splitlines() if x.startswith("TRL ")), None)
-    if p.returncode != 0 or line is None:
-        raise RuntimeError(f"the TRL run failed:\n{p.stderr[-3000:]}")
-    return json.loads(line[4:])
+    return child_result("bench.trl", ["--only-trl", "--out", str(out), "--vocab", vocab, "--steps", str(steps),
+                                      *(["--trl-defaults"] if defaults else [])], "TRL", "the TRL run", timeout=1800)
 
 
 def side_by_side(out: Path, vocab: str, steps: int, trl_defaults: bool = False) -> dict:
@@ -195,8 +178,7 @@ def side_by_side(out: Path, vocab: str, steps: int, trl_defaults: bool = False) 
           f"{t['generate_s']:.2f} s, train {v['train_s']:.2f} vs {t['train_s']:.2f} s (learner phase "
           f"{t['train_s'] / max(v['train_s'], 1e-9):.2f}x TRL's, goal >= 1.5x); start-up + first step "
           f"{v['start_s'] + v['first_step_s']:.1f} vs {t['start_s'] + t['first_step_s']:.1f} s", flush=True)
-    for key in t["settings"]:
-        print(f"[6]   {key}: vigorl {VIGORL_SETTINGS.get(key, '-')} | TRL {t['settings'][key]}", flush=True)
+    print_settings("6", VIGORL_SETTINGS, t["settings"])
     res = {"ratio": ratio, "vigorl": v, "trl": t}
     if trl_defaults:
         d = trl_run(out, vocab, steps, True)
