@@ -13,15 +13,16 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def vigorl(*args, log: Path, echo: bool = True) -> str:
+def vigorl(*args, log: Path, echo: bool = True, timeout: float | None = None) -> str:
     """Run `vigorl ARGS`, its output to `log` and returned; with `echo`, the driver's own lines ("[...]") also go
     to the console. A command with an `out=DIR` logs to its own MLflow store DIR/mlflow.db (what the results
-    name), not the project's."""
+    name), not the project's. A job still running after `timeout` seconds is killed, and that is an error."""
     args = tuple(map(str, args))
     outs = [a[4:] for a in args if a.startswith("out=")]
     store = [f"tracking.uri={sqlite_uri(outs[-1])}"] if outs else []
@@ -30,19 +31,27 @@ def vigorl(*args, log: Path, echo: bool = True) -> str:
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     with open(log, "w") as f, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                text=True, bufsize=1, env=env) as p:
+        expired = threading.Event()
+        timer = threading.Timer(timeout or 0, lambda: (expired.set(), p.kill()))
+        if timeout:
+            timer.start()
         for line in p.stdout:
             f.write(line)
             lines.append(line)
             if echo and line.startswith("[") and not line.startswith("[rank"):
                 print(line, end="", flush=True)
+    timer.cancel()
+    if expired.is_set():
+        raise RuntimeError(f"`vigorl {' '.join(args)}` ran past its {timeout:.0f} s; last lines of {log}:\n"
+                           + "".join(lines[-30:]))
     if p.returncode:
-        raise RuntimeError(f"`vigorl {' '.join(map(str, args))}` failed ({p.returncode}); last lines of {log}:\n"
+        raise RuntimeError(f"`vigorl {' '.join(args)}` failed ({p.returncode}); last lines of {log}:\n"
                            + "".join(lines[-30:]))
     return "".join(lines)
 
 
 def run_id(output: str) -> str:
-    """The MLflow run id a vigorl job printed ("MLflow run <id>")."""
+    """The MLflow run id a vigorl job printed ("MLflow run <id>"), "" if none."""
     found = re.findall(r"MLflow run ([0-9a-f]{32})", output)
     return found[-1] if found else ""
 
@@ -55,6 +64,9 @@ def sqlite_uri(directory: Path) -> str:
 def metric_series(uri: str, run_id: str, keys) -> dict[str, list[float]]:
     """{key: the run's values of `key` in step order} for each of `keys`."""
     import mlflow
+
+    if not run_id:
+        raise ValueError(f"no MLflow run id to read {', '.join(keys)} from (the job printed no 'MLflow run <id>')")
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     return {k: [m.value for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)] for k in keys}

@@ -253,7 +253,7 @@ def bench_loop(out: Path) -> tuple[float, float, float]:
         log = vigorl("train", "--config", ROOT / "configs/local_cpu.yaml", f"out={run_dir}", f"model.path={out / 'model'}",
                      f"data.path={out / 'data'}", "loop.steps=6", f"loop.mode={mode}", "loop.prompts_per_step=2",
                      "rollout.group_size=4", "tracking.picture_every=0", "tracking.run_name=" + mode,
-                     log=out / f"loop_{mode}.log", echo=False)
+                     log=out / f"loop_{mode}.log", echo=False, timeout=1200)
         m = metric_series(sqlite_uri(run_dir), run_id(log), ("time/step_s", "episode/count", "learner_idle_frac"))
         res[mode] = (sum(m["episode/count"][1:]) / sum(m["time/step_s"][1:]), m["learner_idle_frac"][-1])
     ratio = res["async"][0] / res["sync"][0]

@@ -64,7 +64,8 @@ def run_vigorl(model: Path, data: Path, out: Path, steps: int) -> dict:
     log = vigorl("sft", "--config", ROOT / "configs/learn_sft.yaml", f"out={out}", f"model.path={model}", f"data={data}",
                  f"batch_size={BATCH}", f"learner.micro_batch_size={MICRO}", f"learner.lr={LR}",
                  f"learner.warmup_ratio={WARMUP}", f"learner.grad_clip={CLIP}", "epochs=100", f"max_steps={steps}",
-                 f"learner_cpus={THREADS}", "tracking.experiment=bench-sft", log=out.parent / f"{out.name}.log", echo=False)
+                 f"learner_cpus={THREADS}", "tracking.experiment=bench-sft", log=out.parent / f"{out.name}.log", echo=False,
+                 timeout=3600)
     wall, rid = time.perf_counter() - t0, run_id(log)
     m = metric_series(sqlite_uri(out), rid, ("sft/step_s", "sft/examples"))
     step_s, examples = m["sft/step_s"], m["sft/examples"]  # an epoch's last step may be short

@@ -50,7 +50,7 @@ def run_vigorl(model: Path, data_path: Path, out: Path, steps: int) -> dict:
             "learner.warmup_ratio=0.0", "tracking.picture_every=0", "tracking.checkpoint_every=0",
             "tracking.experiment=bench-trl"]
     t0 = time.perf_counter()
-    log = vigorl(*args, log=out.parent / f"{out.name}.log", echo=False)
+    log = vigorl(*args, log=out.parent / f"{out.name}.log", echo=False, timeout=1800)
     wall, rid = time.perf_counter() - t0, run_id(log)
     m = metric_series(sqlite_uri(out), rid,
                       ("time/step_s", "episode/count", "time/wait_rollouts_s", "time/learner_s", "tokens"))
@@ -178,7 +178,7 @@ def side_by_side(out: Path, vocab: str, steps: int, trl_defaults: bool = False) 
           f"{t['generate_s']:.2f} s, train {v['train_s']:.2f} vs {t['train_s']:.2f} s (learner phase "
           f"{t['train_s'] / max(v['train_s'], 1e-9):.2f}x TRL's, goal >= 1.5x); start-up + first step "
           f"{v['start_s'] + v['first_step_s']:.1f} vs {t['start_s'] + t['first_step_s']:.1f} s", flush=True)
-    print_settings("6", VIGORL_SETTINGS, t["settings"])
+    print_settings("6", {k: VIGORL_SETTINGS.get(k, "-") for k in t["settings"]}, t["settings"])  # TRL's order
     res = {"ratio": ratio, "vigorl": v, "trl": t}
     if trl_defaults:
         d = trl_run(out, vocab, steps, True)
