@@ -263,6 +263,15 @@ def run_seed(out: Path, seed: int, base: Path, heldout: Path, n_mcts: int, n_rl:
     return record
 
 
+def kept_record(path: Path, setup: dict) -> dict | None:
+    """The seed record at `path` (`pipeline` writes one when a seed ends) if it was made with `setup`, else None
+    (none there, or other settings: the seed runs again)."""
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("setup") == setup else None
+
+
 def report(name: str, r: dict) -> None:
     print(f"[learn] {name}: accuracy {r['accuracy']:.3f} {r['accuracy_ci95_wilson']} format {r['format_rate']:.3f} "
           f"reward {r['reward']:.3f} points in target {r['points_in_target']:.3f} (n={r['n']})"
@@ -272,11 +281,12 @@ def report(name: str, r: dict) -> None:
 
 def pipeline(out: Path, seeds: int, n_mcts: int, n_rl: int, n_heldout: int, grpo_steps: int, captions: int,
              base_stages: int, describe: bool = False, sft_epochs: int | None = None,
-             multi_turn: bool = True, chains: int = 8, well_formed_n: int = 64) -> dict:
+             multi_turn: bool = True, chains: int = 8, well_formed_n: int = 64, resume: bool = False) -> dict:
     """`seeds` whole pipelines (`run_seed`, into out/seed-K) from one cached base, scored on one held-out set
     (the base scored once); out/results.json: `base`, `sft`, `grpo` (FIELDS, means over the seeds) and `seeds`
     (each seed's record: every evaluation field, the 95 % interval, zoom-on-target, minutes per stage, the
-    MLflow run ids)."""
+    MLflow run ids). Each seed's record is also written to out/seed-K/record.json when the seed ends; with
+    `resume`, a seed whose record has the same settings is kept, not run again."""
     from data_gen.synthetic import ensure_dataset
 
     out = out.resolve()
@@ -288,20 +298,27 @@ def pipeline(out: Path, seeds: int, n_mcts: int, n_rl: int, n_heldout: int, grpo
     ensure_dataset(TASK, n_heldout, seed=SEEDS["heldout"], out=heldout, progress=False)
     base_eval = evaluate(base, heldout, out / "eval" / "base", multi_turn) | {"model": str(base)}
     report("base", base_eval)
+    setup = {"task": TASK, "base_version": BASE_VERSION, "heldout_seed": SEEDS["heldout"], "n_mcts": n_mcts,
+             "n_rl": n_rl, "n_heldout": n_heldout, "grpo_steps": grpo_steps, "sft_epochs": sft_epochs or "recipe",
+             "chains_per_question": chains, "captions_per_base_stage": captions, "base_stages": base_stages,
+             "teacher_describe": describe, "multi_turn": multi_turn, "well_formed_n": well_formed_n}
     per_seed = []
     for k in range(seeds):
-        per_seed.append(run_seed(out / f"seed-{k}", k, base, heldout, n_mcts, n_rl, grpo_steps, describe, sft_epochs,
-                                 multi_turn, chains, well_formed_n) | {"base": base_eval})
+        record_file = out / f"seed-{k}" / "record.json"
+        record = kept_record(record_file, setup) if resume else None
+        if record is None:
+            record = run_seed(out / f"seed-{k}", k, base, heldout, n_mcts, n_rl, grpo_steps, describe, sft_epochs,
+                              multi_turn, chains, well_formed_n) | {"base": base_eval, "setup": setup}
+            record_file.write_text(json.dumps(record, indent=2) + "\n")  # a later seed's failure keeps this one
+        else:
+            print(f"[learn] seed {k}: kept from {record_file} (--resume; the same settings)", flush=True)
+        per_seed.append(record)
     results = mean_over_seeds(per_seed) | {"seeds": per_seed}
     results["runs"] = {"base_pretraining": [{"run_id": i["sft_run_id"], "tracking_uri": i["tracking_uri"]}
                                             for i in stages], "base_eval": base_eval["eval_run_id"]}
     results["seconds"] = {"base_one_time_s": round(sum(i["data_s"] + i["sft_s"] for i in stages), 1),
                           "total_s": round(time.perf_counter() - t, 1)}
-    results["setup"] = {"task": TASK, "seeds": seeds, "heldout_seed": SEEDS["heldout"], "n_mcts": n_mcts,
-                        "n_rl": n_rl, "n_heldout": n_heldout, "grpo_steps": grpo_steps,
-                        "sft_epochs": sft_epochs or "recipe", "chains_per_question": chains,
-                        "captions_per_base_stage": captions, "base_stages": base_stages,
-                        "teacher_describe": describe, "multi_turn": multi_turn, "well_formed_n": well_formed_n}
+    results["setup"] = {"seeds": seeds, **setup}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     gains = [100 * (r["grpo"]["accuracy"] - r["sft"]["accuracy"]) for r in per_seed]
     print(f"[learn] {seeds} seed(s): GRPO - SFT held-out accuracy {', '.join(f'{g:+.1f}' for g in gains)} points "
@@ -334,6 +351,8 @@ if __name__ == "__main__":
                    help="SFT on the linearised chains, GRPO and evaluation without the zoom tool "
                         "(configs/learn_grpo.yaml, learn_eval.yaml); default: the zoom pipeline "
                         "(vigorl to-multiturn, learn_grpo_mt.yaml, learn_eval_mt.yaml)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the seeds that finished in --out with the same settings (seed-K/record.json)")
     p.add_argument("--multi-turn", action="store_true", help="`eval`: score with the zoom tool")
     a = p.parse_args()
     if a.cmd == "base":
@@ -347,4 +366,4 @@ if __name__ == "__main__":
             p.error(f"--seeds must be >= 1, got {a.seeds}")
         pipeline(Path(a.out), a.seeds, a.mcts_questions, a.rl_prompts, a.heldout, a.grpo_steps, a.captions,
                  a.base_stages, a.describe, a.sft_epochs, not a.single_turn, a.chains_per_question,
-                 a.well_formed_prompts)
+                 a.well_formed_prompts, a.resume)

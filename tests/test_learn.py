@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from bench.learn import SEEDS, caption_rows, mean_over_seeds, seed_data, zoom_stats
+from bench.learn import SEEDS, caption_rows, kept_record, mean_over_seeds, seed_data, zoom_stats
 from data_gen.synthetic import COLORS, SHAPES
 from data_gen.teachers import Scene
 from data_gen.tiny_model import build_tokenizer
@@ -63,3 +63,15 @@ def test_results_average_the_models_over_the_seeds():
     means = mean_over_seeds([rec(0.0, 0.4, 0.5), rec(0.0, 0.42, 0.47), rec(0.0, 0.38, 0.53)])
     assert means["sft"]["accuracy"] == pytest.approx(0.4) and means["base"]["accuracy"] == 0
     assert means["grpo"] == {"accuracy": pytest.approx(0.5), "format_rate": 1.0, "n": 400}
+
+
+def test_resume_keeps_a_finished_seed_only_with_the_same_settings(tmp_path):
+    setup = {"n_mcts": 400, "grpo_steps": 40, "multi_turn": True, "sft_epochs": "recipe"}
+    path = tmp_path / "seed-0" / "record.json"
+    assert kept_record(path, setup) is None  # never ran
+    path.parent.mkdir()
+    path.write_text(json.dumps({"seed": 0, "sft": {"accuracy": 0.4}, "setup": setup}))
+    assert kept_record(path, dict(setup))["sft"] == {"accuracy": 0.4}
+    assert kept_record(path, setup | {"grpo_steps": 20}) is None  # other settings: the seed runs again
+    path.write_text(json.dumps({"seed": 0, "sft": {"accuracy": 0.4}}))  # a record from before records had settings
+    assert kept_record(path, setup) is None
