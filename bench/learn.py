@@ -176,14 +176,17 @@ def mean_over_seeds(per_seed: list[dict]) -> dict:
     return {m: {f: sum(r[m][f] for r in per_seed) / len(per_seed) for f in FIELDS} for m in ("base", "sft", "grpo")}
 
 
-def rl_temperatures(recipe: str) -> tuple[float, float]:
-    """The GRPO recipe's sampling temperature and forced-answer temperature (null: the sampling one)."""
+def rl_sampling(recipe: str) -> dict[str, float]:
+    """The GRPO recipe's sampling as `vigorl eval` settings: temperature, top-p (TrainConfig's default is the
+    released 0.99, EvalConfig's 1.0: the tail it cuts holds most of a small model's broken tool calls at
+    temperature 1.0) and the forced-answer temperature (null: the sampling one)."""
     from configs.load import load
     from configs.schema import TrainConfig
 
     cfg = load(TrainConfig, ROOT / "configs" / f"{recipe}.yaml")
     forced = cfg.rollout.forced_answer_temperature
-    return cfg.sampling.temperature, cfg.sampling.temperature if forced is None else forced
+    return {"sampling.temperature": cfg.sampling.temperature, "sampling.top_p": cfg.sampling.top_p,
+            "rollout.forced_answer_temperature": cfg.sampling.temperature if forced is None else forced}
 
 
 def stage_runner(out: Path, times: dict, runs: dict, outputs: dict):
@@ -231,14 +234,15 @@ def run_seed(out: Path, seed: int, base: Path, heldout: Path, n_mcts: int, n_rl:
     sft_data, mt = sft_dialogues(stage, out, data["mcts"], seed, describe, chains, multi_turn), "_mt" if multi_turn else ""
     stage("sft", "sft", "--config", ROOT / "configs/learn_sft.yaml", f"out={out / 'sft'}", f"model.path={base}",
           f"data={sft_data}", f"seed={seed}", *([f"epochs={sft_epochs}"] if sft_epochs else []))
-    # GRPO learns from the well-formed episodes its policy writes at ITS temperature, not the evaluation's
-    temperature, forced = rl_temperatures(f"learn_grpo{mt}")
+    # GRPO learns from the well-formed episodes its policy writes at ITS sampling settings, not the evaluation's
+    sampling = rl_sampling(f"learn_grpo{mt}")
+    temperature = sampling["sampling.temperature"]
     t0 = time.perf_counter()
     check = evaluate(out / "sft" / "model", data["rl"], out / "eval" / "sft_at_rl_temperature", multi_turn,
-                     [f"sampling.temperature={temperature}", f"rollout.forced_answer_temperature={forced}",
-                      f"limit={well_formed_n}"])
+                     [*(f"{k}={v}" for k, v in sampling.items()), f"limit={well_formed_n}"])
     times["sft_at_rl_temperature_s"] = time.perf_counter() - t0
-    print(f"[learn] seed {seed}: the SFT policy at GRPO's temperature {temperature}: {check['format_rate']:.1%} of "
+    print(f"[learn] seed {seed}: the SFT policy at GRPO's temperature {temperature} (top-p "
+          f"{sampling['sampling.top_p']}): {check['format_rate']:.1%} of "
           f"{check['n']} RL-prompt episodes well formed" + ("" if check["format_rate"] >= 0.5 else
                                                             " -- WARNING: GRPO has few well-formed episodes to select"),
           flush=True)
@@ -249,7 +253,8 @@ def run_seed(out: Path, seed: int, base: Path, heldout: Path, n_mcts: int, n_rl:
         runs.pop(name, None)
     times["mcts_to_grpo_s"] = sum(times.values())
     record: dict = {"seed": seed, "data_seeds": seeds, "linearize": chain_counts(outputs["sft_data"]),
-                    "sft_at_rl_temperature": {"temperature": temperature, "format_rate": check["format_rate"],
+                    "sft_at_rl_temperature": {"temperature": temperature, "top_p": sampling["sampling.top_p"],
+                                              "format_rate": check["format_rate"],
                                               "n": check["n"], "eval_run_id": check["eval_run_id"]}}
     for name, model in (("sft", out / "sft" / "model"), ("grpo", out / "grpo" / "checkpoints" / f"step_{grpo_steps:05d}")):
         record[name] = evaluate(model, heldout, out / "eval" / name, multi_turn) | {"model": str(model)}

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from bench.learn import SEEDS, caption_rows, kept_record, mean_over_seeds, seed_data, zoom_stats
+from bench.learn import SEEDS, caption_rows, kept_record, mean_over_seeds, rl_sampling, seed_data, zoom_stats
 from data_gen.synthetic import COLORS, SHAPES
 from data_gen.teachers import Scene
 from data_gen.tiny_model import build_tokenizer
@@ -75,3 +75,10 @@ def test_resume_keeps_a_finished_seed_only_with_the_same_settings(tmp_path):
     assert kept_record(path, setup | {"grpo_steps": 20}) is None  # other settings: the seed runs again
     path.write_text(json.dumps({"seed": 0, "sft": {"accuracy": 0.4}}))  # a record from before records had settings
     assert kept_record(path, setup) is None
+
+
+def test_the_well_formed_check_samples_as_the_grpo_recipe_does():
+    # the evaluation's own default top-p is 1.0; GRPO's is the released 0.99, whose cut tail held most of the
+    # broken tool calls of the measured SFT policies at temperature 1.0 (docs/results/learning-proof.md)
+    assert rl_sampling("learn_grpo_mt") == {"sampling.temperature": 1.0, "sampling.top_p": 0.99,
+                                            "rollout.forced_answer_temperature": 1.0}
